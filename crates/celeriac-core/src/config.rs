@@ -1,0 +1,427 @@
+//! Configuration with Celery's setting names.
+//!
+//! Layers, later wins: the values the app's builder sets in code, then
+//! `celeriac.toml` (or the file named by `CELERIAC_CONFIG`), then `CELERIAC_<SETTING>`
+//! environment variables (e.g. `CELERIAC_BROKER_URL`, `CELERIAC_RESULT_BACKEND`,
+//! `CELERIAC_WORKER_PREFETCH_MULTIPLIER`; nested keys with `__`, as in
+//! `CELERIAC_BROKER_TRANSPORT_OPTIONS__VISIBILITY_TIMEOUT`), then command-line flags.
+//! Durations are seconds, as in Celery.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+use crate::routing::{Exchange, ExchangeKind, Queue, Route};
+
+/// Configuration errors, with the offending source named.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// The config file could not be read.
+    #[error("cannot read {path}: {source}")]
+    Read {
+        /// File path.
+        path: PathBuf,
+        /// I/O error.
+        source: std::io::Error,
+    },
+    /// The config file is not valid TOML.
+    #[error("{path} is not valid TOML: {message}")]
+    Toml {
+        /// File path.
+        path: PathBuf,
+        /// Parser message.
+        message: String,
+    },
+    /// A setting has the wrong type.
+    #[error("invalid setting: {0}")]
+    Invalid(String),
+}
+
+/// Transport options (Celery's `broker_transport_options`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct TransportOptions {
+    /// Lease of a held message, in seconds. celeriac workers renew it while they hold
+    /// a message; when a worker dies its messages come back after at most this long.
+    pub visibility_timeout: f64,
+    /// Idle poll interval of the SQLite broker across processes, in seconds.
+    pub polling_interval: f64,
+}
+
+impl Default for TransportOptions {
+    fn default() -> Self {
+        TransportOptions {
+            visibility_timeout: 30.0,
+            polling_interval: 0.01,
+        }
+    }
+}
+
+/// A queue in the config file.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct QueueConfig {
+    /// Queue name.
+    pub name: String,
+    /// Exchange name (default: `celery`, or `tasks` for a pattern routing key).
+    #[serde(default)]
+    pub exchange: Option<String>,
+    /// Exchange kind: `direct`, `topic` or `fanout`.
+    #[serde(default)]
+    pub exchange_type: Option<ExchangeKind>,
+    /// Binding key.
+    #[serde(default)]
+    pub routing_key: Option<String>,
+    /// Worker slots.
+    #[serde(default)]
+    pub concurrency: Option<usize>,
+    /// Prefetch multiplier.
+    #[serde(default)]
+    pub prefetch_multiplier: Option<usize>,
+    /// Late acks.
+    #[serde(default)]
+    pub acks_late: Option<bool>,
+}
+
+impl QueueConfig {
+    /// The queue this entry declares.
+    pub fn to_queue(&self) -> Queue {
+        let mut queue = Queue::new(&self.name);
+        if let Some(key) = &self.routing_key {
+            queue = queue.routing_key(key);
+        }
+        if self.exchange.is_some() || self.exchange_type.is_some() {
+            queue.exchange = Exchange {
+                name: self.exchange.clone().unwrap_or_else(|| queue.exchange.name.clone()),
+                kind: self.exchange_type.unwrap_or(queue.exchange.kind),
+            };
+        }
+        queue.concurrency = self.concurrency;
+        queue.prefetch_multiplier = self.prefetch_multiplier;
+        queue.acks_late = self.acks_late;
+        queue
+    }
+
+    /// The config entry of a declared queue.
+    pub fn from_queue(queue: &Queue) -> QueueConfig {
+        QueueConfig {
+            name: queue.name.clone(),
+            exchange: Some(queue.exchange.name.clone()),
+            exchange_type: Some(queue.exchange.kind),
+            routing_key: Some(queue.routing_key.clone()),
+            concurrency: queue.concurrency,
+            prefetch_multiplier: queue.prefetch_multiplier,
+            acks_late: queue.acks_late,
+        }
+    }
+}
+
+/// All settings, with Celery's names where Celery has one.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+#[non_exhaustive]
+pub struct Settings {
+    /// Broker URL: `sqlite://path` (embedded default), later `redis://`, `amqp://`.
+    pub broker_url: String,
+    /// Result backend URL; empty = the broker's SQLite file when the broker is SQLite.
+    pub result_backend: String,
+    /// Queue of tasks that have no route.
+    pub task_default_queue: String,
+    /// Ack after the task finished (for all tasks that do not say otherwise).
+    pub task_acks_late: bool,
+    /// With late ack, put a message back when its task fails instead of acking it.
+    pub task_reject_on_failure: bool,
+    /// Store STARTED when a task starts.
+    pub task_track_started: bool,
+    /// Store no results unless a task asks.
+    pub task_ignore_result: bool,
+    /// Largest message accepted, in bytes; larger ones go to dead letter.
+    pub task_max_message_bytes: usize,
+    /// Results expire after this many seconds (0 = never).
+    pub result_expires: f64,
+    /// Slots per queue when the queue does not say (0 = number of CPUs).
+    pub worker_concurrency: usize,
+    /// Messages reserved per slot.
+    pub worker_prefetch_multiplier: usize,
+    /// On shutdown, running tasks get this many seconds to finish.
+    pub worker_shutdown_timeout: f64,
+    /// Worker node name (`name@host`); default `celeriac@<hostname>`.
+    pub worker_hostname: String,
+    /// Transport options.
+    pub broker_transport_options: TransportOptions,
+    /// Declared queues.
+    pub task_queues: Vec<QueueConfig>,
+    /// Task-name glob → queue name or `{queue, exchange, routing_key}`.
+    pub task_routes: Map<String, Value>,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            broker_url: "sqlite://celeriac.db".into(),
+            result_backend: String::new(),
+            task_default_queue: "celery".into(),
+            task_acks_late: false,
+            task_reject_on_failure: false,
+            task_track_started: false,
+            task_ignore_result: false,
+            task_max_message_bytes: 16 * 1024 * 1024,
+            result_expires: 86400.0,
+            worker_concurrency: 0,
+            worker_prefetch_multiplier: 4,
+            worker_shutdown_timeout: 30.0,
+            worker_hostname: String::new(),
+            broker_transport_options: TransportOptions::default(),
+            task_queues: Vec::new(),
+            task_routes: Map::new(),
+        }
+    }
+}
+
+impl Settings {
+    /// Applies `celeriac.toml` (or `CELERIAC_CONFIG`) and `CELERIAC_*` variables on
+    /// top of `self`.
+    pub fn load_layers(self) -> Result<Settings, ConfigError> {
+        let path = std::env::var_os("CELERIAC_CONFIG")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from("celeriac.toml"));
+        let explicit = std::env::var_os("CELERIAC_CONFIG").is_some();
+        let with_file = if explicit || path.exists() {
+            self.merge_toml_file(&path)?
+        } else {
+            self
+        };
+        with_file.merge_env(std::env::vars())
+    }
+
+    /// Merges a TOML file over these settings.
+    pub fn merge_toml_file(self, path: &Path) -> Result<Settings, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        self.merge_toml_str(&text).map_err(|e| match e {
+            ConfigError::Toml { message, .. } => ConfigError::Toml {
+                path: path.to_path_buf(),
+                message,
+            },
+            other => other,
+        })
+    }
+
+    /// Merges TOML text over these settings.
+    pub fn merge_toml_str(self, text: &str) -> Result<Settings, ConfigError> {
+        let table: toml::Table = toml::from_str(text).map_err(|e| ConfigError::Toml {
+            path: PathBuf::from("<toml>"),
+            message: e.to_string(),
+        })?;
+        let overlay = serde_json::to_value(table).map_err(|e| ConfigError::Invalid(e.to_string()))?;
+        self.merge_value(overlay)
+    }
+
+    /// Merges `CELERIAC_<SETTING>` variables (only names of known settings).
+    pub fn merge_env<I: IntoIterator<Item = (String, String)>>(self, vars: I) -> Result<Settings, ConfigError> {
+        let known = match serde_json::to_value(&self) {
+            Ok(Value::Object(map)) => map,
+            _ => Map::new(),
+        };
+        let mut overlay = Map::new();
+        for (name, raw) in vars {
+            let Some(setting) = name.strip_prefix("CELERIAC_") else { continue };
+            let path: Vec<String> = setting.split("__").map(|p| p.to_ascii_lowercase()).collect();
+            let Some(first) = path.first() else { continue };
+            let Some(current) = known.get(first) else { continue };
+            let value = env_value(&raw, current, &path[1..]);
+            insert_path(&mut overlay, &path, value);
+        }
+        self.merge_value(Value::Object(overlay))
+    }
+
+    /// Merges a JSON object of settings (used for flags and tests).
+    pub fn merge_value(self, overlay: Value) -> Result<Settings, ConfigError> {
+        let mut base = serde_json::to_value(&self).map_err(|e| ConfigError::Invalid(e.to_string()))?;
+        merge(&mut base, overlay);
+        serde_json::from_value(base).map_err(|e| ConfigError::Invalid(e.to_string()))
+    }
+
+    /// Lease length of held messages.
+    pub fn visibility_timeout(&self) -> Duration {
+        Duration::from_secs_f64(self.broker_transport_options.visibility_timeout.max(0.1))
+    }
+
+    /// Result expiry (`None` = never).
+    pub fn result_expires(&self) -> Option<Duration> {
+        (self.result_expires > 0.0).then(|| Duration::from_secs_f64(self.result_expires))
+    }
+
+    /// Shutdown grace period.
+    pub fn shutdown_timeout(&self) -> Duration {
+        Duration::from_secs_f64(self.worker_shutdown_timeout.max(0.0))
+    }
+
+    /// The result backend URL: the explicit one, or the broker's SQLite file.
+    pub fn effective_result_backend(&self) -> Option<String> {
+        if !self.result_backend.is_empty() {
+            return Some(self.result_backend.clone());
+        }
+        self.broker_url
+            .starts_with("sqlite:")
+            .then(|| self.broker_url.clone())
+    }
+
+    /// Slots per queue when the queue does not say.
+    pub fn default_concurrency(&self) -> usize {
+        if self.worker_concurrency > 0 {
+            self.worker_concurrency
+        } else {
+            std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2)
+        }
+    }
+
+    /// Declared queues.
+    pub fn queues(&self) -> Vec<Queue> {
+        self.task_queues.iter().map(QueueConfig::to_queue).collect()
+    }
+
+    /// `task_routes` as routes, in file order.
+    pub fn routes(&self) -> Result<Vec<Route>, ConfigError> {
+        self.task_routes
+            .iter()
+            .map(|(pattern, target)| match target {
+                Value::String(queue) => Ok(Route::to_queue(pattern.clone(), queue.clone())),
+                Value::Object(fields) => {
+                    let get = |k: &str| fields.get(k).and_then(Value::as_str).map(str::to_string);
+                    Ok(Route {
+                        pattern: pattern.clone(),
+                        queue: get("queue"),
+                        exchange: get("exchange"),
+                        routing_key: get("routing_key"),
+                    })
+                }
+                other => Err(ConfigError::Invalid(format!(
+                    "task_routes[{pattern:?}] must be a queue name or {{queue, exchange, routing_key}}, found {other}"
+                ))),
+            })
+            .collect()
+    }
+}
+
+fn env_value(raw: &str, current: &Value, rest: &[String]) -> Value {
+    let mut target = current;
+    for key in rest {
+        match target.get(key) {
+            Some(inner) => target = inner,
+            None => break,
+        }
+    }
+    if target.is_string() {
+        return Value::String(raw.to_string());
+    }
+    serde_json::from_str(raw).unwrap_or_else(|_| Value::String(raw.to_string()))
+}
+
+fn insert_path(map: &mut Map<String, Value>, path: &[String], value: Value) {
+    match path {
+        [] => {}
+        [last] => {
+            map.insert(last.clone(), value);
+        }
+        [first, rest @ ..] => {
+            let entry = map
+                .entry(first.clone())
+                .or_insert_with(|| Value::Object(Map::new()));
+            if let Value::Object(inner) = entry {
+                insert_path(inner, rest, value);
+            }
+        }
+    }
+}
+
+fn merge(base: &mut Value, overlay: Value) {
+    match (base, overlay) {
+        (Value::Object(base), Value::Object(overlay)) => {
+            for (key, value) in overlay {
+                match base.get_mut(&key) {
+                    Some(existing) if existing.is_object() && value.is_object() && key != "task_routes" => {
+                        merge(existing, value)
+                    }
+                    _ => {
+                        base.insert(key, value);
+                    }
+                }
+            }
+        }
+        (base, overlay) => *base = overlay,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn layers_apply_in_order_env_over_file_over_code() {
+        let code = Settings {
+            broker_url: "sqlite://code.db".into(),
+            ..Settings::default()
+        };
+        let file = code
+            .merge_toml_str(
+                r#"
+                broker_url = "sqlite://file.db"
+                worker_prefetch_multiplier = 1
+                [broker_transport_options]
+                visibility_timeout = 5
+                [[task_queues]]
+                name = "long-task"
+                routing_key = "long.#"
+                concurrency = 2
+                acks_late = true
+                [task_routes]
+                "files.*" = "long-task"
+                "notify.*" = { routing_key = "short.notify" }
+                "#,
+            )
+            .expect("toml");
+        assert_eq!(file.broker_url, "sqlite://file.db");
+        assert_eq!(file.visibility_timeout(), Duration::from_secs(5));
+        assert_eq!(file.broker_transport_options.polling_interval, 0.01);
+        let env = file
+            .merge_env(vec![
+                ("CELERIAC_BROKER_URL".into(), "sqlite://env.db".into()),
+                ("CELERIAC_RESULT_BACKEND".into(), "sqlite://results.db".into()),
+                ("CELERIAC_WORKER_PREFETCH_MULTIPLIER".into(), "8".into()),
+                ("CELERIAC_BROKER_TRANSPORT_OPTIONS__VISIBILITY_TIMEOUT".into(), "7.5".into()),
+                ("CELERIAC_REQUIRE_SERVICES".into(), "1".into()),
+                ("PATH".into(), "/bin".into()),
+            ])
+            .expect("env");
+        assert_eq!(env.broker_url, "sqlite://env.db");
+        assert_eq!(env.effective_result_backend().as_deref(), Some("sqlite://results.db"));
+        assert_eq!(env.worker_prefetch_multiplier, 8);
+        assert_eq!(env.visibility_timeout(), Duration::from_millis(7500));
+        let queues = env.queues();
+        assert_eq!(queues[0].exchange, Exchange::topic("tasks"));
+        assert_eq!(queues[0].concurrency, Some(2));
+        let routes = env.routes().expect("routes");
+        assert_eq!(routes[0], Route::to_queue("files.*", "long-task"));
+        assert_eq!(routes[1].routing_key.as_deref(), Some("short.notify"));
+    }
+
+    #[test]
+    fn bad_types_are_reported() {
+        let err = Settings::default()
+            .merge_toml_str("worker_prefetch_multiplier = \"many\"")
+            .expect_err("invalid");
+        assert!(err.to_string().contains("invalid"));
+        assert!(Settings::default().merge_toml_str("not toml [").is_err());
+    }
+
+    #[test]
+    fn sqlite_broker_doubles_as_backend() {
+        let s = Settings::default();
+        assert_eq!(s.effective_result_backend().as_deref(), Some("sqlite://celeriac.db"));
+    }
+}

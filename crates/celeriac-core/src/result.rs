@@ -1,0 +1,183 @@
+//! Result metadata in Celery's format (`celery-task-meta-<id>`).
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+use crate::state::TaskState;
+
+/// The stored result of one task, field for field as Celery's backends write it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TaskMeta {
+    /// Current state.
+    pub status: TaskState,
+    /// Return value (SUCCESS), exception dict (FAILURE/RETRY/REVOKED) or custom meta.
+    #[serde(default)]
+    pub result: Value,
+    /// Traceback or error chain, if any.
+    #[serde(default)]
+    pub traceback: Option<String>,
+    /// Result tuples of tasks sent from inside this task.
+    #[serde(default)]
+    pub children: Vec<Value>,
+    /// ISO-8601 UTC completion time, for ready states.
+    #[serde(default)]
+    pub date_done: Option<String>,
+    /// Group id, when the task was a group or chord member.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group_id: Option<String>,
+    /// Id of the task that sent this one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parent_id: Option<String>,
+    /// Task name (`result_extended`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// Positional arguments (`result_extended`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub args: Option<Value>,
+    /// Keyword arguments (`result_extended`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kwargs: Option<Value>,
+    /// Worker node name (`result_extended`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub worker: Option<String>,
+    /// Retry count (`result_extended`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retries: Option<u32>,
+    /// Delivery queue (`result_extended`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub queue: Option<String>,
+    /// The task id.
+    pub task_id: String,
+}
+
+impl TaskMeta {
+    /// A meta record for `task_id` in `status` with `result`; everything else empty.
+    pub fn new(task_id: impl Into<String>, status: TaskState, result: Value) -> TaskMeta {
+        let date_done = status
+            .is_ready()
+            .then(|| crate::time::format_iso(chrono::Utc::now()));
+        TaskMeta {
+            status,
+            result,
+            traceback: None,
+            children: Vec::new(),
+            date_done,
+            group_id: None,
+            parent_id: None,
+            name: None,
+            args: None,
+            kwargs: None,
+            worker: None,
+            retries: None,
+            queue: None,
+            task_id: task_id.into(),
+        }
+    }
+
+    /// What an unknown id reads as.
+    pub fn pending(task_id: impl Into<String>) -> TaskMeta {
+        TaskMeta::new(task_id, TaskState::Pending, Value::Null)
+    }
+
+    /// The exception carried by an exception state, if the result holds one.
+    pub fn exception(&self) -> Option<ExceptionInfo> {
+        if !self.status.is_exception() {
+            return None;
+        }
+        ExceptionInfo::from_value(&self.result)
+    }
+}
+
+/// An exception as it travels in results: `{"exc_type", "exc_message": [...], "exc_module"}`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ExceptionInfo {
+    /// Class name, e.g. `"ValueError"`.
+    pub exc_type: String,
+    /// Exception arguments.
+    #[serde(default)]
+    pub exc_message: Vec<Value>,
+    /// Module of the class (`"builtins"`, `"celery.exceptions"`; celeriac errors use `"rust"`).
+    #[serde(default)]
+    pub exc_module: String,
+}
+
+impl ExceptionInfo {
+    /// An exception with one string argument.
+    pub fn new(exc_type: impl Into<String>, module: impl Into<String>, message: impl Into<String>) -> ExceptionInfo {
+        ExceptionInfo {
+            exc_type: exc_type.into(),
+            exc_message: vec![Value::String(message.into())],
+            exc_module: module.into(),
+        }
+    }
+
+    /// Celery's `TaskRevokedError(reason)` (`"revoked"`, `"expired"`, `"terminated"`).
+    pub fn revoked(reason: &str) -> ExceptionInfo {
+        ExceptionInfo::new("TaskRevokedError", "celery.exceptions", reason)
+    }
+
+    /// Celery's `NotRegistered(name)`.
+    pub fn not_registered(task: &str) -> ExceptionInfo {
+        ExceptionInfo::new("NotRegistered", "celery.exceptions", task)
+    }
+
+    /// Reads an exception dict; `None` if the value is not one.
+    pub fn from_value(value: &Value) -> Option<ExceptionInfo> {
+        let object: &Map<String, Value> = value.as_object()?;
+        object.get("exc_type")?.as_str()?;
+        serde_json::from_value(value.clone()).ok()
+    }
+
+    /// The exception dict as JSON.
+    pub fn to_value(&self) -> Value {
+        serde_json::to_value(self).unwrap_or(Value::Null)
+    }
+
+    /// The message: the exception arguments joined as text.
+    pub fn message(&self) -> String {
+        self.exc_message
+            .iter()
+            .map(|v| match v {
+                Value::String(s) => s.clone(),
+                other => other.to_string(),
+            })
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+}
+
+impl std::fmt::Display for ExceptionInfo {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}({:?})", self.exc_type, self.message())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn celery_failure_meta_reads_and_writes_back() {
+        let raw = json!({
+            "status": "FAILURE",
+            "result": {"exc_type": "ValueError", "exc_message": ["kaboom"], "exc_module": "builtins"},
+            "traceback": "Traceback ...",
+            "children": [],
+            "date_done": "2026-11-26T16:01:56.251737+00:00",
+            "task_id": "boom-0004"
+        });
+        let meta: TaskMeta = serde_json::from_value(raw.clone()).expect("parses");
+        assert_eq!(meta.status, TaskState::Failure);
+        let exc = meta.exception().expect("exception");
+        assert_eq!(exc.exc_type, "ValueError");
+        assert_eq!(exc.message(), "kaboom");
+        assert_eq!(serde_json::to_value(&meta).expect("json"), raw);
+    }
+
+    #[test]
+    fn ready_states_get_a_date_done() {
+        assert!(TaskMeta::new("a", TaskState::Success, json!(1)).date_done.is_some());
+        assert!(TaskMeta::new("a", TaskState::Started, json!(null)).date_done.is_none());
+    }
+}
