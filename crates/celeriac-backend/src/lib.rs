@@ -1,0 +1,118 @@
+//! The `ResultBackend` seam: task states and results, stored in Celery's format.
+//!
+//! # Layout
+//!
+//! - this module: the [`ResultBackend`] trait and [`connect`].
+//! - [`sqlite`] (feature `sqlite`, default): results in a SQLite file, which may be the
+//!   broker's file.
+//! - [`testing`] (feature `testing`): the conformance suite.
+//!
+//! # Contract
+//!
+//! - [`ResultBackend::store`] never overwrites a stored SUCCESS (Celery's dedupe
+//!   guard): a redelivered task that already succeeded cannot turn into a FAILURE.
+//! - Results expire after the given duration; expired results read as absent.
+//! - [`ResultBackend::wait`] returns as soon as the task reaches a ready state
+//!   (SUCCESS, FAILURE, REVOKED), woken by a notification where the store has one.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use celeriac_core::TaskMeta;
+
+#[cfg(feature = "sqlite")]
+pub mod sqlite;
+#[cfg(feature = "testing")]
+pub mod testing;
+
+/// Errors of result backend operations.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum BackendError {
+    /// The URL cannot be used.
+    #[error("invalid result backend URL {url:?}: {reason}")]
+    InvalidUrl {
+        /// The URL.
+        url: String,
+        /// What is wrong.
+        reason: String,
+    },
+    /// The backend cannot be reached.
+    #[error("result backend connection failed: {0}")]
+    Connection(#[source] Box<dyn std::error::Error + Send + Sync>),
+    /// The backend's store failed.
+    #[error("result backend storage error: {0}")]
+    Storage(#[source] Box<dyn std::error::Error + Send + Sync>),
+    /// A stored value could not be read.
+    #[error("corrupt result for task {task_id}: {reason}")]
+    Corrupt {
+        /// Task id.
+        task_id: String,
+        /// What is wrong.
+        reason: String,
+    },
+}
+
+impl BackendError {
+    /// Wraps a storage error.
+    pub fn storage<E: std::error::Error + Send + Sync + 'static>(error: E) -> BackendError {
+        BackendError::Storage(Box::new(error))
+    }
+}
+
+/// What [`ResultBackend::store`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StoreOutcome {
+    /// The meta was written.
+    Stored,
+    /// A SUCCESS was already stored and was kept.
+    KeptSuccess,
+}
+
+/// Stores task results. See the crate docs for the contract.
+#[async_trait]
+pub trait ResultBackend: Send + Sync + 'static {
+    /// A short description for logs, without secrets.
+    fn describe(&self) -> String;
+
+    /// Stores `meta` for `meta.task_id`, expiring after `expires` (`None` = never).
+    async fn store(&self, meta: &TaskMeta, expires: Option<Duration>) -> Result<StoreOutcome, BackendError>;
+
+    /// Stores several metas at once (the worker batches); same rules as `store`.
+    async fn store_many(&self, metas: &[TaskMeta], expires: Option<Duration>) -> Result<(), BackendError> {
+        for meta in metas {
+            self.store(meta, expires).await?;
+        }
+        Ok(())
+    }
+
+    /// The stored meta, or `None` (PENDING) if absent or expired.
+    async fn get(&self, task_id: &str) -> Result<Option<TaskMeta>, BackendError>;
+
+    /// Waits until the task is ready or `timeout` passes; returns the ready meta, or
+    /// `None` on timeout.
+    async fn wait(&self, task_id: &str, timeout: Duration) -> Result<Option<TaskMeta>, BackendError>;
+
+    /// Deletes the stored result.
+    async fn forget(&self, task_id: &str) -> Result<(), BackendError>;
+
+    /// Deletes expired results; returns how many.
+    async fn cleanup_expired(&self) -> Result<u64, BackendError>;
+}
+
+/// Opens the result backend named by `url` (`sqlite://path`).
+pub async fn connect(url: &str) -> Result<std::sync::Arc<dyn ResultBackend>, BackendError> {
+    let scheme = url.split_once("://").map(|(s, _)| s).unwrap_or("");
+    match scheme {
+        #[cfg(feature = "sqlite")]
+        "sqlite" => Ok(std::sync::Arc::new(sqlite::SqliteBackend::open_url(url).await?)),
+        "redis" | "rediss" => Err(BackendError::InvalidUrl {
+            url: url.to_string(),
+            reason: "the redis result backend is not built into this version of celeriac yet".into(),
+        }),
+        _ => Err(BackendError::InvalidUrl {
+            url: url.to_string(),
+            reason: "expected sqlite://PATH".into(),
+        }),
+    }
+}

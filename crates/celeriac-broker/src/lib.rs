@@ -1,0 +1,293 @@
+//! The `Broker` seam: how task messages are stored, handed out under a lease,
+//! acknowledged, rejected, restored and counted.
+//!
+//! # Layout
+//!
+//! - this module: the [`Broker`] trait, its parameter and result types, [`connect`].
+//! - [`sqlite`] (feature `sqlite`, on by default): the embedded broker, one SQLite file
+//!   in WAL mode, safe for several worker processes on one machine.
+//! - [`testing`] (feature `testing`): the conformance suite every implementation runs
+//!   from its own `tests/`.
+//!
+//! # Semantics every broker keeps
+//!
+//! - **Leases.** [`Broker::fetch`] hands messages to a consumer with a lease. While the
+//!   consumer holds a message it renews the lease ([`Broker::renew_leases`]), so a long
+//!   task is never delivered twice. When a consumer dies, its leases lapse and
+//!   [`Broker::restore_expired`] (run by every worker) puts the messages back.
+//! - **Delivery tags are per delivery.** A tag names one delivery of one message; an
+//!   ack or reject with a stale tag (the lease lapsed and the message went to someone
+//!   else) is a no-op, never a loss.
+//! - **Nothing vanishes.** A message that cannot be used goes to the dead-letter store
+//!   with a reason ([`RejectAction::DeadLetter`]).
+//! - **Capabilities are declared** ([`Capabilities`]); unsupported operations return
+//!   [`BrokerError::Unsupported`], never a silent no-op.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use celeriac_core::routing::Queue;
+use celeriac_core::Envelope;
+use chrono::{DateTime, Utc};
+
+#[cfg(feature = "sqlite")]
+pub mod sqlite;
+#[cfg(feature = "testing")]
+pub mod testing;
+
+/// Errors of broker operations.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum BrokerError {
+    /// The URL cannot be used.
+    #[error("invalid broker URL {url:?}: {reason}")]
+    InvalidUrl {
+        /// The URL as given (passwords redacted).
+        url: String,
+        /// What is wrong.
+        reason: String,
+    },
+    /// This broker does not support the operation.
+    #[error("the {broker} broker does not support {operation}")]
+    Unsupported {
+        /// Broker kind.
+        broker: &'static str,
+        /// Operation name.
+        operation: &'static str,
+    },
+    /// The broker cannot be reached.
+    #[error("broker connection failed: {0}")]
+    Connection(#[source] Box<dyn std::error::Error + Send + Sync>),
+    /// The broker's store failed.
+    #[error("broker storage error: {0}")]
+    Storage(#[source] Box<dyn std::error::Error + Send + Sync>),
+}
+
+impl BrokerError {
+    /// Wraps a storage error.
+    pub fn storage<E: std::error::Error + Send + Sync + 'static>(error: E) -> BrokerError {
+        BrokerError::Storage(Box::new(error))
+    }
+}
+
+/// The order in which priorities are served.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PriorityOrder {
+    /// Higher numbers first (AMQP, celeriac's SQLite broker).
+    HigherFirst,
+    /// Lower numbers first (kombu's Redis transport: 0 is served first).
+    LowerFirst,
+    /// Priorities are ignored.
+    None,
+}
+
+/// What a broker can do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Capabilities {
+    /// Messages with a future `not_before` stay in the broker until due.
+    pub delayed_delivery: bool,
+    /// Held messages have leases that consumers renew.
+    pub leases: bool,
+    /// How priorities are ordered.
+    pub priority: PriorityOrder,
+    /// Rejected messages can be dead-lettered and inspected.
+    pub dead_letters: bool,
+}
+
+/// One message to publish.
+#[derive(Debug, Clone)]
+pub struct Publish {
+    /// Queue that stores it.
+    pub queue: String,
+    /// The message.
+    pub envelope: Envelope,
+    /// Hold the message until this time (ETA), where the broker supports it.
+    pub not_before: Option<DateTime<Utc>>,
+}
+
+/// Parameters of [`Broker::fetch`].
+#[derive(Debug, Clone)]
+pub struct FetchParams {
+    /// Queues to take from, in the order to try them.
+    pub queues: Vec<String>,
+    /// At most this many messages.
+    pub max: usize,
+    /// Wait this long for a first message before returning an empty batch.
+    pub wait: Duration,
+    /// The consumer taking the messages (unique per worker process and queue).
+    pub consumer: String,
+    /// Lease of the fetched messages.
+    pub lease: Duration,
+}
+
+impl Default for FetchParams {
+    fn default() -> Self {
+        FetchParams {
+            queues: vec!["celery".into()],
+            max: 1,
+            wait: Duration::from_secs(1),
+            consumer: String::new(),
+            lease: Duration::from_secs(30),
+        }
+    }
+}
+
+/// Names one delivery of one message.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct DeliveryTag(pub String);
+
+impl std::fmt::Display for DeliveryTag {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// A message handed to a consumer.
+#[derive(Debug, Clone)]
+pub struct Delivery {
+    /// Tag for ack / reject / renew.
+    pub tag: DeliveryTag,
+    /// Queue it came from.
+    pub queue: String,
+    /// The message.
+    pub envelope: Envelope,
+    /// How many times this message has been delivered, this delivery included.
+    pub delivery_count: u32,
+}
+
+/// What to do with a rejected message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RejectAction {
+    /// Back to the end of its queue (counts as a delivery).
+    Requeue,
+    /// Back to the front of its queue, as if never taken (unstarted messages at
+    /// shutdown).
+    Release,
+    /// To the dead-letter store, with the reason.
+    DeadLetter {
+        /// Why it could not be processed.
+        reason: String,
+    },
+}
+
+/// Counts of one queue.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct QueueStats {
+    /// Queue name.
+    pub name: String,
+    /// Messages ready to be delivered now.
+    pub ready: u64,
+    /// Messages waiting for their ETA.
+    pub scheduled: u64,
+    /// Messages held by consumers (unacked).
+    pub held: u64,
+    /// Messages in the dead-letter store for this queue.
+    pub dead_letters: u64,
+}
+
+/// A dead-lettered message.
+#[derive(Debug, Clone)]
+pub struct DeadLetter {
+    /// Id in the dead-letter store.
+    pub id: String,
+    /// Queue it came from.
+    pub queue: String,
+    /// Why it was dead-lettered.
+    pub reason: String,
+    /// When.
+    pub at: DateTime<Utc>,
+    /// The raw stored payload (kombu JSON envelope, or whatever bytes arrived).
+    pub payload: Vec<u8>,
+}
+
+/// Parameters of [`Broker::dead_letters`].
+#[derive(Debug, Clone, Default)]
+pub struct DeadLetterQuery {
+    /// Only this queue.
+    pub queue: Option<String>,
+    /// At most this many, newest first (0 = 100).
+    pub limit: usize,
+}
+
+/// A message store with leases. See the crate docs for the contract.
+#[async_trait]
+pub trait Broker: Send + Sync + 'static {
+    /// What this broker supports.
+    fn capabilities(&self) -> Capabilities;
+
+    /// A short description for logs (`sqlite:///path/to/file.db`), without secrets.
+    fn describe(&self) -> String;
+
+    /// Declares a queue and its binding (idempotent).
+    async fn declare_queue(&self, queue: &Queue) -> Result<(), BrokerError>;
+
+    /// Publishes messages; all are stored when this returns `Ok`.
+    async fn publish(&self, messages: Vec<Publish>) -> Result<(), BrokerError>;
+
+    /// Takes up to `max` messages under a lease, waiting up to `wait` for the first.
+    /// Messages are served by priority (per [`Capabilities::priority`]), then in
+    /// publish order; messages whose `not_before` is in the future are not served.
+    async fn fetch(&self, params: &FetchParams) -> Result<Vec<Delivery>, BrokerError>;
+
+    /// Acknowledges deliveries: the messages are gone. Stale tags are ignored.
+    async fn ack(&self, tags: &[DeliveryTag]) -> Result<(), BrokerError>;
+
+    /// Rejects one delivery.
+    async fn reject(&self, tag: &DeliveryTag, action: RejectAction) -> Result<(), BrokerError>;
+
+    /// Extends the leases of held deliveries to `lease` from now.
+    async fn renew_leases(&self, tags: &[DeliveryTag], lease: Duration) -> Result<(), BrokerError>;
+
+    /// Puts messages whose lease lapsed back in their queues; returns how many.
+    async fn restore_expired(&self) -> Result<u64, BrokerError>;
+
+    /// Deletes every ready message of a queue; returns how many.
+    async fn purge(&self, queue: &str) -> Result<u64, BrokerError>;
+
+    /// Counts for the given queues (all known queues when empty).
+    async fn queue_stats(&self, queues: &[String]) -> Result<Vec<QueueStats>, BrokerError>;
+
+    /// Lists dead-lettered messages.
+    async fn dead_letters(&self, query: &DeadLetterQuery) -> Result<Vec<DeadLetter>, BrokerError>;
+}
+
+/// Opens the broker named by `url` (`sqlite://path`).
+pub async fn connect(url: &str) -> Result<std::sync::Arc<dyn Broker>, BrokerError> {
+    let scheme = url.split_once("://").map(|(s, _)| s).unwrap_or("");
+    match scheme {
+        #[cfg(feature = "sqlite")]
+        "sqlite" => Ok(std::sync::Arc::new(sqlite::SqliteBroker::open_url(url).await?)),
+        "redis" | "rediss" | "amqp" | "amqps" => Err(BrokerError::InvalidUrl {
+            url: redact(url),
+            reason: format!("the {scheme} broker is not built into this version of celeriac yet"),
+        }),
+        _ => Err(BrokerError::InvalidUrl {
+            url: redact(url),
+            reason: "expected sqlite://PATH".into(),
+        }),
+    }
+}
+
+/// Hides the password of a URL for logs and errors.
+pub fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(start), Some(at)) if at > start => {
+            let auth = &url[start + 3..at];
+            match auth.split_once(':') {
+                Some((user, _)) => format!("{}{}:***{}", &url[..start + 3], user, &url[at..]),
+                None => url.to_string(),
+            }
+        }
+        _ => url.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn passwords_are_redacted() {
+        assert_eq!(super::redact("redis://u:secret@h:1/0"), "redis://u:***@h:1/0");
+        assert_eq!(super::redact("sqlite://x.db"), "sqlite://x.db");
+    }
+}

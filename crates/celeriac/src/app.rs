@@ -1,0 +1,484 @@
+//! The application: configuration, registered tasks, routing, and the connections to
+//! the broker and the result backend. One builder configures everything.
+
+use std::future::Future;
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use celeriac_backend::ResultBackend;
+use celeriac_broker::{Broker, Publish};
+use celeriac_core::routing::Route;
+use celeriac_core::{
+    Map, Queue, Router, SendOptions, Settings, Task, TaskMessage, TaskOptions, TaskRegistry,
+    TaskSender, Value,
+};
+use chrono::Utc;
+use serde::de::DeserializeOwned;
+
+use crate::error::Error;
+use crate::result::AsyncResult;
+
+/// Builds an [`App`].
+#[derive(Clone)]
+pub struct AppBuilder {
+    name: String,
+    settings: Settings,
+    overrides: Vec<Value>,
+    queues: Vec<Queue>,
+    routes: Vec<Route>,
+    tasks: Vec<Arc<dyn Task>>,
+    load_environment: bool,
+    config_file: Option<PathBuf>,
+}
+
+impl AppBuilder {
+    /// Sets the broker URL (`sqlite://celeriac.db`). `CELERIAC_BROKER_URL` overrides it.
+    pub fn broker(mut self, url: impl Into<String>) -> Self {
+        self.settings.broker_url = url.into();
+        self
+    }
+    /// Sets the result backend URL. `CELERIAC_RESULT_BACKEND` overrides it.
+    pub fn backend(mut self, url: impl Into<String>) -> Self {
+        self.settings.result_backend = url.into();
+        self
+    }
+    /// Declares a queue (with optional per-queue worker settings).
+    pub fn queue(mut self, queue: Queue) -> Self {
+        self.queues.retain(|q| q.name != queue.name);
+        self.queues.push(queue);
+        self
+    }
+    /// Adds a `task_routes` entry.
+    pub fn route(mut self, route: Route) -> Self {
+        self.routes.push(route);
+        self
+    }
+    /// Registers a task.
+    pub fn task<T: Task>(mut self, task: T) -> Self {
+        self.tasks.push(Arc::new(task));
+        self
+    }
+    /// Registers a shared task object.
+    pub fn task_arc(mut self, task: Arc<dyn Task>) -> Self {
+        self.tasks.push(task);
+        self
+    }
+    /// Edits the settings in code (before the file and environment layers).
+    pub fn configure(mut self, edit: impl FnOnce(&mut Settings)) -> Self {
+        edit(&mut self.settings);
+        self
+    }
+    /// Applies settings given as JSON after every other layer (used for CLI flags).
+    pub fn override_settings(mut self, overlay: Value) -> Self {
+        self.overrides.push(overlay);
+        self
+    }
+    /// Reads this config file instead of `celeriac.toml` / `CELERIAC_CONFIG`.
+    pub fn config_file(mut self, path: impl Into<PathBuf>) -> Self {
+        self.config_file = Some(path.into());
+        self
+    }
+    /// Ignores `celeriac.toml` and `CELERIAC_*` (for tests that must not see the host).
+    pub fn without_environment(mut self) -> Self {
+        self.load_environment = false;
+        self
+    }
+
+    /// The settings after every layer, without connecting.
+    pub fn resolve_settings(&self) -> Result<Settings, Error> {
+        let mut settings = self.settings.clone();
+        if self.load_environment {
+            settings = match &self.config_file {
+                Some(path) => settings
+                    .merge_toml_file(path)?
+                    .merge_env(std::env::vars())?,
+                None => settings.load_layers()?,
+            };
+        }
+        for overlay in &self.overrides {
+            settings = settings.merge_value(overlay.clone())?;
+        }
+        Ok(settings)
+    }
+
+    /// Resolves the configuration, connects to the broker and result backend, and
+    /// declares the queues.
+    pub async fn build(self) -> Result<App, Error> {
+        let settings = self.resolve_settings()?;
+        let mut queues = self.queues.clone();
+        for queue in settings.queues() {
+            queues.retain(|q| q.name != queue.name);
+            queues.push(queue);
+        }
+        if !queues.iter().any(|q| q.name == settings.task_default_queue) {
+            queues.push(Queue::new(settings.task_default_queue.clone()));
+        }
+        let mut routes = settings.routes()?;
+        routes.extend(self.routes.iter().cloned());
+        let router = Router::new(queues.clone(), routes, settings.task_default_queue.clone());
+        let mut registry = TaskRegistry::new();
+        for task in &self.tasks {
+            registry.register(task.clone());
+        }
+        let broker = celeriac_broker::connect(&settings.broker_url).await?;
+        for queue in &queues {
+            broker.declare_queue(queue).await?;
+        }
+        let backend = match settings.effective_result_backend() {
+            Some(url) => Some(celeriac_backend::connect(&url).await?),
+            None => None,
+        };
+        let hostname = if settings.worker_hostname.is_empty() {
+            format!("{}@{}", self.name, host_name())
+        } else {
+            settings.worker_hostname.clone()
+        };
+        Ok(App {
+            inner: Arc::new(AppInner {
+                origin: format!("gen{}@{}", std::process::id(), host_name()),
+                name: self.name.clone(),
+                hostname,
+                settings,
+                registry,
+                router,
+                broker,
+                backend,
+                builder: self,
+            }),
+        })
+    }
+}
+
+/// The machine's host name.
+pub fn host_name() -> String {
+    std::env::var("HOSTNAME")
+        .ok()
+        .filter(|h| !h.is_empty())
+        .or_else(|| {
+            std::fs::read_to_string("/etc/hostname")
+                .ok()
+                .map(|h| h.trim().to_string())
+        })
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "localhost".to_string())
+}
+
+struct AppInner {
+    name: String,
+    hostname: String,
+    origin: String,
+    settings: Settings,
+    registry: TaskRegistry,
+    router: Router,
+    broker: Arc<dyn Broker>,
+    backend: Option<Arc<dyn ResultBackend>>,
+    builder: AppBuilder,
+}
+
+/// A configured, connected celeriac application. Cheap to clone.
+#[derive(Clone)]
+pub struct App {
+    inner: Arc<AppInner>,
+}
+
+impl std::fmt::Debug for App {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("App")
+            .field("name", &self.inner.name)
+            .field("broker", &self.inner.broker.describe())
+            .field("tasks", &self.inner.registry)
+            .finish()
+    }
+}
+
+impl App {
+    /// Starts building an app called `name` (the default node name is `name@host`).
+    pub fn builder(name: impl Into<String>) -> AppBuilder {
+        AppBuilder {
+            name: name.into(),
+            settings: Settings::default(),
+            overrides: Vec::new(),
+            queues: Vec::new(),
+            routes: Vec::new(),
+            tasks: Vec::new(),
+            load_environment: true,
+            config_file: None,
+        }
+    }
+
+    /// The builder this app was made from (to rebuild it with overrides).
+    pub fn to_builder(&self) -> AppBuilder {
+        self.inner.builder.clone()
+    }
+
+    /// The app name.
+    pub fn name(&self) -> &str {
+        &self.inner.name
+    }
+    /// The default worker node name (`name@host`).
+    pub fn hostname(&self) -> &str {
+        &self.inner.hostname
+    }
+    /// The resolved settings.
+    pub fn settings(&self) -> &Settings {
+        &self.inner.settings
+    }
+    /// The registered tasks.
+    pub fn registry(&self) -> &TaskRegistry {
+        &self.inner.registry
+    }
+    /// The router (declared queues and routes).
+    pub fn router(&self) -> &Router {
+        &self.inner.router
+    }
+    /// The broker.
+    pub fn broker(&self) -> &Arc<dyn Broker> {
+        &self.inner.broker
+    }
+    /// The result backend, if one is configured.
+    pub fn backend(&self) -> Option<&Arc<dyn ResultBackend>> {
+        self.inner.backend.as_ref()
+    }
+
+    /// A handle to the result of `task_id`.
+    pub fn result<R: DeserializeOwned>(&self, task_id: impl Into<String>) -> AsyncResult<R> {
+        AsyncResult::new(task_id.into(), self.inner.backend.clone())
+    }
+
+    /// Sends a task by name (it may be registered only in another process, Python
+    /// workers included).
+    pub async fn send_task(
+        &self,
+        name: &str,
+        args: Vec<Value>,
+        kwargs: Map<String, Value>,
+        options: SendOptions,
+    ) -> Result<AsyncResult<Value>, Error> {
+        let task_options = self.inner.registry.get(name).map(|t| t.options().clone());
+        self.send_with(name, task_options.as_ref(), args, kwargs, options)
+            .await
+    }
+
+    /// Sends a task declared in this program with typed result `R` (used by
+    /// `#[task]`'s `delay` and `apply_async`).
+    pub async fn send_declared<R: DeserializeOwned>(
+        &self,
+        task: &dyn Task,
+        args: Vec<Value>,
+        kwargs: Map<String, Value>,
+        options: SendOptions,
+    ) -> Result<AsyncResult<R>, Error> {
+        let result = self
+            .send_with(task.name(), Some(task.options()), args, kwargs, options)
+            .await?;
+        Ok(AsyncResult::new(result.id().to_string(), self.inner.backend.clone()))
+    }
+
+    /// Sends many tasks in one broker round trip; returns their ids in order.
+    pub async fn send_batch(
+        &self,
+        calls: Vec<(String, Vec<Value>, Map<String, Value>, SendOptions)>,
+    ) -> Result<Vec<String>, Error> {
+        let mut ids = Vec::with_capacity(calls.len());
+        let mut publishes = Vec::with_capacity(calls.len());
+        for (name, args, kwargs, options) in calls {
+            let task_options = self.inner.registry.get(&name).map(|t| t.options().clone());
+            let (id, mut batch) = self.prepare(&name, task_options.as_ref(), args, kwargs, options)?;
+            ids.push(id);
+            publishes.append(&mut batch);
+        }
+        self.inner.broker.publish(publishes).await?;
+        Ok(ids)
+    }
+
+    async fn send_with(
+        &self,
+        name: &str,
+        task_options: Option<&TaskOptions>,
+        args: Vec<Value>,
+        kwargs: Map<String, Value>,
+        options: SendOptions,
+    ) -> Result<AsyncResult<Value>, Error> {
+        let (id, publishes) = self.prepare(name, task_options, args, kwargs, options)?;
+        self.inner.broker.publish(publishes).await?;
+        Ok(AsyncResult::new(id, self.inner.backend.clone()))
+    }
+
+    /// Builds the message(s) of one send: one per destination queue.
+    pub fn prepare(
+        &self,
+        name: &str,
+        task_options: Option<&TaskOptions>,
+        args: Vec<Value>,
+        kwargs: Map<String, Value>,
+        options: SendOptions,
+    ) -> Result<(String, Vec<Publish>), Error> {
+        let destinations = self.inner.router.resolve(name, task_options, &options)?;
+        let id = options
+            .task_id
+            .clone()
+            .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+        let mut message = TaskMessage::new(name, id.clone(), args, kwargs);
+        let now = Utc::now();
+        let headers = &mut message.headers;
+        headers.eta = options.eta.or_else(|| {
+            options
+                .countdown
+                .and_then(|c| chrono::Duration::from_std(c).ok())
+                .map(|c| now + c)
+        });
+        let expires_in = options
+            .expires_in
+            .or_else(|| task_options.and_then(|t| t.expires));
+        headers.expires = options.expires_at.or_else(|| {
+            expires_in
+                .and_then(|e| chrono::Duration::from_std(e).ok())
+                .map(|e| now + e)
+        });
+        let hard = options
+            .time_limit
+            .or_else(|| task_options.and_then(|t| t.time_limit));
+        let soft = options
+            .soft_time_limit
+            .or_else(|| task_options.and_then(|t| t.soft_time_limit));
+        headers.timelimit = [
+            hard.and_then(|d| serde_json::Number::from_f64(d.as_secs_f64())),
+            soft.and_then(|d| serde_json::Number::from_f64(d.as_secs_f64())),
+        ];
+        headers.ignore_result = Some(
+            options
+                .ignore_result
+                .or_else(|| task_options.map(|t| t.ignore_result))
+                .unwrap_or(self.inner.settings.task_ignore_result),
+        );
+        headers.shadow = options.shadow.clone();
+        headers.retries = options.retries.unwrap_or(0);
+        headers.parent_id = options.parent_id.clone();
+        if let Some(root) = &options.root_id {
+            headers.root_id = Some(root.clone());
+        }
+        headers.group = options.group_id.clone();
+        headers.group_index = options.group_index;
+        headers.argsrepr = Some(python_repr_args(&message.args));
+        headers.kwargsrepr = Some(python_repr_kwargs(&message.kwargs));
+        headers.origin = Some(self.inner.origin.clone());
+        for (key, value) in &options.headers {
+            headers.extra.insert(key.clone(), value.clone());
+        }
+        if let Some(embed) = &options.embed {
+            message.embed = embed.clone();
+        }
+        message.properties.priority = options
+            .priority
+            .or_else(|| task_options.and_then(|t| t.priority))
+            .or(Some(0));
+        if let Some(expires) = message.headers.expires {
+            let ms = (expires - now).num_milliseconds().max(0);
+            message.properties.expiration = Some(ms.to_string());
+        }
+        let limit = self.inner.settings.task_max_message_bytes;
+        let not_before = message.headers.eta;
+        let mut publishes = Vec::with_capacity(destinations.len());
+        for destination in destinations {
+            message.properties.delivery_info = Some(celeriac_core::message::DeliveryInfo {
+                exchange: destination.exchange.clone(),
+                routing_key: destination.routing_key.clone(),
+                redelivered: None,
+            });
+            message.properties.delivery_tag = Some(uuid::Uuid::new_v4().to_string());
+            let envelope = message.encode();
+            if envelope.body.len() > limit {
+                return Err(Error::TooLarge {
+                    size: envelope.body.len(),
+                    limit,
+                });
+            }
+            publishes.push(Publish {
+                queue: destination.queue,
+                envelope,
+                not_before,
+            });
+        }
+        Ok((id, publishes))
+    }
+}
+
+impl TaskSender for App {
+    fn send_task(
+        &self,
+        name: &str,
+        args: Vec<Value>,
+        kwargs: Map<String, Value>,
+        options: SendOptions,
+    ) -> Pin<Box<dyn Future<Output = Result<String, String>> + Send + '_>> {
+        let name = name.to_string();
+        Box::pin(async move {
+            App::send_task(self, &name, args, kwargs, options)
+                .await
+                .map(|r| r.id().to_string())
+                .map_err(|e| e.to_string())
+        })
+    }
+}
+
+/// A Python-style `repr` of positional arguments, truncated to 1024 characters.
+fn python_repr_args(args: &[Value]) -> String {
+    let inner: Vec<String> = args.iter().map(python_repr).collect();
+    let text = if inner.len() == 1 {
+        format!("({},)", inner[0])
+    } else {
+        format!("({})", inner.join(", "))
+    };
+    truncate(text)
+}
+
+fn python_repr_kwargs(kwargs: &Map<String, Value>) -> String {
+    let inner: Vec<String> = kwargs
+        .iter()
+        .map(|(k, v)| format!("'{}': {}", k, python_repr(v)))
+        .collect();
+    truncate(format!("{{{}}}", inner.join(", ")))
+}
+
+fn python_repr(value: &Value) -> String {
+    match value {
+        Value::Null => "None".into(),
+        Value::Bool(true) => "True".into(),
+        Value::Bool(false) => "False".into(),
+        Value::Number(n) => n.to_string(),
+        Value::String(s) => format!("'{}'", s.replace('\\', "\\\\").replace('\'', "\\'")),
+        Value::Array(items) => format!(
+            "[{}]",
+            items.iter().map(python_repr).collect::<Vec<_>>().join(", ")
+        ),
+        Value::Object(map) => python_repr_kwargs(map),
+    }
+}
+
+fn truncate(mut text: String) -> String {
+    if text.len() > 1024 {
+        let mut cut = 1021;
+        while !text.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        text.truncate(cut);
+        text.push_str("...");
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn reprs_look_like_python() {
+        assert_eq!(python_repr_args(&[json!(2), json!(3)]), "(2, 3)");
+        assert_eq!(python_repr_args(&[json!("a")]), "('a',)");
+        let mut kw = Map::new();
+        kw.insert("x".into(), json!(null));
+        assert_eq!(python_repr_kwargs(&kw), "{'x': None}");
+    }
+}

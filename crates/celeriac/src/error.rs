@@ -1,0 +1,63 @@
+//! The errors of the celeriac API.
+
+use std::time::Duration;
+
+use celeriac_core::ExceptionInfo;
+
+/// Anything that can go wrong at the API's edge.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// Bad configuration.
+    #[error(transparent)]
+    Config(#[from] celeriac_core::ConfigError),
+    /// The broker failed.
+    #[error(transparent)]
+    Broker(#[from] celeriac_broker::BrokerError),
+    /// The result backend failed.
+    #[error(transparent)]
+    Backend(#[from] celeriac_backend::BackendError),
+    /// No queue matches the route.
+    #[error(transparent)]
+    Routing(#[from] celeriac_core::RoutingError),
+    /// An argument or result could not be (de)serialized.
+    #[error("cannot encode or decode a value: {0}")]
+    Encode(String),
+    /// The message is larger than `task_max_message_bytes`.
+    #[error("message of {size} bytes exceeds task_max_message_bytes ({limit})")]
+    TooLarge {
+        /// Message size.
+        size: usize,
+        /// Configured limit.
+        limit: usize,
+    },
+    /// Results are needed but no result backend is configured.
+    #[error("no result backend is configured (set result_backend or CELERIAC_RESULT_BACKEND)")]
+    NoBackend,
+    /// The task did not finish in time.
+    #[error("task {task_id} did not finish within {waited:?}")]
+    Timeout {
+        /// Task id.
+        task_id: String,
+        /// How long we waited.
+        waited: Duration,
+    },
+    /// The task failed.
+    #[error("task {task_id} failed: {exception}")]
+    TaskFailed {
+        /// Task id.
+        task_id: String,
+        /// The exception it raised.
+        exception: ExceptionInfo,
+        /// Its traceback, if any.
+        traceback: Option<String>,
+    },
+    /// The task was revoked or expired.
+    #[error("task {task_id} was revoked ({reason})")]
+    Revoked {
+        /// Task id.
+        task_id: String,
+        /// `revoked`, `expired` or `terminated`.
+        reason: String,
+    },
+}

@@ -1,0 +1,65 @@
+//! celeriac: a distributed task queue in Rust that speaks Celery's wire protocol.
+//!
+//! ```no_run
+//! use celeriac::prelude::*;
+//!
+//! #[task(name = "notify.send", queue = "short-task")]
+//! async fn send_notification(user_id: u64, text: String) -> TaskResult<()> {
+//!     println!("to {user_id}: {text}");
+//!     Ok(())
+//! }
+//!
+//! # async fn demo() -> Result<(), celeriac::Error> {
+//! let app = App::builder("proj")
+//!     .broker("sqlite://celeriac.db")
+//!     .queue(Queue::new("short-task").routing_key("short.#"))
+//!     .task(send_notification)
+//!     .build()
+//!     .await?;
+//! let result = send_notification::delay(&app, 7, "hi".into()).await?;
+//! result.get(std::time::Duration::from_secs(5)).await?;
+//! # Ok(()) }
+//! ```
+//!
+//! # Layout
+//!
+//! - [`App`] / [`AppBuilder`]: configuration, tasks, routing, connections; sending.
+//! - [`AsyncResult`]: waiting for and reading results.
+//! - [`task`]: the `#[task]` attribute (from `celeriac-macros`).
+//! - [`cli`]: the command line every celeriac binary gets (`worker`, `call`, ...).
+//! - Re-exported seams: [`core`], [`broker`], [`backend`], [`worker`].
+
+#![doc(html_root_url = "https://docs.rs/celeriac")]
+
+pub mod app;
+pub mod cli;
+pub mod error;
+pub mod result;
+
+pub use app::{App, AppBuilder};
+pub use celeriac_backend as backend;
+pub use celeriac_broker as broker;
+pub use celeriac_core as core;
+pub use celeriac_macros::task;
+pub use celeriac_worker as worker;
+pub use error::Error;
+pub use result::AsyncResult;
+
+pub use celeriac_core::{
+    Queue, Route, SendOptions, Settings, TaskContext, TaskError, TaskOptions, TaskResult,
+};
+
+/// Everything a task module needs.
+pub mod prelude {
+    pub use crate::{task, App, AsyncResult, Error};
+    pub use celeriac_core::routing::{Exchange, Queue, Route};
+    pub use celeriac_core::{CancelReason, SendOptions, TaskContext, TaskError, TaskResult};
+}
+
+/// Items used by code that `#[task]` generates. Not a stable API.
+#[doc(hidden)]
+pub mod __private {
+    pub use celeriac_core;
+    pub use celeriac_core::task::ArgBinder;
+    pub use serde_json;
+}

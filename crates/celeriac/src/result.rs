@@ -1,0 +1,121 @@
+//! Handles to task results.
+
+use std::marker::PhantomData;
+use std::sync::Arc;
+use std::time::Duration;
+
+use celeriac_backend::ResultBackend;
+use celeriac_core::{ExceptionInfo, TaskMeta, TaskState, Value};
+use serde::de::DeserializeOwned;
+
+use crate::error::Error;
+
+/// The result of one task, typed by its return value (`Value` when sent by name).
+pub struct AsyncResult<R = Value> {
+    id: String,
+    backend: Option<Arc<dyn ResultBackend>>,
+    _result: PhantomData<fn() -> R>,
+}
+
+impl<R> Clone for AsyncResult<R> {
+    fn clone(&self) -> Self {
+        AsyncResult {
+            id: self.id.clone(),
+            backend: self.backend.clone(),
+            _result: PhantomData,
+        }
+    }
+}
+
+impl<R> std::fmt::Debug for AsyncResult<R> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AsyncResult").field("id", &self.id).finish()
+    }
+}
+
+impl<R: DeserializeOwned> AsyncResult<R> {
+    /// A handle to the result of `id` in `backend`.
+    pub fn new(id: String, backend: Option<Arc<dyn ResultBackend>>) -> Self {
+        AsyncResult {
+            id,
+            backend,
+            _result: PhantomData,
+        }
+    }
+
+    /// The task id.
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    fn backend(&self) -> Result<&Arc<dyn ResultBackend>, Error> {
+        self.backend.as_ref().ok_or(Error::NoBackend)
+    }
+
+    /// The stored meta (PENDING when nothing is stored).
+    pub async fn meta(&self) -> Result<TaskMeta, Error> {
+        Ok(self
+            .backend()?
+            .get(&self.id)
+            .await?
+            .unwrap_or_else(|| TaskMeta::pending(self.id.clone())))
+    }
+
+    /// The current state.
+    pub async fn state(&self) -> Result<TaskState, Error> {
+        Ok(self.meta().await?.status)
+    }
+
+    /// Whether the task reached SUCCESS, FAILURE or REVOKED.
+    pub async fn ready(&self) -> Result<bool, Error> {
+        Ok(self.state().await?.is_ready())
+    }
+
+    /// Waits up to `timeout` for the task and returns its value; a failure or revoke
+    /// becomes an [`Error`].
+    pub async fn get(&self, timeout: Duration) -> Result<R, Error> {
+        let meta = self
+            .backend()?
+            .wait(&self.id, timeout)
+            .await?
+            .ok_or_else(|| Error::Timeout {
+                task_id: self.id.clone(),
+                waited: timeout,
+            })?;
+        Self::value_of(meta)
+    }
+
+    /// Converts a ready meta into the typed value or an error.
+    pub fn value_of(meta: TaskMeta) -> Result<R, Error> {
+        match meta.status {
+            TaskState::Success => serde_json::from_value(meta.result)
+                .map_err(|e| Error::Encode(format!("result of task {}: {e}", meta.task_id))),
+            TaskState::Revoked => {
+                let reason = meta
+                    .exception()
+                    .map(|e| e.message())
+                    .unwrap_or_else(|| "revoked".into());
+                Err(Error::Revoked {
+                    task_id: meta.task_id,
+                    reason,
+                })
+            }
+            _ => {
+                let exception = meta.exception().unwrap_or_else(|| {
+                    ExceptionInfo::new("Exception", "builtins", meta.result.to_string())
+                });
+                Err(Error::TaskFailed {
+                    task_id: meta.task_id,
+                    exception,
+                    traceback: meta.traceback,
+                })
+            }
+        }
+    }
+
+    /// Deletes the stored result.
+    pub async fn forget(&self) -> Result<(), Error> {
+        self.backend()?.forget(&self.id).await?;
+        Ok(())
+    }
+}
