@@ -38,6 +38,15 @@ pub trait Task: Send + Sync + 'static {
     /// [`TaskError::InvalidArguments`].
     fn run(&self, ctx: TaskContext, args: Vec<Value>, kwargs: Map<String, Value>) -> TaskFuture;
 
+    /// Checks that `args` and `kwargs` fit the task's parameters without running it.
+    /// The worker calls this before acknowledging, so a message whose arguments do not
+    /// fit is dead-lettered instead of lost. The default accepts everything (binding
+    /// errors then surface from [`Task::run`]).
+    fn check_args(&self, args: &[Value], kwargs: &Map<String, Value>) -> Result<(), TaskError> {
+        let _ = (args, kwargs);
+        Ok(())
+    }
+
     /// Whether a failure should be retried automatically (`autoretry_for`). The default
     /// matches the failure's `exc_type` against [`TaskOptions::autoretry_for`].
     fn should_autoretry(&self, failure: &TaskFailure) -> bool {

@@ -482,3 +482,26 @@ mod tests {
         assert_eq!(python_repr_kwargs(&kw), "{'x': None}");
     }
 }
+
+impl App {
+    /// A worker config consuming every declared queue with its own settings.
+    pub fn worker_config(&self) -> celeriac_worker::WorkerConfig {
+        celeriac_worker::WorkerConfig::from_settings(
+            &self.inner.settings,
+            self.inner.hostname.clone(),
+            self.inner.router.queues(),
+        )
+    }
+
+    /// A worker for this app's tasks, broker and backend; running tasks can send
+    /// follow-up tasks through the app.
+    pub fn worker(&self, config: celeriac_worker::WorkerConfig) -> celeriac_worker::Worker {
+        celeriac_worker::Worker::new(
+            config,
+            self.inner.registry.clone(),
+            self.inner.broker.clone(),
+            self.inner.backend.clone(),
+        )
+        .with_sender(Arc::new(self.clone()))
+    }
+}

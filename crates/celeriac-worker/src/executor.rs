@@ -1,0 +1,535 @@
+//! What happens to one delivered message, from decoding to its outcome.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use celeriac_broker::{Delivery, DeliveryTag, Publish, RejectAction};
+use celeriac_core::message::DecodeError;
+use celeriac_core::task::RetryRequest;
+use celeriac_core::{
+    ExceptionInfo, Task, TaskContext, TaskError, TaskFailure, TaskMessage, TaskMeta, TaskState,
+    Value,
+};
+use chrono::Utc;
+use serde_json::json;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio_util::sync::CancellationToken;
+
+use crate::completer::Completion;
+use crate::config::QueueSettings;
+use crate::stats::WorkerStats;
+use crate::worker::{Running, Shared};
+
+/// How a run ended, before the outcome is applied.
+enum RunEnd {
+    Finished(Result<Value, TaskError>),
+    HardTimeLimit(Duration),
+    Terminated,
+    Shutdown,
+}
+
+/// Processes one delivery end to end. Holds the queue's window permit until done.
+pub(crate) async fn process(
+    shared: Arc<Shared>,
+    delivery: Delivery,
+    queue: Arc<QueueSettings>,
+    window_permit: OwnedSemaphorePermit,
+    slots: Arc<Semaphore>,
+    stop: CancellationToken,
+    cancel_running: CancellationToken,
+) {
+    WorkerStats::bump(&shared.stats.received);
+    let Some((message, task)) = admit(&shared, &delivery).await else {
+        return;
+    };
+    let mut window_permit = Some(window_permit);
+
+    // Wait for the ETA while holding the (renewed) lease. ETA messages do not count
+    // against the prefetch window, as in Celery.
+    if let Some(eta) = message.headers.eta {
+        let wait = (eta - Utc::now()).to_std().unwrap_or_default();
+        if !wait.is_zero() {
+            window_permit = None;
+            tokio::select! {
+                biased;
+                _ = stop.cancelled() => return release(&shared, &delivery.tag).await,
+                _ = tokio::time::sleep(wait) => {}
+            }
+        }
+    }
+    tokio::select! {
+        biased;
+        _ = stop.cancelled() => return release(&shared, &delivery.tag).await,
+        _ = shared.rate.acquire(&message.headers.task, task.options().rate_limit) => {}
+    }
+    let slot = tokio::select! {
+        biased;
+        _ = stop.cancelled() => return release(&shared, &delivery.tag).await,
+        slot = slots.acquire_owned() => match slot {
+            Ok(slot) => slot,
+            Err(_) => return release(&shared, &delivery.tag).await,
+        },
+    };
+    if expired_or_revoked(&shared, &delivery, &message).await {
+        return;
+    }
+    execute(&shared, &delivery, &queue, message, task, cancel_running).await;
+    drop(slot);
+    drop(window_permit);
+}
+
+/// Decodes and validates; anything that cannot run is settled here.
+async fn admit(shared: &Arc<Shared>, delivery: &Delivery) -> Option<(TaskMessage, Arc<dyn Task>)> {
+    let envelope = &delivery.envelope;
+    let size = envelope.approximate_size();
+    let decoded = if size > shared.config.max_message_bytes {
+        Err(DecodeError::TooLarge {
+            size,
+            limit: shared.config.max_message_bytes,
+        })
+    } else {
+        TaskMessage::decode(envelope)
+    };
+    let message = match decoded {
+        Ok(message) => message,
+        Err(error) => {
+            let exception = match &error {
+                DecodeError::RefusedContentType { .. } | DecodeError::UnsupportedContentType(_) => {
+                    ExceptionInfo::new("ContentDisallowed", "kombu.exceptions", error.to_string())
+                }
+                _ => ExceptionInfo::new("DecodeError", "kombu.exceptions", error.to_string()),
+            };
+            if let Some(id) = envelope.task_id_hint() {
+                store_failure_direct(shared, id, exception).await;
+            }
+            dead_letter(shared, &delivery.tag, format!("undecodable message: {error}")).await;
+            return None;
+        }
+    };
+    let Some(task) = shared.registry.get(&message.headers.task).cloned() else {
+        let name = message.headers.task.clone();
+        tracing::error!(task = %name, id = %message.headers.id, "received unregistered task");
+        let meta = failure_meta(shared, &message, &delivery.queue, ExceptionInfo::not_registered(&name), None);
+        store_now(shared, meta).await;
+        dead_letter(
+            shared,
+            &delivery.tag,
+            format!("task {name:?} is not registered on worker {}", shared.config.hostname),
+        )
+        .await;
+        return None;
+    };
+    if let Err(error) = task.check_args(&message.args, &message.kwargs) {
+        let reason = error.to_string();
+        let meta = failure_meta(
+            shared,
+            &message,
+            &delivery.queue,
+            ExceptionInfo::new("TypeError", "builtins", reason.clone()),
+            None,
+        );
+        store_now(shared, meta).await;
+        dead_letter(shared, &delivery.tag, format!("task {}: {reason}", message.headers.task)).await;
+        return None;
+    }
+    if expired_or_revoked(shared, delivery, &message).await {
+        return None;
+    }
+    Some((message, task))
+}
+
+/// Settles an expired or revoked message (ack + REVOKED); returns whether it did.
+async fn expired_or_revoked(shared: &Arc<Shared>, delivery: &Delivery, message: &TaskMessage) -> bool {
+    let reason = if shared.revoked.lock().contains(&message.headers.id) {
+        "revoked"
+    } else if message.headers.expires.is_some_and(|at| at <= Utc::now()) {
+        "expired"
+    } else {
+        return false;
+    };
+    tracing::info!(id = %message.headers.id, task = %message.headers.task, reason, "not running task");
+    WorkerStats::bump(&shared.stats.revoked);
+    let mut meta = base_meta(shared, message, &delivery.queue, TaskState::Revoked, ExceptionInfo::revoked(reason).to_value());
+    meta.traceback = None;
+    shared.complete(Completion::Store(meta));
+    shared.complete(Completion::Ack(delivery.tag.clone()));
+    true
+}
+
+/// Runs the task and applies its outcome.
+async fn execute(
+    shared: &Arc<Shared>,
+    delivery: &Delivery,
+    queue: &QueueSettings,
+    message: TaskMessage,
+    task: Arc<dyn Task>,
+    cancel_running: CancellationToken,
+) {
+    let options = task.options();
+    let id = message.headers.id.clone();
+    if options.skip_if_succeeded && already_succeeded(shared, &id).await {
+        tracing::info!(%id, "task already succeeded; acking the redelivered message without running it");
+        shared.complete(Completion::Ack(delivery.tag.clone()));
+        return;
+    }
+    let acks_late = options
+        .acks_late
+        .or(queue.acks_late)
+        .unwrap_or(shared.config.acks_late);
+    if !acks_late {
+        shared.complete(Completion::Ack(delivery.tag.clone()));
+    }
+    if shared.config.track_started && !ignores_result(&message, task.as_ref()) {
+        let started = json!({"pid": std::process::id(), "hostname": shared.config.hostname});
+        let meta = base_meta(shared, &message, &delivery.queue, TaskState::Started, started);
+        shared.complete(Completion::Store(meta));
+    }
+
+    let terminate = CancellationToken::new();
+    let mut builder = TaskContext::builder(id.clone(), message.headers.task.clone())
+        .retries(message.headers.retries)
+        .delivery_count(delivery.delivery_count)
+        .eta(message.headers.eta)
+        .expires(message.headers.expires)
+        .lineage(
+            message.headers.root_id.clone(),
+            message.headers.parent_id.clone(),
+            message.headers.group.clone(),
+        )
+        .queue(delivery.queue.clone())
+        .hostname(shared.config.hostname.clone())
+        .headers(message.headers.extra.clone());
+    if let Some(sender) = &shared.sender {
+        builder = builder.sender(sender.clone());
+    }
+    let ctx = builder.build();
+    shared.running.lock().insert(
+        id.clone(),
+        Running {
+            ctx: ctx.clone(),
+            terminate: terminate.clone(),
+        },
+    );
+    shared.stats.active.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let soft = message.headers.soft_time_limit().or(options.soft_time_limit);
+    let hard = message.headers.hard_time_limit().or(options.time_limit);
+    let started = Instant::now();
+    let future = task.run(ctx.clone(), message.args.clone(), message.kwargs.clone());
+    let end = run_with_limits(future, &ctx, soft, hard, &terminate, &cancel_running).await;
+    let runtime = started.elapsed();
+    shared.running.lock().remove(&id);
+    shared.stats.active.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    WorkerStats::bump(&shared.stats.processed);
+    tracing::debug!(%id, task = %message.headers.task, ?runtime, "task finished");
+
+    let outcome = match end {
+        RunEnd::Finished(outcome) => outcome,
+        RunEnd::HardTimeLimit(limit) => {
+            tracing::error!(%id, task = %message.headers.task, ?limit, blocking = options.blocking, "hard time limit exceeded; task stopped");
+            let failure = TaskFailure::new(
+                "TimeLimitExceeded",
+                format!("hard time limit ({}s) exceeded", limit.as_secs_f64()),
+            );
+            let mut failure = failure;
+            failure.exc_module = "billiard.exceptions".into();
+            Err(TaskError::Failed(failure))
+        }
+        RunEnd::Terminated => {
+            WorkerStats::bump(&shared.stats.revoked);
+            let meta = base_meta(shared, &message, &delivery.queue, TaskState::Revoked, ExceptionInfo::revoked("terminated").to_value());
+            shared.complete(Completion::Store(meta));
+            if acks_late {
+                shared.complete(Completion::Ack(delivery.tag.clone()));
+            }
+            return;
+        }
+        RunEnd::Shutdown => {
+            if acks_late {
+                // Not finished: another worker runs it again.
+                release(shared, &delivery.tag).await;
+            } else {
+                let failure = ExceptionInfo::new(
+                    "WorkerLostError",
+                    "billiard.exceptions",
+                    "the worker shut down before the task finished",
+                );
+                let meta = failure_meta(shared, &message, &delivery.queue, failure, None);
+                shared.complete(Completion::Store(meta));
+            }
+            return;
+        }
+    };
+    let outcome = match outcome {
+        Err(TaskError::Failed(failure)) if task.should_autoretry(&failure) => {
+            let countdown = options
+                .retry_backoff
+                .map(|b| b.delay(message.headers.retries))
+                .unwrap_or(options.default_retry_delay);
+            Err(TaskError::Retry(RetryRequest {
+                countdown: Some(countdown),
+                cause: Some(failure),
+                ..RetryRequest::default()
+            }))
+        }
+        Err(TaskError::Failed(mut failure)) if ctx.cancel_reason() == Some(celeriac_core::CancelReason::SoftTimeLimit) => {
+            failure.message = format!("soft time limit exceeded: {}", failure.message);
+            Err(TaskError::Failed(failure))
+        }
+        other => other,
+    };
+    settle(shared, delivery, &message, task.as_ref(), acks_late, outcome).await;
+}
+
+/// Applies a task's outcome: results, retries, acks.
+async fn settle(
+    shared: &Arc<Shared>,
+    delivery: &Delivery,
+    message: &TaskMessage,
+    task: &dyn Task,
+    acks_late: bool,
+    outcome: Result<Value, TaskError>,
+) {
+    let ignore = ignores_result(message, task);
+    let ack_if_late = |shared: &Arc<Shared>| {
+        if acks_late {
+            shared.complete(Completion::Ack(delivery.tag.clone()));
+        }
+    };
+    match outcome {
+        Ok(value) => {
+            WorkerStats::bump(&shared.stats.succeeded);
+            if !ignore {
+                let meta = base_meta(shared, message, &delivery.queue, TaskState::Success, value);
+                shared.complete(Completion::Store(meta));
+            }
+            ack_if_late(shared);
+        }
+        Err(TaskError::Retry(request)) => {
+            retry(shared, delivery, message, task, acks_late, request).await;
+        }
+        Err(TaskError::Failed(failure)) => {
+            WorkerStats::bump(&shared.stats.failed);
+            tracing::warn!(id = %message.headers.id, task = %message.headers.task, error = %failure, "task failed");
+            if !ignore {
+                let meta = failure_meta(shared, message, &delivery.queue, failure.to_exception(), failure.traceback.clone());
+                shared.complete(Completion::Store(meta));
+            }
+            if acks_late && shared.config.reject_on_failure {
+                reject(shared, &delivery.tag, RejectAction::Requeue).await;
+            } else {
+                ack_if_late(shared);
+            }
+        }
+        Err(TaskError::Reject { requeue, reason }) => {
+            if requeue {
+                reject(shared, &delivery.tag, RejectAction::Requeue).await;
+            } else {
+                let meta = base_meta(
+                    shared,
+                    message,
+                    &delivery.queue,
+                    TaskState::Rejected,
+                    ExceptionInfo::new("Reject", "celery.exceptions", reason.clone()).to_value(),
+                );
+                shared.complete(Completion::Store(meta));
+                if acks_late {
+                    dead_letter(shared, &delivery.tag, format!("rejected by task: {reason}")).await;
+                }
+            }
+        }
+        Err(TaskError::Ignore) => ack_if_late(shared),
+        Err(TaskError::InvalidArguments(reason)) => {
+            WorkerStats::bump(&shared.stats.failed);
+            let meta = failure_meta(shared, message, &delivery.queue, ExceptionInfo::new("TypeError", "builtins", reason.clone()), None);
+            shared.complete(Completion::Store(meta));
+            if acks_late {
+                dead_letter(shared, &delivery.tag, format!("task {}: invalid arguments: {reason}", message.headers.task)).await;
+            }
+        }
+    }
+}
+
+/// Sends the task again as a new message with `retries + 1`, or fails it when
+/// retries are exhausted.
+async fn retry(
+    shared: &Arc<Shared>,
+    delivery: &Delivery,
+    message: &TaskMessage,
+    task: &dyn Task,
+    acks_late: bool,
+    request: RetryRequest,
+) {
+    let options = task.options();
+    let max = request.max_retries.or(options.max_retries);
+    if max.is_some_and(|max| message.headers.retries >= max) {
+        let exception = match &request.cause {
+            Some(cause) => cause.to_exception(),
+            None => ExceptionInfo::new(
+                "MaxRetriesExceededError",
+                "celery.exceptions",
+                format!(
+                    "Can't retry {}[{}] args:{:?} kwargs:{:?}",
+                    message.headers.task, message.headers.id, message.args, message.kwargs
+                ),
+            ),
+        };
+        WorkerStats::bump(&shared.stats.failed);
+        if !ignores_result(message, task) {
+            let traceback = request.cause.as_ref().and_then(|c| c.traceback.clone());
+            let meta = failure_meta(shared, message, &delivery.queue, exception, traceback);
+            shared.complete(Completion::Store(meta));
+        }
+        if acks_late {
+            shared.complete(Completion::Ack(delivery.tag.clone()));
+        }
+        return;
+    }
+    let eta = request.eta.unwrap_or_else(|| {
+        let countdown = request.countdown.unwrap_or(options.default_retry_delay);
+        Utc::now() + chrono::Duration::from_std(countdown).unwrap_or_default()
+    });
+    let mut next = message.clone();
+    next.headers.retries += 1;
+    next.headers.eta = Some(eta);
+    next.headers.parent_id = Some(message.headers.id.clone());
+    next.headers.extra.remove("redelivered");
+    next.properties.delivery_tag = Some(uuid::Uuid::new_v4().to_string());
+    if let Some(info) = next.properties.delivery_info.as_mut() {
+        info.redelivered = None;
+    }
+    let publish = Publish {
+        queue: delivery.queue.clone(),
+        envelope: next.encode(),
+        not_before: Some(eta),
+    };
+    if let Err(error) = shared.broker.publish(vec![publish]).await {
+        // Could not send the retry: keep the original message (requeue) so the task
+        // is not lost.
+        tracing::error!(%error, id = %message.headers.id, "publishing the retry failed; requeueing the original");
+        if acks_late {
+            reject(shared, &delivery.tag, RejectAction::Requeue).await;
+        }
+        return;
+    }
+    WorkerStats::bump(&shared.stats.retried);
+    tracing::info!(id = %message.headers.id, task = %message.headers.task, retries = next.headers.retries, %eta, "retry scheduled");
+    if !ignores_result(message, task) {
+        let exception = request
+            .cause
+            .as_ref()
+            .map(TaskFailure::to_exception)
+            .unwrap_or_else(|| ExceptionInfo::new("Retry", "celery.exceptions", format!("Retry in {}", eta)));
+        let mut meta = base_meta(shared, message, &delivery.queue, TaskState::Retry, exception.to_value());
+        meta.traceback = request.cause.as_ref().and_then(|c| c.traceback.clone());
+        meta.children = vec![json!([[message.headers.id, null], null])];
+        shared.complete(Completion::Store(meta));
+    }
+    if acks_late {
+        shared.complete(Completion::Ack(delivery.tag.clone()));
+    }
+}
+
+async fn run_with_limits(
+    future: celeriac_core::TaskFuture,
+    ctx: &TaskContext,
+    soft: Option<Duration>,
+    hard: Option<Duration>,
+    terminate: &CancellationToken,
+    cancel_running: &CancellationToken,
+) -> RunEnd {
+    let far = Duration::from_secs(86400 * 365);
+    let soft_sleep = tokio::time::sleep(soft.unwrap_or(far));
+    let hard_sleep = tokio::time::sleep(hard.unwrap_or(far));
+    tokio::pin!(future, soft_sleep, hard_sleep);
+    let mut soft_armed = soft.is_some();
+    loop {
+        tokio::select! {
+            biased;
+            result = &mut future => return RunEnd::Finished(result),
+            _ = terminate.cancelled() => return RunEnd::Terminated,
+            _ = cancel_running.cancelled() => return RunEnd::Shutdown,
+            _ = &mut hard_sleep, if hard.is_some() => return RunEnd::HardTimeLimit(hard.unwrap_or_default()),
+            _ = &mut soft_sleep, if soft_armed => {
+                soft_armed = false;
+                tracing::warn!(id = %ctx.id(), task = %ctx.name(), "soft time limit exceeded; cancelling");
+                ctx.cancel(celeriac_core::CancelReason::SoftTimeLimit);
+            }
+        }
+    }
+}
+
+fn ignores_result(message: &TaskMessage, task: &dyn Task) -> bool {
+    message.headers.ignore_result == Some(true) || task.options().ignore_result
+}
+
+async fn already_succeeded(shared: &Arc<Shared>, id: &str) -> bool {
+    let Some(backend) = &shared.backend else { return false };
+    matches!(backend.get(id).await, Ok(Some(meta)) if meta.status == TaskState::Success)
+}
+
+fn base_meta(shared: &Shared, message: &TaskMessage, queue: &str, status: TaskState, result: Value) -> TaskMeta {
+    let mut meta = TaskMeta::new(message.headers.id.clone(), status, result);
+    meta.group_id = message.headers.group.clone();
+    meta.parent_id = message.headers.parent_id.clone();
+    if shared.config.result_extended {
+        meta.name = Some(message.headers.task.clone());
+        meta.args = Some(Value::Array(message.args.clone()));
+        meta.kwargs = Some(Value::Object(message.kwargs.clone()));
+        meta.worker = Some(shared.config.hostname.clone());
+        meta.retries = Some(message.headers.retries);
+        meta.queue = Some(queue.to_string());
+    }
+    meta
+}
+
+fn failure_meta(
+    shared: &Shared,
+    message: &TaskMessage,
+    queue: &str,
+    exception: ExceptionInfo,
+    traceback: Option<String>,
+) -> TaskMeta {
+    let mut meta = base_meta(shared, message, queue, TaskState::Failure, exception.to_value());
+    meta.traceback = traceback;
+    meta
+}
+
+/// Stores a result right away (paths that dead-letter the message next).
+async fn store_now(shared: &Shared, meta: TaskMeta) {
+    if let Some(backend) = &shared.backend {
+        if let Err(error) = backend.store(&meta, shared.config.result_expires).await {
+            tracing::error!(%error, id = %meta.task_id, "storing the failure failed");
+        }
+    }
+}
+
+async fn store_failure_direct(shared: &Shared, id: &str, exception: ExceptionInfo) {
+    let meta = TaskMeta::new(id.to_string(), TaskState::Failure, exception.to_value());
+    store_now(shared, meta).await;
+}
+
+async fn dead_letter(shared: &Shared, tag: &DeliveryTag, reason: String) {
+    tracing::error!(%tag, %reason, "dead-lettering message");
+    WorkerStats::bump(&shared.stats.dead_lettered);
+    reject(shared, tag, RejectAction::DeadLetter { reason }).await;
+}
+
+async fn release(shared: &Shared, tag: &DeliveryTag) {
+    WorkerStats::bump(&shared.stats.released);
+    reject(shared, tag, RejectAction::Release).await;
+}
+
+async fn reject(shared: &Shared, tag: &DeliveryTag, action: RejectAction) {
+    let mut delay = Duration::from_millis(20);
+    for attempt in 1..=10 {
+        match shared.broker.reject(tag, action.clone()).await {
+            Ok(()) => break,
+            Err(error) => {
+                tracing::warn!(%error, %tag, attempt, "reject failed; retrying");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(2));
+            }
+        }
+    }
+    shared.held.lock().remove(tag);
+}

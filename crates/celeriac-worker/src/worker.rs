@@ -1,0 +1,336 @@
+//! The worker's lifecycle: consumers, lease renewer, rescuer, completer, shutdown.
+
+use std::collections::{HashMap, HashSet};
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use celeriac_broker::{DeliveryTag, FetchParams};
+use celeriac_core::{CancelReason, RateLimit, TaskContext, TaskRegistry, TaskSender};
+use parking_lot::Mutex;
+use tokio::sync::{mpsc, Semaphore};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::completer::{self, Completion, CompletionSender};
+use crate::config::{QueueSettings, WorkerConfig};
+use crate::executor;
+use crate::rate::RateLimiters;
+use crate::stats::{StatsSnapshot, WorkerStats};
+use crate::{Broker, ResultBackend};
+
+/// Most messages asked for in one fetch.
+const FETCH_BATCH: usize = 64;
+/// How long one fetch waits for a first message.
+const FETCH_WAIT: Duration = Duration::from_millis(500);
+
+/// A running task that can be terminated.
+pub(crate) struct Running {
+    pub ctx: TaskContext,
+    pub terminate: CancellationToken,
+}
+
+/// State shared by the worker's services.
+pub(crate) struct Shared {
+    pub config: WorkerConfig,
+    pub registry: TaskRegistry,
+    pub broker: Arc<dyn Broker>,
+    pub backend: Option<Arc<dyn ResultBackend>>,
+    pub sender: Option<Arc<dyn TaskSender>>,
+    pub stats: Arc<WorkerStats>,
+    pub held: Arc<Mutex<HashSet<DeliveryTag>>>,
+    pub running: Mutex<HashMap<String, Running>>,
+    pub revoked: Mutex<HashSet<String>>,
+    pub rate: Arc<RateLimiters>,
+    pub completions: CompletionSender,
+}
+
+impl Shared {
+    pub fn complete(&self, completion: Completion) {
+        // The receiver lives until every job has finished, so this cannot fail while
+        // a job runs; if it somehow does, the message is redelivered (not lost).
+        if self.completions.send(completion).is_err() {
+            tracing::error!("completer is gone; completion dropped, message will be redelivered");
+        }
+    }
+}
+
+/// A worker, ready to run.
+pub struct Worker {
+    shared: Arc<Shared>,
+    completions: mpsc::UnboundedReceiver<Completion>,
+}
+
+/// Controls a running worker from outside: counters, revoke, rate limits.
+#[derive(Clone)]
+pub struct WorkerHandle {
+    shared: Arc<Shared>,
+}
+
+impl Worker {
+    /// A worker running `registry`'s tasks from `broker`, storing results in `backend`.
+    pub fn new(
+        config: WorkerConfig,
+        registry: TaskRegistry,
+        broker: Arc<dyn Broker>,
+        backend: Option<Arc<dyn ResultBackend>>,
+    ) -> Worker {
+        let (tx, rx) = mpsc::unbounded_channel();
+        Worker {
+            shared: Arc::new(Shared {
+                config,
+                registry,
+                broker,
+                backend,
+                sender: None,
+                stats: Arc::new(WorkerStats::default()),
+                held: Arc::new(Mutex::new(HashSet::new())),
+                running: Mutex::new(HashMap::new()),
+                revoked: Mutex::new(HashSet::new()),
+                rate: RateLimiters::new(),
+                completions: tx,
+            }),
+            completions: rx,
+        }
+    }
+
+    /// Lets running tasks send follow-up tasks through `sender`.
+    pub fn with_sender(mut self, sender: Arc<dyn TaskSender>) -> Worker {
+        if let Some(shared) = Arc::get_mut(&mut self.shared) {
+            shared.sender = Some(sender);
+        }
+        self
+    }
+
+    /// A handle for counters and control.
+    pub fn handle(&self) -> WorkerHandle {
+        WorkerHandle {
+            shared: self.shared.clone(),
+        }
+    }
+
+    /// Runs until `shutdown` completes, then shuts down gracefully: stops fetching,
+    /// returns unstarted messages, lets running tasks finish for up to
+    /// `shutdown_timeout`, cancels the rest (returning their late-ack messages), and
+    /// flushes results and acks. Returns the final counters.
+    pub async fn run_until<F: Future<Output = ()> + Send>(self, shutdown: F) -> StatsSnapshot {
+        let shared = self.shared;
+        let stop_fetching = CancellationToken::new();
+        let cancel_running = CancellationToken::new();
+        let stop_completer = CancellationToken::new();
+        let stop_maintenance = CancellationToken::new();
+        let jobs = TaskTracker::new();
+
+        let completer = tokio::spawn(completer::run(
+            self.completions,
+            shared.broker.clone(),
+            shared.backend.clone(),
+            shared.held.clone(),
+            shared.config.result_expires,
+            stop_completer.clone(),
+        ));
+        let renewer = tokio::spawn(renew_leases(shared.clone(), stop_maintenance.clone()));
+        let rescuer = tokio::spawn(rescue_expired(shared.clone(), stop_fetching.clone()));
+
+        tracing::info!(
+            hostname = %shared.config.hostname,
+            broker = %shared.broker.describe(),
+            queues = ?shared.config.queues.iter().map(|q| format!("{}(c={},prefetch={})", q.name, q.concurrency, q.window())).collect::<Vec<_>>(),
+            tasks = shared.registry.len(),
+            "worker ready"
+        );
+        let consumers: Vec<_> = shared
+            .config
+            .queues
+            .clone()
+            .into_iter()
+            .map(|queue| {
+                tokio::spawn(consume(
+                    shared.clone(),
+                    queue,
+                    jobs.clone(),
+                    stop_fetching.clone(),
+                    cancel_running.clone(),
+                ))
+            })
+            .collect();
+
+        shutdown.await;
+        tracing::info!("shutting down: no new messages; returning unstarted ones");
+        stop_fetching.cancel();
+        for consumer in consumers {
+            let _ = consumer.await;
+        }
+        jobs.close();
+        let grace = shared.config.shutdown_timeout;
+        if tokio::time::timeout(grace, jobs.wait()).await.is_err() {
+            tracing::warn!(?grace, "tasks still running after the shutdown timeout; cancelling them");
+            for running in shared.running.lock().values() {
+                running.ctx.cancel(CancelReason::Shutdown);
+            }
+            cancel_running.cancel();
+            jobs.wait().await;
+        }
+        let _ = rescuer.await;
+        stop_completer.cancel();
+        let _ = completer.await;
+        stop_maintenance.cancel();
+        let _ = renewer.await;
+        let report = shared.stats.snapshot();
+        tracing::info!(?report, "worker stopped");
+        report
+    }
+}
+
+impl WorkerHandle {
+    /// Live counters.
+    pub fn stats(&self) -> StatsSnapshot {
+        self.shared.stats.snapshot()
+    }
+
+    /// Shared counters (for observers that poll often).
+    pub fn stats_ref(&self) -> Arc<WorkerStats> {
+        self.shared.stats.clone()
+    }
+
+    /// Revokes task ids: they will not start here. With `terminate`, a running one is
+    /// cancelled and stopped.
+    pub fn revoke(&self, task_ids: &[String], terminate: bool) {
+        let mut revoked = self.shared.revoked.lock();
+        for id in task_ids {
+            revoked.insert(id.clone());
+        }
+        drop(revoked);
+        if terminate {
+            let running = self.shared.running.lock();
+            for id in task_ids {
+                if let Some(task) = running.get(id) {
+                    task.ctx.cancel(CancelReason::Revoked);
+                    task.terminate.cancel();
+                }
+            }
+        }
+    }
+
+    /// Sets (or clears) a runtime rate limit for a task name.
+    pub fn set_rate_limit(&self, task: &str, limit: Option<RateLimit>) {
+        self.shared.rate.set(task, limit);
+    }
+
+    /// Ids of the tasks running now.
+    pub fn active(&self) -> Vec<String> {
+        self.shared.running.lock().keys().cloned().collect()
+    }
+}
+
+/// One queue's consumer: reserves messages while the prefetch window has room and
+/// hands each to a job that waits for one of the queue's slots.
+async fn consume(
+    shared: Arc<Shared>,
+    queue: QueueSettings,
+    jobs: TaskTracker,
+    stop: CancellationToken,
+    cancel_running: CancellationToken,
+) {
+    let window = Arc::new(Semaphore::new(queue.window()));
+    let slots = Arc::new(Semaphore::new(queue.concurrency));
+    let queue = Arc::new(queue);
+    let consumer = format!(
+        "{}/{}/{}/{}",
+        shared.config.hostname,
+        std::process::id(),
+        queue.name,
+        uuid::Uuid::new_v4().simple()
+    );
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        let first = tokio::select! {
+            biased;
+            _ = stop.cancelled() => return,
+            permit = window.clone().acquire_owned() => match permit {
+                Ok(permit) => permit,
+                Err(_) => return,
+            },
+        };
+        let mut permits = vec![first];
+        while permits.len() < FETCH_BATCH {
+            match window.clone().try_acquire_owned() {
+                Ok(permit) => permits.push(permit),
+                Err(_) => break,
+            }
+        }
+        let params = FetchParams {
+            queues: vec![queue.name.clone()],
+            max: permits.len(),
+            wait: FETCH_WAIT,
+            consumer: consumer.clone(),
+            lease: shared.config.lease,
+        };
+        match shared.broker.fetch(&params).await {
+            Ok(deliveries) => {
+                backoff = Duration::from_millis(100);
+                for delivery in deliveries {
+                    let Some(permit) = permits.pop() else {
+                        // The broker returned more than asked: keep it held anyway.
+                        tracing::warn!("broker returned more messages than requested");
+                        break;
+                    };
+                    shared.held.lock().insert(delivery.tag.clone());
+                    jobs.spawn(executor::process(
+                        shared.clone(),
+                        delivery,
+                        queue.clone(),
+                        permit,
+                        slots.clone(),
+                        stop.clone(),
+                        cancel_running.clone(),
+                    ));
+                }
+            }
+            Err(error) => {
+                drop(permits);
+                tracing::warn!(%error, queue = %queue.name, ?backoff, "fetch failed; retrying");
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    _ = tokio::time::sleep(backoff) => {}
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+            }
+        }
+    }
+}
+
+/// Renews the lease of every held message every third of the lease.
+async fn renew_leases(shared: Arc<Shared>, stop: CancellationToken) {
+    let lease = shared.config.lease;
+    let every = (lease / 3).max(Duration::from_millis(50));
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(every) => {}
+        }
+        let tags: Vec<DeliveryTag> = shared.held.lock().iter().cloned().collect();
+        if tags.is_empty() {
+            continue;
+        }
+        if let Err(error) = shared.broker.renew_leases(&tags, lease).await {
+            tracing::warn!(%error, count = tags.len(), "renewing leases failed");
+        }
+    }
+}
+
+/// Restores messages whose lease lapsed (their worker died).
+async fn rescue_expired(shared: Arc<Shared>, stop: CancellationToken) {
+    let every = (shared.config.lease / 2).clamp(Duration::from_millis(100), Duration::from_secs(15));
+    loop {
+        match shared.broker.restore_expired().await {
+            Ok(0) => {}
+            Ok(count) => tracing::info!(count, "restored messages whose lease lapsed"),
+            Err(error) => tracing::warn!(%error, "restoring expired leases failed"),
+        }
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(every) => {}
+        }
+    }
+}

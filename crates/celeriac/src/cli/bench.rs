@@ -1,0 +1,242 @@
+//! `bench`: enqueue rate, drain rate and send→start latency of no-op tasks, measured
+//! in this process against any broker. The last line of output is one JSON object.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use celeriac_core::{Map, Queue, SendOptions, Task, TaskContext, TaskFuture, TaskOptions, Value};
+use clap::Args;
+use parking_lot_free::Samples;
+use serde_json::json;
+
+use crate::app::App;
+
+/// Name of the no-op task the benchmark registers.
+pub const NOOP_TASK: &str = "celeriac.bench.noop";
+
+/// `bench` flags.
+#[derive(Debug, Args)]
+pub struct BenchArgs {
+    /// Number of tasks to enqueue and drain.
+    #[arg(long, default_value_t = 100_000)]
+    pub tasks: usize,
+    /// Worker slots.
+    #[arg(short = 'c', long, default_value_t = 2)]
+    pub concurrency: usize,
+    /// Messages reserved per slot.
+    #[arg(long, default_value_t = 64)]
+    pub prefetch_multiplier: usize,
+    /// Messages per batched publish.
+    #[arg(long, default_value_t = 1000)]
+    pub batch: usize,
+    /// Sequential sends measured for send→start latency.
+    #[arg(long, default_value_t = 1000)]
+    pub latency_samples: usize,
+    /// Store results while draining (default: results ignored).
+    #[arg(long)]
+    pub with_results: bool,
+    /// Print only the JSON line on stdout (progress still goes to stderr).
+    #[arg(long)]
+    pub json: bool,
+}
+
+mod parking_lot_free {
+    use std::sync::Mutex;
+
+    /// Latency samples in milliseconds.
+    #[derive(Default)]
+    pub struct Samples(Mutex<Vec<f64>>);
+
+    impl Samples {
+        pub fn push(&self, value: f64) {
+            if let Ok(mut v) = self.0.lock() {
+                v.push(value);
+            }
+        }
+        pub fn take(&self) -> Vec<f64> {
+            self.0.lock().map(|mut v| std::mem::take(&mut *v)).unwrap_or_default()
+        }
+        pub fn len(&self) -> usize {
+            self.0.lock().map(|v| v.len()).unwrap_or(0)
+        }
+    }
+}
+
+/// The no-op task: records send→start latency when the message carries
+/// `bench_sent_at` (Unix seconds).
+struct Noop {
+    options: TaskOptions,
+    samples: Arc<Samples>,
+}
+
+impl Task for Noop {
+    fn name(&self) -> &str {
+        NOOP_TASK
+    }
+    fn options(&self) -> &TaskOptions {
+        &self.options
+    }
+    fn run(&self, ctx: TaskContext, _args: Vec<Value>, _kwargs: Map<String, Value>) -> TaskFuture {
+        if let Some(sent) = ctx.headers().get("bench_sent_at").and_then(Value::as_f64) {
+            self.samples.push((celeriac_core::time::unix_now() - sent) * 1000.0);
+        }
+        Box::pin(async { Ok(Value::Null) })
+    }
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let rank = ((p / 100.0) * (sorted.len() - 1) as f64).round() as usize;
+    sorted[rank.min(sorted.len() - 1)]
+}
+
+/// Peak resident set size of this process in MiB (Linux `VmHWM`).
+pub fn peak_rss_mb() -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|status| {
+            status
+                .lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|kb| kb.parse::<f64>().ok())
+        })
+        .map(|kb| kb / 1024.0)
+        .unwrap_or(0.0)
+}
+
+async fn wait_until(what: &str, mut done: impl FnMut() -> bool, limit: Duration) -> anyhow::Result<()> {
+    let start = Instant::now();
+    while !done() {
+        if start.elapsed() > limit {
+            anyhow::bail!("benchmark stalled: {what} did not finish within {limit:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    Ok(())
+}
+
+/// Runs the benchmark.
+pub async fn run(app: App, args: BenchArgs) -> anyhow::Result<()> {
+    let samples = Arc::new(Samples::default());
+    let mut options = TaskOptions::default();
+    options.ignore_result = !args.with_results;
+    let queue_name = format!("celeriac-bench-{}", uuid::Uuid::new_v4().simple());
+    let app = app
+        .to_builder()
+        .queue(
+            Queue::new(queue_name.clone())
+                .concurrency(args.concurrency)
+                .prefetch_multiplier(args.prefetch_multiplier),
+        )
+        .task(Noop {
+            options,
+            samples: samples.clone(),
+        })
+        .build()
+        .await
+        .context("connecting for the benchmark")?;
+    let broker_name = app.broker().describe();
+    let send_options = || SendOptions::new().queue(queue_name.clone());
+
+    // 1. Enqueue, batched.
+    let bar = progress(args.tasks as u64, "enqueue");
+    let start = Instant::now();
+    let mut left = args.tasks;
+    while left > 0 {
+        let n = left.min(args.batch.max(1));
+        let calls = (0..n)
+            .map(|_| (NOOP_TASK.to_string(), Vec::new(), Map::new(), send_options()))
+            .collect();
+        app.send_batch(calls).await?;
+        left -= n;
+        bar.inc(n as u64);
+    }
+    let enqueue_secs = start.elapsed().as_secs_f64();
+    bar.finish_and_clear();
+
+    // 2. Drain with one worker.
+    let mut config = app.worker_config();
+    config.queues.retain(|q| q.name == queue_name);
+    let worker = app.worker(config);
+    let handle = worker.handle();
+    let stats = handle.stats_ref();
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let running = tokio::spawn(worker.run_until(async {
+        let _ = stop_rx.await;
+    }));
+    let processed = || stats.processed.load(std::sync::atomic::Ordering::Relaxed) as usize;
+    let bar = progress(args.tasks as u64, "drain");
+    let start = Instant::now();
+    let limit = Duration::from_secs(600);
+    wait_until(
+        "draining",
+        || {
+            bar.set_position(processed() as u64);
+            processed() >= args.tasks
+        },
+        limit,
+    )
+    .await?;
+    let drain_secs = start.elapsed().as_secs_f64();
+    bar.finish_and_clear();
+
+    // 3. Latency: sequential sends, each timed from send to task start.
+    let bar = progress(args.latency_samples as u64, "latency");
+    for i in 0..args.latency_samples {
+        let options = send_options().header("bench_sent_at", json!(celeriac_core::time::unix_now()));
+        app.send_task(NOOP_TASK, Vec::new(), Map::new(), options).await?;
+        wait_until("latency sample", || samples.len() > i, Duration::from_secs(30)).await?;
+        bar.inc(1);
+    }
+    bar.finish_and_clear();
+    let _ = stop_tx.send(());
+    running.await.context("worker task")?;
+    let _ = app.broker().purge(&queue_name).await;
+
+    let mut latencies = samples.take();
+    latencies.sort_by(|a, b| a.total_cmp(b));
+    let report = json!({
+        "broker": broker_name,
+        "tasks": args.tasks,
+        "concurrency": args.concurrency,
+        "prefetch_multiplier": args.prefetch_multiplier,
+        "results": args.with_results,
+        "enqueue_per_s": (args.tasks as f64 / enqueue_secs).round(),
+        "drain_per_s": (args.tasks as f64 / drain_secs).round(),
+        "latency_ms": {
+            "p50": round3(percentile(&latencies, 50.0)),
+            "p90": round3(percentile(&latencies, 90.0)),
+            "p99": round3(percentile(&latencies, 99.0)),
+        },
+        "peak_rss_mb": round3(peak_rss_mb()),
+    });
+    if !args.json {
+        eprintln!(
+            "broker {broker_name}: enqueue {:.0}/s, drain {:.0}/s, latency p50 {:.3} ms p99 {:.3} ms, peak RSS {:.1} MiB",
+            args.tasks as f64 / enqueue_secs,
+            args.tasks as f64 / drain_secs,
+            percentile(&latencies, 50.0),
+            percentile(&latencies, 99.0),
+            peak_rss_mb()
+        );
+    }
+    println!("{report}");
+    Ok(())
+}
+
+fn round3(x: f64) -> f64 {
+    (x * 1000.0).round() / 1000.0
+}
+
+fn progress(len: u64, label: &'static str) -> indicatif::ProgressBar {
+    let bar = indicatif::ProgressBar::with_draw_target(Some(len), indicatif::ProgressDrawTarget::stderr());
+    if let Ok(style) = indicatif::ProgressStyle::with_template("{msg:>8} [{bar:40}] {pos}/{len} ({per_sec})") {
+        bar.set_style(style.progress_chars("=> "));
+    }
+    bar.set_message(label);
+    bar
+}
