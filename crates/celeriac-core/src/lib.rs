@@ -38,7 +38,7 @@ pub use result::{ExceptionInfo, TaskMeta};
 pub use routing::{Exchange, ExchangeKind, Queue, Route, Router, RoutingError};
 pub use state::TaskState;
 pub use task::{
-    CancelReason, Task, TaskContext, TaskError, TaskFailure, TaskFuture, TaskOptions,
+    CancelReason, FnTask, Task, TaskContext, TaskError, TaskFailure, TaskFuture, TaskOptions,
     TaskRegistry, TaskResult, TaskSender,
 };
 

@@ -691,3 +691,42 @@ mod tests {
         assert_eq!(ctx.cancel_reason(), Some(CancelReason::SoftTimeLimit));
     }
 }
+
+/// A task made from a closure over raw JSON arguments: for dynamic tasks, adapters
+/// and tests. Most code uses `#[task]` instead.
+pub struct FnTask<F> {
+    name: String,
+    options: TaskOptions,
+    function: F,
+}
+
+impl<F, Fut> FnTask<F>
+where
+    F: Fn(TaskContext, Vec<Value>, Map<String, Value>) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Result<Value, TaskError>> + Send + 'static,
+{
+    /// A task called `name` running `function`.
+    pub fn new(name: impl Into<String>, options: TaskOptions, function: F) -> FnTask<F> {
+        FnTask {
+            name: name.into(),
+            options,
+            function,
+        }
+    }
+}
+
+impl<F, Fut> Task for FnTask<F>
+where
+    F: Fn(TaskContext, Vec<Value>, Map<String, Value>) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Result<Value, TaskError>> + Send + 'static,
+{
+    fn name(&self) -> &str {
+        &self.name
+    }
+    fn options(&self) -> &TaskOptions {
+        &self.options
+    }
+    fn run(&self, ctx: TaskContext, args: Vec<Value>, kwargs: Map<String, Value>) -> TaskFuture {
+        Box::pin((self.function)(ctx, args, kwargs))
+    }
+}
