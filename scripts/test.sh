@@ -1,0 +1,44 @@
+#!/usr/bin/env bash
+# The whole test suite: unit, integration and doc tests of every crate, the
+# quickstart end to end, and a short benchmark smoke run. `.ci/run` calls this.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+step() { printf '\n==> %s\n' "$*"; }
+
+step "unit and integration tests"
+if cargo nextest --version >/dev/null 2>&1; then
+  cargo nextest run --workspace --all-targets --no-fail-fast
+else
+  cargo test --workspace --all-targets --no-fail-fast
+fi
+
+step "doc tests"
+cargo test --workspace --doc
+
+step "quickstart (--exit-when-done) on a fresh SQLite file"
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
+cargo build --release --example quickstart --bin celeriac
+quickstart_log="$work/quickstart.log"
+(cd "$work" && CELERIAC_BROKER_URL="sqlite://$work/quickstart.db" CELERIAC_RESULT_BACKEND="" \
+  timeout 300 "$OLDPWD/target/release/examples/quickstart" --exit-when-done) | tee "$quickstart_log"
+grep -Eq '^summary: [0-9]+ succeeded, [0-9]+ failed$' "$quickstart_log" || {
+  echo "quickstart did not print its summary line" >&2
+  exit 1
+}
+
+step "benchmark smoke run (embedded SQLite)"
+bench_json=$(timeout 300 target/release/celeriac bench --broker "sqlite://$work/bench.db" --tasks 5000 \
+  --latency-samples 100 --json | tail -n 1)
+echo "$bench_json"
+python3 - "$bench_json" <<'PY'
+import json, sys
+report = json.loads(sys.argv[1])
+for key in ("broker", "tasks", "enqueue_per_s", "drain_per_s", "latency_ms", "peak_rss_mb"):
+    assert key in report, f"bench JSON lacks {key}"
+assert report["tasks"] == 5000 and report["drain_per_s"] > 0 and report["enqueue_per_s"] > 0
+print("bench JSON ok")
+PY
+
+step "all tests passed"
