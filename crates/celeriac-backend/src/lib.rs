@@ -12,13 +12,14 @@
 //! - [`ResultBackend::store`] never overwrites a stored SUCCESS (Celery's dedupe
 //!   guard): a redelivered task that already succeeded cannot turn into a FAILURE.
 //! - Results expire after the given duration; expired results read as absent.
+//!   `Some(Duration::ZERO)` means "never", like Celery's `result_expires = 0`.
 //! - [`ResultBackend::wait`] returns as soon as the task reaches a ready state
 //!   (SUCCESS, FAILURE, REVOKED), woken by a notification where the store has one.
 
 use std::time::Duration;
 
 use async_trait::async_trait;
-use celeriac_core::TaskMeta;
+use celeriac_core::{TaskMeta, TaskState};
 
 #[cfg(feature = "sqlite")]
 pub mod sqlite;
@@ -51,6 +52,14 @@ pub enum BackendError {
         /// What is wrong.
         reason: String,
     },
+    /// The backend does not implement this operation.
+    #[error("the result backend {backend} does not support {operation}")]
+    Unsupported {
+        /// The backend, as [`ResultBackend::describe`] names it.
+        backend: String,
+        /// The operation, e.g. `"recent"`.
+        operation: &'static str,
+    },
 }
 
 impl BackendError {
@@ -69,17 +78,47 @@ pub enum StoreOutcome {
     KeptSuccess,
 }
 
+/// Which stored results [`ResultBackend::recent`] lists.
+///
+/// Build it with struct update syntax so new fields do not break callers:
+/// `ResultQuery { state: Some(TaskState::Failure), ..Default::default() }`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ResultQuery {
+    /// Only results in this state; `None` for every state.
+    pub state: Option<TaskState>,
+    /// At most this many results (default 100; 0 lists nothing).
+    pub limit: usize,
+}
+
+impl Default for ResultQuery {
+    fn default() -> Self {
+        ResultQuery {
+            state: None,
+            limit: 100,
+        }
+    }
+}
+
 /// Stores task results. See the crate docs for the contract.
 #[async_trait]
 pub trait ResultBackend: Send + Sync + 'static {
     /// A short description for logs, without secrets.
     fn describe(&self) -> String;
 
-    /// Stores `meta` for `meta.task_id`, expiring after `expires` (`None` = never).
-    async fn store(&self, meta: &TaskMeta, expires: Option<Duration>) -> Result<StoreOutcome, BackendError>;
+    /// Stores `meta` for `meta.task_id`, expiring after `expires` (`None` or zero =
+    /// never). A stored SUCCESS is kept ([`StoreOutcome::KeptSuccess`]).
+    async fn store(
+        &self,
+        meta: &TaskMeta,
+        expires: Option<Duration>,
+    ) -> Result<StoreOutcome, BackendError>;
 
     /// Stores several metas at once (the worker batches); same rules as `store`.
-    async fn store_many(&self, metas: &[TaskMeta], expires: Option<Duration>) -> Result<(), BackendError> {
+    async fn store_many(
+        &self,
+        metas: &[TaskMeta],
+        expires: Option<Duration>,
+    ) -> Result<(), BackendError> {
         for meta in metas {
             self.store(meta, expires).await?;
         }
@@ -91,13 +130,40 @@ pub trait ResultBackend: Send + Sync + 'static {
 
     /// Waits until the task is ready or `timeout` passes; returns the ready meta, or
     /// `None` on timeout.
-    async fn wait(&self, task_id: &str, timeout: Duration) -> Result<Option<TaskMeta>, BackendError>;
+    async fn wait(
+        &self,
+        task_id: &str,
+        timeout: Duration,
+    ) -> Result<Option<TaskMeta>, BackendError>;
 
     /// Deletes the stored result.
     async fn forget(&self, task_id: &str) -> Result<(), BackendError>;
 
     /// Deletes expired results; returns how many.
     async fn cleanup_expired(&self) -> Result<u64, BackendError>;
+
+    /// The most recently stored results matching `query`, newest first; expired
+    /// results are left out. For the CLI and the dashboard.
+    ///
+    /// The default implementation returns [`BackendError::Unsupported`].
+    async fn recent(&self, query: &ResultQuery) -> Result<Vec<TaskMeta>, BackendError> {
+        let _ = query;
+        Err(BackendError::Unsupported {
+            backend: self.describe(),
+            operation: "recent",
+        })
+    }
+
+    /// How many unexpired results are stored in each state (states without results
+    /// are left out).
+    ///
+    /// The default implementation returns [`BackendError::Unsupported`].
+    async fn count_by_state(&self) -> Result<Vec<(TaskState, u64)>, BackendError> {
+        Err(BackendError::Unsupported {
+            backend: self.describe(),
+            operation: "count_by_state",
+        })
+    }
 }
 
 /// Opens the result backend named by `url` (`sqlite://path`).
@@ -105,10 +171,13 @@ pub async fn connect(url: &str) -> Result<std::sync::Arc<dyn ResultBackend>, Bac
     let scheme = url.split_once("://").map(|(s, _)| s).unwrap_or("");
     match scheme {
         #[cfg(feature = "sqlite")]
-        "sqlite" => Ok(std::sync::Arc::new(sqlite::SqliteBackend::open_url(url).await?)),
+        "sqlite" => Ok(std::sync::Arc::new(
+            sqlite::SqliteBackend::open_url(url).await?,
+        )),
         "redis" | "rediss" => Err(BackendError::InvalidUrl {
             url: url.to_string(),
-            reason: "the redis result backend is not built into this version of celeriac yet".into(),
+            reason: "the redis result backend is not built into this version of celeriac yet"
+                .into(),
         }),
         _ => Err(BackendError::InvalidUrl {
             url: url.to_string(),
