@@ -1,12 +1,19 @@
 //! Result metadata in Celery's format (`celery-task-meta-<id>`).
 
-use serde::{Deserialize, Serialize};
+use serde::ser::SerializeMap;
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use serde_json::{Map, Value};
 
 use crate::state::TaskState;
 
 /// The stored result of one task, field for field as Celery's backends write it.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+///
+/// A worker running with `result_extended` writes the six keys `name`, `args`, `kwargs`,
+/// `worker`, `retries` and `queue` together, `null` when the request did not carry them
+/// (an unregistered task stores all six as `null`). Such a record reads with `args` and
+/// `kwargs` set (to `Value::Null` when written as `null`), and whenever `args` or
+/// `kwargs` is set all six keys are written, so Python's records are reproduced exactly.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 pub struct TaskMeta {
     /// Current state.
     pub status: TaskState,
@@ -23,31 +30,76 @@ pub struct TaskMeta {
     #[serde(default)]
     pub date_done: Option<String>,
     /// Group id, when the task was a group or chord member.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     pub group_id: Option<String>,
     /// Id of the task that sent this one.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     pub parent_id: Option<String>,
     /// Task name (`result_extended`).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     pub name: Option<String>,
-    /// Positional arguments (`result_extended`).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// Positional arguments (`result_extended`); `Some(Value::Null)` when written as `null`.
+    #[serde(default, deserialize_with = "present_value")]
     pub args: Option<Value>,
-    /// Keyword arguments (`result_extended`).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// Keyword arguments (`result_extended`); `Some(Value::Null)` when written as `null`.
+    #[serde(default, deserialize_with = "present_value")]
     pub kwargs: Option<Value>,
     /// Worker node name (`result_extended`).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     pub worker: Option<String>,
     /// Retry count (`result_extended`).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     pub retries: Option<u32>,
     /// Delivery queue (`result_extended`).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     pub queue: Option<String>,
     /// The task id.
     pub task_id: String,
+}
+
+/// A key that is present reads as `Some`, even when its value is `null`.
+fn present_value<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<Value>, D::Error> {
+    Value::deserialize(deserializer).map(Some)
+}
+
+impl Serialize for TaskMeta {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        // Celery's key order; optional keys only when set, the `result_extended` block
+        // whole (see the type's docs).
+        let extended = self.args.is_some() || self.kwargs.is_some();
+        let mut map = serializer.serialize_map(None)?;
+        map.serialize_entry("status", &self.status)?;
+        map.serialize_entry("result", &self.result)?;
+        map.serialize_entry("traceback", &self.traceback)?;
+        map.serialize_entry("children", &self.children)?;
+        map.serialize_entry("date_done", &self.date_done)?;
+        if let Some(group_id) = &self.group_id {
+            map.serialize_entry("group_id", group_id)?;
+        }
+        if let Some(parent_id) = &self.parent_id {
+            map.serialize_entry("parent_id", parent_id)?;
+        }
+        if extended || self.name.is_some() {
+            map.serialize_entry("name", &self.name)?;
+        }
+        if let Some(args) = &self.args {
+            map.serialize_entry("args", args)?;
+        }
+        if let Some(kwargs) = &self.kwargs {
+            map.serialize_entry("kwargs", kwargs)?;
+        }
+        if extended || self.worker.is_some() {
+            map.serialize_entry("worker", &self.worker)?;
+        }
+        if extended || self.retries.is_some() {
+            map.serialize_entry("retries", &self.retries)?;
+        }
+        if extended || self.queue.is_some() {
+            map.serialize_entry("queue", &self.queue)?;
+        }
+        map.serialize_entry("task_id", &self.task_id)?;
+        map.end()
+    }
 }
 
 impl TaskMeta {
@@ -173,6 +225,31 @@ mod tests {
         assert_eq!(exc.exc_type, "ValueError");
         assert_eq!(exc.message(), "kaboom");
         assert_eq!(serde_json::to_value(&meta).expect("json"), raw);
+    }
+
+    #[test]
+    fn result_extended_keys_are_written_together_even_when_null() {
+        // An unregistered task on a result_extended=True Python worker.
+        let raw = json!({
+            "status": "FAILURE",
+            "result": {"exc_type": "NotRegistered", "exc_message": ["tasks.nope"], "exc_module": "celery.exceptions"},
+            "traceback": null,
+            "children": [],
+            "date_done": "2026-11-26T16:04:27.871046+00:00",
+            "name": null, "args": null, "kwargs": null, "worker": null, "retries": null, "queue": null,
+            "task_id": "unknown-task"
+        });
+        let meta: TaskMeta = serde_json::from_value(raw.clone()).expect("parses");
+        assert_eq!((meta.name.as_deref(), meta.args.clone()), (None, Some(Value::Null)));
+        assert_eq!(serde_json::to_value(&meta).expect("json"), raw);
+
+        // Without the block nothing is added, and a lone field stays alone.
+        let mut meta = TaskMeta::new("a", TaskState::Success, json!(1));
+        assert!(serde_json::to_value(&meta).expect("json").get("name").is_none());
+        meta.name = Some("t".into());
+        let written = serde_json::to_value(&meta).expect("json");
+        assert_eq!((written.get("name"), written.get("args")), (Some(&json!("t")), None));
+        assert_eq!(serde_json::from_value::<TaskMeta>(written).expect("parses"), meta);
     }
 
     #[test]
