@@ -36,7 +36,7 @@ pub mod cli;
 pub mod error;
 pub mod result;
 
-pub use app::{App, AppBuilder};
+pub use app::{App, AppBuilder, TaskCall};
 pub use celeriac_backend as backend;
 pub use celeriac_broker as broker;
 pub use celeriac_core as core;
@@ -62,4 +62,5 @@ pub mod __private {
     pub use celeriac_core;
     pub use celeriac_core::task::ArgBinder;
     pub use serde_json;
+    pub use tokio;
 }
