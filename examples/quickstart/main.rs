@@ -23,10 +23,15 @@ use celeriac::Route;
 use clap::Parser;
 
 /// Sends a notification (a short task).
-#[task(name = "notify.send", queue = "short-task", max_retries = 3, default_retry_delay = "200ms")]
+#[task(
+    name = "notify.send",
+    queue = "short-task",
+    max_retries = 3,
+    default_retry_delay = "200ms"
+)]
 async fn send_notification(ctx: TaskContext, user_id: u64, text: String) -> TaskResult<String> {
     // Every 50th user's mail server is flaky on the first attempt: retried.
-    if user_id % 50 == 0 && ctx.retries() == 0 {
+    if user_id.is_multiple_of(50) && ctx.retries() == 0 {
         return Err(ctx.retry_after(Duration::from_millis(200)));
     }
     tokio::time::sleep(Duration::from_millis(2)).await;
@@ -34,10 +39,19 @@ async fn send_notification(ctx: TaskContext, user_id: u64, text: String) -> Task
 }
 
 /// Processes an uploaded file (a long, blocking task).
-#[task(name = "files.process", queue = "long-task", acks_late = true, soft_time_limit = "30s", time_limit = "60s")]
+#[task(
+    name = "files.process",
+    queue = "long-task",
+    acks_late = true,
+    soft_time_limit = "30s",
+    time_limit = "60s"
+)]
 fn process_large_file(ctx: TaskContext, path: String, size_kb: u64) -> TaskResult<u64> {
     if path.ends_with(".corrupt") {
-        return Err(TaskError::fail("CorruptFile", format!("{path} is not a valid archive")));
+        return Err(TaskError::fail(
+            "CorruptFile",
+            format!("{path} is not a valid archive"),
+        ));
     }
     // Simulate work in small steps so a soft time limit can stop it cleanly.
     for _ in 0..(size_kb / 50).max(1) {
@@ -108,19 +122,29 @@ async fn main() -> anyhow::Result<()> {
     let started = Instant::now();
     let mut sent: Vec<(String, &'static str, AsyncResult)> = Vec::new();
     for i in 0..args.files {
-        let path = if i % 6 == 5 { format!("upload-{i}.corrupt") } else { format!("upload-{i}.zip") };
+        let path = if i % 6 == 5 {
+            format!("upload-{i}.corrupt")
+        } else {
+            format!("upload-{i}.zip")
+        };
         let r = process_large_file::delay(&app, path, 200 + (i % 4) * 100).await?;
         sent.push((r.id().to_string(), "long-task", app.result(r.id())));
     }
     for user in 1..=args.notifications {
-        let r = send_notification::delay(&app, user, format!("your report #{user} is ready")).await?;
+        let r =
+            send_notification::delay(&app, user, format!("your report #{user} is ready")).await?;
         sent.push((r.id().to_string(), "short-task", app.result(r.id())));
     }
     let total = sent.len();
-    println!("sent {total} tasks ({} notifications, {} files)", args.notifications, args.files);
+    println!(
+        "sent {total} tasks ({} notifications, {} files)",
+        args.notifications, args.files
+    );
 
     let bar = indicatif::ProgressBar::new(total as u64);
-    if let Ok(style) = indicatif::ProgressStyle::with_template("{spinner} [{bar:40}] {pos}/{len} tasks done ({elapsed})") {
+    if let Ok(style) = indicatif::ProgressStyle::with_template(
+        "{spinner} [{bar:40}] {pos}/{len} tasks done ({elapsed})",
+    ) {
         bar.set_style(style.progress_chars("=> "));
     }
     let mut waits = tokio::task::JoinSet::new();
@@ -169,8 +193,14 @@ async fn main() -> anyhow::Result<()> {
     for (queue, (count, last)) in &by_queue {
         println!("  {queue:<10} {count} tasks, last finished after {last:.2?}");
     }
-    for q in stats.iter().filter(|q| q.name == "short-task" || q.name == "long-task") {
-        println!("  queue {:<10} ready {} scheduled {} held {} dead letters {}", q.name, q.ready, q.scheduled, q.held, q.dead_letters);
+    for q in stats
+        .iter()
+        .filter(|q| q.name == "short-task" || q.name == "long-task")
+    {
+        println!(
+            "  queue {:<10} ready {} scheduled {} held {} dead letters {}",
+            q.name, q.ready, q.scheduled, q.held, q.dead_letters
+        );
     }
     println!("summary: {succeeded} succeeded, {failed} failed");
     if args.exit_when_done {
@@ -181,7 +211,10 @@ async fn main() -> anyhow::Result<()> {
     let report = worker_task.await?;
     println!("worker stopped after {} tasks", report.processed);
     if succeeded + failed != total as u64 {
-        anyhow::bail!("only {} of {total} tasks were accounted for", succeeded + failed);
+        anyhow::bail!(
+            "only {} of {total} tasks were accounted for",
+            succeeded + failed
+        );
     }
     Ok(())
 }

@@ -94,7 +94,10 @@ impl QueueConfig {
         }
         if self.exchange.is_some() || self.exchange_type.is_some() {
             queue.exchange = Exchange {
-                name: self.exchange.clone().unwrap_or_else(|| queue.exchange.name.clone()),
+                name: self
+                    .exchange
+                    .clone()
+                    .unwrap_or_else(|| queue.exchange.name.clone()),
                 kind: self.exchange_type.unwrap_or(queue.exchange.kind),
             };
         }
@@ -217,22 +220,33 @@ impl Settings {
             path: PathBuf::from("<toml>"),
             message: e.to_string(),
         })?;
-        let overlay = serde_json::to_value(table).map_err(|e| ConfigError::Invalid(e.to_string()))?;
+        let overlay =
+            serde_json::to_value(table).map_err(|e| ConfigError::Invalid(e.to_string()))?;
         self.merge_value(overlay)
     }
 
     /// Merges `CELERIAC_<SETTING>` variables (only names of known settings).
-    pub fn merge_env<I: IntoIterator<Item = (String, String)>>(self, vars: I) -> Result<Settings, ConfigError> {
+    pub fn merge_env<I: IntoIterator<Item = (String, String)>>(
+        self,
+        vars: I,
+    ) -> Result<Settings, ConfigError> {
         let known = match serde_json::to_value(&self) {
             Ok(Value::Object(map)) => map,
             _ => Map::new(),
         };
         let mut overlay = Map::new();
         for (name, raw) in vars {
-            let Some(setting) = name.strip_prefix("CELERIAC_") else { continue };
-            let path: Vec<String> = setting.split("__").map(|p| p.to_ascii_lowercase()).collect();
+            let Some(setting) = name.strip_prefix("CELERIAC_") else {
+                continue;
+            };
+            let path: Vec<String> = setting
+                .split("__")
+                .map(|p| p.to_ascii_lowercase())
+                .collect();
             let Some(first) = path.first() else { continue };
-            let Some(current) = known.get(first) else { continue };
+            let Some(current) = known.get(first) else {
+                continue;
+            };
             let value = env_value(&raw, current, &path[1..]);
             insert_path(&mut overlay, &path, value);
         }
@@ -241,7 +255,8 @@ impl Settings {
 
     /// Merges a JSON object of settings (used for flags and tests).
     pub fn merge_value(self, overlay: Value) -> Result<Settings, ConfigError> {
-        let mut base = serde_json::to_value(&self).map_err(|e| ConfigError::Invalid(e.to_string()))?;
+        let mut base =
+            serde_json::to_value(&self).map_err(|e| ConfigError::Invalid(e.to_string()))?;
         merge(&mut base, overlay);
         serde_json::from_value(base).map_err(|e| ConfigError::Invalid(e.to_string()))
     }
@@ -276,7 +291,9 @@ impl Settings {
         if self.worker_concurrency > 0 {
             self.worker_concurrency
         } else {
-            std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2)
+            std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(2)
         }
     }
 
@@ -344,7 +361,9 @@ fn merge(base: &mut Value, overlay: Value) {
         (Value::Object(base), Value::Object(overlay)) => {
             for (key, value) in overlay {
                 match base.get_mut(&key) {
-                    Some(existing) if existing.is_object() && value.is_object() && key != "task_routes" => {
+                    Some(existing)
+                        if existing.is_object() && value.is_object() && key != "task_routes" =>
+                    {
                         merge(existing, value)
                     }
                     _ => {
@@ -391,15 +410,24 @@ mod tests {
         let env = file
             .merge_env(vec![
                 ("CELERIAC_BROKER_URL".into(), "sqlite://env.db".into()),
-                ("CELERIAC_RESULT_BACKEND".into(), "sqlite://results.db".into()),
+                (
+                    "CELERIAC_RESULT_BACKEND".into(),
+                    "sqlite://results.db".into(),
+                ),
                 ("CELERIAC_WORKER_PREFETCH_MULTIPLIER".into(), "8".into()),
-                ("CELERIAC_BROKER_TRANSPORT_OPTIONS__VISIBILITY_TIMEOUT".into(), "7.5".into()),
+                (
+                    "CELERIAC_BROKER_TRANSPORT_OPTIONS__VISIBILITY_TIMEOUT".into(),
+                    "7.5".into(),
+                ),
                 ("CELERIAC_REQUIRE_SERVICES".into(), "1".into()),
                 ("PATH".into(), "/bin".into()),
             ])
             .expect("env");
         assert_eq!(env.broker_url, "sqlite://env.db");
-        assert_eq!(env.effective_result_backend().as_deref(), Some("sqlite://results.db"));
+        assert_eq!(
+            env.effective_result_backend().as_deref(),
+            Some("sqlite://results.db")
+        );
         assert_eq!(env.worker_prefetch_multiplier, 8);
         assert_eq!(env.visibility_timeout(), Duration::from_millis(7500));
         let queues = env.queues();
@@ -422,6 +450,9 @@ mod tests {
     #[test]
     fn sqlite_broker_doubles_as_backend() {
         let s = Settings::default();
-        assert_eq!(s.effective_result_backend().as_deref(), Some("sqlite://celeriac.db"));
+        assert_eq!(
+            s.effective_result_backend().as_deref(),
+            Some("sqlite://celeriac.db")
+        );
     }
 }

@@ -26,7 +26,9 @@ impl RateLimit {
             .parse()
             .map_err(|_| format!("invalid rate limit {text:?}: expected e.g. \"100/m\""))?;
         if !(count.is_finite() && count > 0.0) {
-            return Err(format!("invalid rate limit {text:?}: the count must be positive"));
+            return Err(format!(
+                "invalid rate limit {text:?}: the count must be positive"
+            ));
         }
         let per = match unit {
             "s" | "sec" | "second" => Duration::from_secs(1),
@@ -116,9 +118,18 @@ mod tests {
 
     #[test]
     fn rate_limits_parse_like_celery() {
-        assert_eq!(RateLimit::parse("100/m").expect("ok").interval(), Duration::from_millis(600));
-        assert_eq!(RateLimit::parse("10/s").expect("ok").interval(), Duration::from_millis(100));
-        assert_eq!(RateLimit::parse("2").expect("ok").interval(), Duration::from_millis(500));
+        assert_eq!(
+            RateLimit::parse("100/m").expect("ok").interval(),
+            Duration::from_millis(600)
+        );
+        assert_eq!(
+            RateLimit::parse("10/s").expect("ok").interval(),
+            Duration::from_millis(100)
+        );
+        assert_eq!(
+            RateLimit::parse("2").expect("ok").interval(),
+            Duration::from_millis(500)
+        );
         assert!(RateLimit::parse("fast").is_err());
         assert!(RateLimit::parse("10/week").is_err());
         assert!(RateLimit::parse("0/s").is_err());
@@ -134,7 +145,11 @@ mod tests {
 
     #[test]
     fn backoff_doubles_and_caps() {
-        let b = Backoff { base: Duration::from_secs(2), max: Duration::from_secs(10), jitter: false };
+        let b = Backoff {
+            base: Duration::from_secs(2),
+            max: Duration::from_secs(10),
+            jitter: false,
+        };
         assert_eq!(b.delay(0), Duration::from_secs(2));
         assert_eq!(b.delay(1), Duration::from_secs(4));
         assert_eq!(b.delay(5), Duration::from_secs(10));

@@ -183,8 +183,8 @@ impl Envelope {
     /// Reads kombu's JSON envelope. The body is base64-decoded when
     /// `properties.body_encoding` is `"base64"` and used as is otherwise.
     pub fn from_kombu_json(raw: &[u8]) -> Result<Envelope, DecodeError> {
-        let envelope: KombuEnvelope = serde_json::from_slice(raw)
-            .map_err(|e| DecodeError::InvalidEnvelope(e.to_string()))?;
+        let envelope: KombuEnvelope =
+            serde_json::from_slice(raw).map_err(|e| DecodeError::InvalidEnvelope(e.to_string()))?;
         let body = match (&envelope.body, envelope.properties.body_encoding.as_deref()) {
             (Value::String(text), Some("base64")) => base64::engine::general_purpose::STANDARD
                 .decode(text.as_bytes())
@@ -399,12 +399,14 @@ impl TaskHeaders {
         let replaced_task_nesting = take_opt_int(&mut map, "replaced_task_nesting")?;
         let stamped_headers = match map.remove("stamped_headers") {
             None | Some(Value::Null) => None,
-            Some(value) => Some(serde_json::from_value(value).map_err(|e| {
-                DecodeError::InvalidHeader {
-                    name: "stamped_headers",
-                    reason: e.to_string(),
-                }
-            })?),
+            Some(value) => {
+                Some(
+                    serde_json::from_value(value).map_err(|e| DecodeError::InvalidHeader {
+                        name: "stamped_headers",
+                        reason: e.to_string(),
+                    })?,
+                )
+            }
         };
         let stamps = match map.remove("stamps") {
             None | Some(Value::Null) => None,
@@ -503,7 +505,10 @@ fn seconds_to_duration(n: Option<&Number>) -> Option<std::time::Duration> {
     (secs.is_finite() && secs > 0.0).then(|| std::time::Duration::from_secs_f64(secs))
 }
 
-fn take_required_string(map: &mut Map<String, Value>, name: &'static str) -> Result<String, DecodeError> {
+fn take_required_string(
+    map: &mut Map<String, Value>,
+    name: &'static str,
+) -> Result<String, DecodeError> {
     match map.remove(name) {
         Some(Value::String(s)) if !s.is_empty() => Ok(s),
         Some(Value::String(_)) => Err(DecodeError::InvalidHeader {
@@ -518,7 +523,10 @@ fn take_required_string(map: &mut Map<String, Value>, name: &'static str) -> Res
     }
 }
 
-fn take_opt_string(map: &mut Map<String, Value>, name: &'static str) -> Result<Option<String>, DecodeError> {
+fn take_opt_string(
+    map: &mut Map<String, Value>,
+    name: &'static str,
+) -> Result<Option<String>, DecodeError> {
     match map.remove(name) {
         None | Some(Value::Null) => Ok(None),
         Some(Value::String(s)) => Ok(Some(s)),
@@ -529,7 +537,10 @@ fn take_opt_string(map: &mut Map<String, Value>, name: &'static str) -> Result<O
     }
 }
 
-fn take_opt_int(map: &mut Map<String, Value>, name: &'static str) -> Result<Option<i64>, DecodeError> {
+fn take_opt_int(
+    map: &mut Map<String, Value>,
+    name: &'static str,
+) -> Result<Option<i64>, DecodeError> {
     match map.remove(name) {
         None | Some(Value::Null) => Ok(None),
         Some(Value::Number(n)) => n.as_i64().map(Some).ok_or(DecodeError::InvalidHeader {
@@ -543,7 +554,10 @@ fn take_opt_int(map: &mut Map<String, Value>, name: &'static str) -> Result<Opti
     }
 }
 
-fn take_opt_time(map: &mut Map<String, Value>, name: &'static str) -> Result<Option<DateTime<Utc>>, DecodeError> {
+fn take_opt_time(
+    map: &mut Map<String, Value>,
+    name: &'static str,
+) -> Result<Option<DateTime<Utc>>, DecodeError> {
     match map.remove(name) {
         None | Some(Value::Null) => Ok(None),
         Some(Value::String(s)) => parse_iso(&s).map(Some).ok_or(DecodeError::InvalidHeader {
@@ -570,7 +584,9 @@ fn take_timelimit(map: &mut Map<String, Value>) -> Result<[Option<Number>; 2], D
                 *slot = match item {
                     Value::Null => None,
                     Value::Number(n) => Some(n),
-                    other => return Err(invalid(format!("expected a number or null, found {other}"))),
+                    other => {
+                        return Err(invalid(format!("expected a number or null, found {other}")))
+                    }
                 };
             }
             Ok(out)
@@ -669,9 +685,9 @@ impl TaskMessage {
 
 fn embed_to_value(embed: &Embed) -> Value {
     // All four keys are always present (Python code paths call `.get()` on them).
-    serde_json::to_value(embed).unwrap_or_else(|_| {
-        serde_json::json!({"callbacks": null, "errbacks": null, "chain": null, "chord": null})
-    })
+    serde_json::to_value(embed).unwrap_or_else(
+        |_| serde_json::json!({"callbacks": null, "errbacks": null, "chain": null, "chord": null}),
+    )
 }
 
 fn check_content_type(envelope: &Envelope) -> Result<(), DecodeError> {
@@ -690,7 +706,10 @@ fn check_content_type(envelope: &Envelope) -> Result<(), DecodeError> {
     }
 }
 
-fn split_body(body: Value) -> Result<(Vec<Value>, Map<String, Value>, Embed), DecodeError> {
+/// `[args, kwargs, embed]` taken apart.
+type BodyParts = (Vec<Value>, Map<String, Value>, Embed);
+
+fn split_body(body: Value) -> Result<BodyParts, DecodeError> {
     let Value::Array(mut parts) = body else {
         return Err(DecodeError::InvalidBody(
             "expected a JSON array [args, kwargs, embed]".into(),
@@ -752,7 +771,11 @@ mod tests {
 
     #[test]
     fn minimal_headers_decode() {
-        let env = envelope(json!({"task": "tasks.add", "id": "x"}), json!([[1, 2], {}, null]), CONTENT_TYPE_JSON);
+        let env = envelope(
+            json!({"task": "tasks.add", "id": "x"}),
+            json!([[1, 2], {}, null]),
+            CONTENT_TYPE_JSON,
+        );
         let msg = TaskMessage::decode(&env).expect("decodes");
         assert_eq!(msg.headers.task, "tasks.add");
         assert_eq!(msg.args, vec![json!(1), json!(2)]);
@@ -761,31 +784,62 @@ mod tests {
 
     #[test]
     fn pickle_and_yaml_are_refused() {
-        let env = envelope(json!({"task": "t", "id": "x"}), json!([[], {}, {}]), CONTENT_TYPE_PICKLE);
+        let env = envelope(
+            json!({"task": "t", "id": "x"}),
+            json!([[], {}, {}]),
+            CONTENT_TYPE_PICKLE,
+        );
         let err = TaskMessage::decode(&env).expect_err("pickle refused");
         assert!(matches!(err, DecodeError::RefusedContentType { .. }));
         assert!(err.to_string().contains("pickle"));
-        let env = envelope(json!({"task": "t", "id": "x"}), json!([[], {}, {}]), CONTENT_TYPE_YAML);
-        assert!(matches!(TaskMessage::decode(&env), Err(DecodeError::RefusedContentType { .. })));
+        let env = envelope(
+            json!({"task": "t", "id": "x"}),
+            json!([[], {}, {}]),
+            CONTENT_TYPE_YAML,
+        );
+        assert!(matches!(
+            TaskMessage::decode(&env),
+            Err(DecodeError::RefusedContentType { .. })
+        ));
     }
 
     #[test]
     fn protocol_v1_is_detected() {
-        let env = envelope(json!({}), json!({"task": "tasks.add", "id": "x", "args": [1, 2], "kwargs": {}}), CONTENT_TYPE_JSON);
+        let env = envelope(
+            json!({}),
+            json!({"task": "tasks.add", "id": "x", "args": [1, 2], "kwargs": {}}),
+            CONTENT_TYPE_JSON,
+        );
         let err = TaskMessage::decode(&env).expect_err("v1 refused");
-        assert_eq!(err, DecodeError::ProtocolV1 { task: "tasks.add".into() });
+        assert_eq!(
+            err,
+            DecodeError::ProtocolV1 {
+                task: "tasks.add".into()
+            }
+        );
         assert!(err.to_string().contains("protocol v1"));
     }
 
     #[test]
     fn two_element_body_is_invalid() {
-        let env = envelope(json!({"task": "t", "id": "x"}), json!([[], {}]), CONTENT_TYPE_JSON);
-        assert!(matches!(TaskMessage::decode(&env), Err(DecodeError::InvalidBody(_))));
+        let env = envelope(
+            json!({"task": "t", "id": "x"}),
+            json!([[], {}]),
+            CONTENT_TYPE_JSON,
+        );
+        assert!(matches!(
+            TaskMessage::decode(&env),
+            Err(DecodeError::InvalidBody(_))
+        ));
     }
 
     #[test]
     fn bad_eta_is_an_invalid_header() {
-        let env = envelope(json!({"task": "t", "id": "x", "eta": "soon"}), json!([[], {}, null]), CONTENT_TYPE_JSON);
+        let env = envelope(
+            json!({"task": "t", "id": "x", "eta": "soon"}),
+            json!([[], {}, null]),
+            CONTENT_TYPE_JSON,
+        );
         assert!(matches!(
             TaskMessage::decode(&env),
             Err(DecodeError::InvalidHeader { name: "eta", .. })
@@ -797,15 +851,28 @@ mod tests {
         let msg = TaskMessage::new("t", "id-1", vec![json!(1)], Map::new());
         let env = msg.encode();
         let body: Value = serde_json::from_slice(&env.body).expect("json");
-        assert_eq!(body, json!([[1], {}, {"callbacks": null, "errbacks": null, "chain": null, "chord": null}]));
+        assert_eq!(
+            body,
+            json!([[1], {}, {"callbacks": null, "errbacks": null, "chain": null, "chord": null}])
+        );
         assert_eq!(TaskMessage::decode(&env).expect("round trip"), msg);
     }
 
     #[test]
     fn timelimit_is_hard_then_soft() {
-        let env = envelope(json!({"task": "t", "id": "x", "timelimit": [10, 5]}), json!([[], {}, null]), CONTENT_TYPE_JSON);
+        let env = envelope(
+            json!({"task": "t", "id": "x", "timelimit": [10, 5]}),
+            json!([[], {}, null]),
+            CONTENT_TYPE_JSON,
+        );
         let msg = TaskMessage::decode(&env).expect("decodes");
-        assert_eq!(msg.headers.hard_time_limit(), Some(std::time::Duration::from_secs(10)));
-        assert_eq!(msg.headers.soft_time_limit(), Some(std::time::Duration::from_secs(5)));
+        assert_eq!(
+            msg.headers.hard_time_limit(),
+            Some(std::time::Duration::from_secs(10))
+        );
+        assert_eq!(
+            msg.headers.soft_time_limit(),
+            Some(std::time::Duration::from_secs(5))
+        );
     }
 }

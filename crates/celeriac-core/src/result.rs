@@ -155,7 +155,11 @@ pub struct ExceptionInfo {
 
 impl ExceptionInfo {
     /// An exception with one string argument.
-    pub fn new(exc_type: impl Into<String>, module: impl Into<String>, message: impl Into<String>) -> ExceptionInfo {
+    pub fn new(
+        exc_type: impl Into<String>,
+        module: impl Into<String>,
+        message: impl Into<String>,
+    ) -> ExceptionInfo {
         ExceptionInfo {
             exc_type: exc_type.into(),
             exc_message: vec![Value::String(message.into())],
@@ -240,21 +244,37 @@ mod tests {
             "task_id": "unknown-task"
         });
         let meta: TaskMeta = serde_json::from_value(raw.clone()).expect("parses");
-        assert_eq!((meta.name.as_deref(), meta.args.clone()), (None, Some(Value::Null)));
+        assert_eq!(
+            (meta.name.as_deref(), meta.args.clone()),
+            (None, Some(Value::Null))
+        );
         assert_eq!(serde_json::to_value(&meta).expect("json"), raw);
 
         // Without the block nothing is added, and a lone field stays alone.
         let mut meta = TaskMeta::new("a", TaskState::Success, json!(1));
-        assert!(serde_json::to_value(&meta).expect("json").get("name").is_none());
+        assert!(serde_json::to_value(&meta)
+            .expect("json")
+            .get("name")
+            .is_none());
         meta.name = Some("t".into());
         let written = serde_json::to_value(&meta).expect("json");
-        assert_eq!((written.get("name"), written.get("args")), (Some(&json!("t")), None));
-        assert_eq!(serde_json::from_value::<TaskMeta>(written).expect("parses"), meta);
+        assert_eq!(
+            (written.get("name"), written.get("args")),
+            (Some(&json!("t")), None)
+        );
+        assert_eq!(
+            serde_json::from_value::<TaskMeta>(written).expect("parses"),
+            meta
+        );
     }
 
     #[test]
     fn ready_states_get_a_date_done() {
-        assert!(TaskMeta::new("a", TaskState::Success, json!(1)).date_done.is_some());
-        assert!(TaskMeta::new("a", TaskState::Started, json!(null)).date_done.is_none());
+        assert!(TaskMeta::new("a", TaskState::Success, json!(1))
+            .date_done
+            .is_some());
+        assert!(TaskMeta::new("a", TaskState::Started, json!(null))
+            .date_done
+            .is_none());
     }
 }

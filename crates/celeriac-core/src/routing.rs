@@ -160,11 +160,7 @@ pub fn topic_matches(pattern: &str, key: &str) -> bool {
                     next[i] = any;
                 }
             }
-            "*" => {
-                for i in 0..key.len() {
-                    next[i + 1] = reachable[i];
-                }
-            }
+            "*" => next[1..].copy_from_slice(&reachable[..key.len()]),
             literal => {
                 for i in 0..key.len() {
                     next[i + 1] = reachable[i] && key[i] == literal;
@@ -311,14 +307,30 @@ impl Router {
         send: &SendOptions,
     ) -> Result<Vec<Destination>, RoutingError> {
         if send.queue.is_some() || send.routing_key.is_some() || send.exchange.is_some() {
-            return self.target(send.queue.as_deref(), send.exchange.as_deref(), send.routing_key.as_deref());
+            return self.target(
+                send.queue.as_deref(),
+                send.exchange.as_deref(),
+                send.routing_key.as_deref(),
+            );
         }
-        if let Some(route) = self.routes.iter().find(|r| glob_matches(&r.pattern, task_name)) {
-            return self.target(route.queue.as_deref(), route.exchange.as_deref(), route.routing_key.as_deref());
+        if let Some(route) = self
+            .routes
+            .iter()
+            .find(|r| glob_matches(&r.pattern, task_name))
+        {
+            return self.target(
+                route.queue.as_deref(),
+                route.exchange.as_deref(),
+                route.routing_key.as_deref(),
+            );
         }
         if let Some(task) = task {
             if task.queue.is_some() || task.routing_key.is_some() || task.exchange.is_some() {
-                return self.target(task.queue.as_deref(), task.exchange.as_deref(), task.routing_key.as_deref());
+                return self.target(
+                    task.queue.as_deref(),
+                    task.exchange.as_deref(),
+                    task.routing_key.as_deref(),
+                );
             }
         }
         Ok(vec![Destination {
@@ -351,7 +363,11 @@ impl Router {
         }
         let routing_key = routing_key.unwrap_or(&self.default_queue);
         let candidates: Vec<&Queue> = match exchange {
-            Some(exchange) => self.queues.iter().filter(|q| q.accepts(exchange, routing_key)).collect(),
+            Some(exchange) => self
+                .queues
+                .iter()
+                .filter(|q| q.accepts(exchange, routing_key))
+                .collect(),
             // No exchange named: any declared binding whose key matches.
             None => self
                 .queues
@@ -375,7 +391,9 @@ impl Router {
             .into_iter()
             .map(|q| Destination {
                 queue: q.name.clone(),
-                exchange: exchange.map(str::to_string).unwrap_or_else(|| q.exchange.name.clone()),
+                exchange: exchange
+                    .map(str::to_string)
+                    .unwrap_or_else(|| q.exchange.name.clone()),
                 routing_key: routing_key.to_string(),
             })
             .collect())
@@ -420,7 +438,10 @@ mod tests {
                 Queue::new("long-task").routing_key("long.#"),
                 Queue::new("celery"),
             ],
-            vec![Route::to_queue("files.*", "long-task"), Route::to_routing_key("notify.*", "short.notify")],
+            vec![
+                Route::to_queue("files.*", "long-task"),
+                Route::to_routing_key("notify.*", "short.notify"),
+            ],
             "celery",
         )
     }
@@ -428,15 +449,32 @@ mod tests {
     #[test]
     fn routes_resolve_in_precedence_order() {
         let r = router();
-        let to = |name: &str, send: SendOptions| r.resolve(name, None, &send).expect("routes")[0].queue.clone();
+        let to = |name: &str, send: SendOptions| {
+            r.resolve(name, None, &send).expect("routes")[0]
+                .queue
+                .clone()
+        };
         assert_eq!(to("files.process", SendOptions::new()), "long-task");
         assert_eq!(to("notify.send", SendOptions::new()), "short-task");
         assert_eq!(to("other", SendOptions::new()), "celery");
-        assert_eq!(to("files.process", SendOptions::new().queue("short-task")), "short-task");
-        assert_eq!(to("other", SendOptions::new().routing_key("long.big.file")), "long-task");
-        let mut task = TaskOptions::default();
-        task.queue = Some("long-task".into());
-        assert_eq!(r.resolve("x", Some(&task), &SendOptions::new()).expect("ok")[0].queue, "long-task");
+        assert_eq!(
+            to("files.process", SendOptions::new().queue("short-task")),
+            "short-task"
+        );
+        assert_eq!(
+            to("other", SendOptions::new().routing_key("long.big.file")),
+            "long-task"
+        );
+        let task = TaskOptions {
+            queue: Some("long-task".into()),
+            ..TaskOptions::default()
+        };
+        assert_eq!(
+            r.resolve("x", Some(&task), &SendOptions::new())
+                .expect("ok")[0]
+                .queue,
+            "long-task"
+        );
     }
 
     #[test]
@@ -449,7 +487,16 @@ mod tests {
 
     #[test]
     fn direct_queue_publish_uses_anonymous_exchange() {
-        let d = router().resolve("x", None, &SendOptions::new()).expect("ok");
-        assert_eq!(d, vec![Destination { queue: "celery".into(), exchange: "".into(), routing_key: "celery".into() }]);
+        let d = router()
+            .resolve("x", None, &SendOptions::new())
+            .expect("ok");
+        assert_eq!(
+            d,
+            vec![Destination {
+                queue: "celery".into(),
+                exchange: "".into(),
+                routing_key: "celery".into()
+            }]
+        );
     }
 }

@@ -116,10 +116,15 @@ mod tests {
 
     #[test]
     fn names_round_trip_and_ready_states_are_celerys() {
-        for name in ["PENDING", "RECEIVED", "STARTED", "SUCCESS", "FAILURE", "RETRY", "REVOKED"] {
+        for name in [
+            "PENDING", "RECEIVED", "STARTED", "SUCCESS", "FAILURE", "RETRY", "REVOKED",
+        ] {
             assert_eq!(TaskState::parse(name).as_str(), name);
         }
-        assert_eq!(TaskState::parse("PROGRESS"), TaskState::Custom("PROGRESS".into()));
+        assert_eq!(
+            TaskState::parse("PROGRESS"),
+            TaskState::Custom("PROGRESS".into())
+        );
         assert!(TaskState::Success.is_ready() && TaskState::Revoked.is_ready());
         assert!(!TaskState::Retry.is_ready() && !TaskState::Started.is_ready());
     }

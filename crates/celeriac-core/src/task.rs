@@ -196,7 +196,12 @@ impl TaskContextBuilder {
         self
     }
     /// Workflow ids.
-    pub fn lineage(mut self, root_id: Option<String>, parent_id: Option<String>, group: Option<String>) -> Self {
+    pub fn lineage(
+        mut self,
+        root_id: Option<String>,
+        parent_id: Option<String>,
+        group: Option<String>,
+    ) -> Self {
         self.inner.root_id = root_id;
         self.inner.parent_id = parent_id;
         self.inner.group = group;
@@ -357,14 +362,19 @@ impl TaskContext {
         kwargs: Map<String, Value>,
         mut options: SendOptions,
     ) -> Result<String, TaskError> {
-        let sender = self
-            .inner
-            .sender
-            .as_ref()
-            .ok_or_else(|| TaskError::fail("RuntimeError", "this task context cannot send tasks"))?;
-        options.parent_id.get_or_insert_with(|| self.inner.id.clone());
+        let sender = self.inner.sender.as_ref().ok_or_else(|| {
+            TaskError::fail("RuntimeError", "this task context cannot send tasks")
+        })?;
+        options
+            .parent_id
+            .get_or_insert_with(|| self.inner.id.clone());
         if options.root_id.is_none() {
-            options.root_id = Some(self.inner.root_id.clone().unwrap_or_else(|| self.inner.id.clone()));
+            options.root_id = Some(
+                self.inner
+                    .root_id
+                    .clone()
+                    .unwrap_or_else(|| self.inner.id.clone()),
+            );
         }
         sender
             .send_task(name, args, kwargs, options)
@@ -431,7 +441,8 @@ impl TaskFailure {
             exc_type: short.to_string(),
             exc_module: "rust".into(),
             message: error.to_string(),
-            traceback: (!chain.is_empty()).then(|| format!("{type_name}: {error}\n{}", chain.join("\n"))),
+            traceback: (!chain.is_empty())
+                .then(|| format!("{type_name}: {error}\n{}", chain.join("\n"))),
             source: Some(Arc::new(error)),
         }
     }
@@ -450,7 +461,11 @@ impl TaskFailure {
 
     /// The failure as Celery's exception dict.
     pub fn to_exception(&self) -> ExceptionInfo {
-        ExceptionInfo::new(self.exc_type.clone(), self.exc_module.clone(), self.message.clone())
+        ExceptionInfo::new(
+            self.exc_type.clone(),
+            self.exc_module.clone(),
+            self.message.clone(),
+        )
     }
 }
 
@@ -474,7 +489,7 @@ pub struct RetryRequest {
     /// Absolute time of the retry (wins over `countdown`).
     pub eta: Option<DateTime<Utc>>,
     /// The error that caused the retry (recorded in the RETRY state).
-    pub cause: Option<TaskFailure>,
+    pub cause: Option<Box<TaskFailure>>,
     /// Overrides the task's `max_retries` for this decision.
     pub max_retries: Option<u32>,
 }
@@ -532,7 +547,9 @@ impl fmt::Display for TaskError {
                 Some(cause) => write!(f, "retry requested: {cause}"),
                 None => write!(f, "retry requested"),
             },
-            TaskError::Reject { requeue, reason } => write!(f, "rejected (requeue={requeue}): {reason}"),
+            TaskError::Reject { requeue, reason } => {
+                write!(f, "rejected (requeue={requeue}): {reason}")
+            }
             TaskError::Ignore => write!(f, "ignored"),
             TaskError::InvalidArguments(reason) => write!(f, "invalid arguments: {reason}"),
         }
@@ -611,7 +628,10 @@ impl ArgBinder {
         let value = if self.positional_left > 0 {
             self.positional_left -= 1;
             if self.kwargs.contains_key(name) {
-                return Err(TaskError::invalid_argument(name, "given both positionally and by keyword"));
+                return Err(TaskError::invalid_argument(
+                    name,
+                    "given both positionally and by keyword",
+                ));
             }
             self.args.next().unwrap_or(Value::Null)
         } else {
@@ -635,60 +655,11 @@ impl ArgBinder {
             )));
         }
         if let Some(name) = self.kwargs.keys().next() {
-            return Err(TaskError::InvalidArguments(format!("unexpected keyword argument {name:?}")));
+            return Err(TaskError::InvalidArguments(format!(
+                "unexpected keyword argument {name:?}"
+            )));
         }
         Ok(())
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use serde_json::json;
-
-    #[test]
-    fn binder_takes_positional_then_keyword() {
-        let mut kwargs = Map::new();
-        kwargs.insert("text".into(), json!("hi"));
-        let mut binder = ArgBinder::new(vec![json!(7)], kwargs);
-        let user: u64 = binder.next("user_id").expect("positional");
-        let text: String = binder.next("text").expect("keyword");
-        let extra: Option<u32> = binder.next("extra").expect("optional");
-        binder.finish().expect("nothing left");
-        assert_eq!((user, text.as_str(), extra), (7, "hi", None));
-    }
-
-    #[test]
-    fn binder_reports_missing_wrong_and_extra() {
-        let mut binder = ArgBinder::new(vec![], Map::new());
-        assert!(matches!(binder.next::<u64>("x"), Err(TaskError::InvalidArguments(m)) if m.contains("missing")));
-        let mut binder = ArgBinder::new(vec![json!("nope")], Map::new());
-        assert!(matches!(binder.next::<u64>("x"), Err(TaskError::InvalidArguments(_))));
-        let binder = ArgBinder::new(vec![json!(1)], Map::new());
-        assert!(binder.finish().is_err());
-    }
-
-    #[test]
-    fn errors_convert_with_their_kind_and_can_be_matched() {
-        fn fails() -> TaskResult<()> {
-            Err(std::io::Error::other("disk on fire"))?;
-            Ok(())
-        }
-        let Err(TaskError::Failed(failure)) = fails() else { panic!("expected a failure") };
-        assert_eq!(failure.exc_type, "Error");
-        assert!(failure.is::<std::io::Error>());
-        assert!(!failure.is::<std::fmt::Error>());
-        assert_eq!(failure.message, "disk on fire");
-    }
-
-    #[test]
-    fn cancel_records_the_first_reason() {
-        let ctx = TaskContext::builder("id", "t").build();
-        assert!(!ctx.is_cancelled());
-        ctx.cancel(CancelReason::SoftTimeLimit);
-        ctx.cancel(CancelReason::Shutdown);
-        assert!(ctx.is_cancelled());
-        assert_eq!(ctx.cancel_reason(), Some(CancelReason::SoftTimeLimit));
     }
 }
 
@@ -728,5 +699,63 @@ where
     }
     fn run(&self, ctx: TaskContext, args: Vec<Value>, kwargs: Map<String, Value>) -> TaskFuture {
         Box::pin((self.function)(ctx, args, kwargs))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn binder_takes_positional_then_keyword() {
+        let mut kwargs = Map::new();
+        kwargs.insert("text".into(), json!("hi"));
+        let mut binder = ArgBinder::new(vec![json!(7)], kwargs);
+        let user: u64 = binder.next("user_id").expect("positional");
+        let text: String = binder.next("text").expect("keyword");
+        let extra: Option<u32> = binder.next("extra").expect("optional");
+        binder.finish().expect("nothing left");
+        assert_eq!((user, text.as_str(), extra), (7, "hi", None));
+    }
+
+    #[test]
+    fn binder_reports_missing_wrong_and_extra() {
+        let mut binder = ArgBinder::new(vec![], Map::new());
+        assert!(
+            matches!(binder.next::<u64>("x"), Err(TaskError::InvalidArguments(m)) if m.contains("missing"))
+        );
+        let mut binder = ArgBinder::new(vec![json!("nope")], Map::new());
+        assert!(matches!(
+            binder.next::<u64>("x"),
+            Err(TaskError::InvalidArguments(_))
+        ));
+        let binder = ArgBinder::new(vec![json!(1)], Map::new());
+        assert!(binder.finish().is_err());
+    }
+
+    #[test]
+    fn errors_convert_with_their_kind_and_can_be_matched() {
+        fn fails() -> TaskResult<()> {
+            Err(std::io::Error::other("disk on fire"))?;
+            Ok(())
+        }
+        let Err(TaskError::Failed(failure)) = fails() else {
+            panic!("expected a failure")
+        };
+        assert_eq!(failure.exc_type, "Error");
+        assert!(failure.is::<std::io::Error>());
+        assert!(!failure.is::<std::fmt::Error>());
+        assert_eq!(failure.message, "disk on fire");
+    }
+
+    #[test]
+    fn cancel_records_the_first_reason() {
+        let ctx = TaskContext::builder("id", "t").build();
+        assert!(!ctx.is_cancelled());
+        ctx.cancel(CancelReason::SoftTimeLimit);
+        ctx.cancel(CancelReason::Shutdown);
+        assert!(ctx.is_cancelled());
+        assert_eq!(ctx.cancel_reason(), Some(CancelReason::SoftTimeLimit));
     }
 }

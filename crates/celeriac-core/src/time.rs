@@ -16,7 +16,11 @@ pub fn parse_iso(text: &str) -> Option<DateTime<Utc>> {
     if let Ok(dt) = DateTime::parse_from_str(text, "%Y-%m-%dT%H:%M:%S%.f%:z") {
         return Some(dt.with_timezone(&Utc));
     }
-    for format in ["%Y-%m-%dT%H:%M:%S%.f", "%Y-%m-%d %H:%M:%S%.f", "%Y-%m-%dT%H:%M"] {
+    for format in [
+        "%Y-%m-%dT%H:%M:%S%.f",
+        "%Y-%m-%d %H:%M:%S%.f",
+        "%Y-%m-%dT%H:%M",
+    ] {
         if let Ok(naive) = NaiveDateTime::parse_from_str(text, format) {
             return Some(naive.and_utc());
         }
@@ -50,7 +54,10 @@ mod tests {
         let reference = parse_iso("2026-11-26T17:01:44.120318+00:00").expect("offset form");
         assert_eq!(parse_iso("2026-11-26T17:01:44.120318Z"), Some(reference));
         assert_eq!(parse_iso("2026-11-26T17:01:44.120318"), Some(reference));
-        assert_eq!(parse_iso("2026-11-26T19:01:44.120318+02:00"), Some(reference));
+        assert_eq!(
+            parse_iso("2026-11-26T19:01:44.120318+02:00"),
+            Some(reference)
+        );
         assert!(parse_iso("2026-11-26T17:01:44").is_some());
         assert!(parse_iso("not a date").is_none());
     }

@@ -23,7 +23,7 @@ const BATCH: usize = 512;
 #[derive(Debug)]
 pub enum Completion {
     /// Store a result.
-    Store(TaskMeta),
+    Store(Box<TaskMeta>),
     /// Acknowledge a delivery (after any result queued before it).
     Ack(DeliveryTag),
 }
@@ -53,7 +53,15 @@ pub async fn run(
             while let Ok(item) = rx.try_recv() {
                 push(item, &mut metas, &mut tags);
             }
-            flush(&broker, &backend, &held, result_expires, &mut metas, &mut tags).await;
+            flush(
+                &broker,
+                &backend,
+                &held,
+                result_expires,
+                &mut metas,
+                &mut tags,
+            )
+            .await;
             return;
         };
         push(first, &mut metas, &mut tags);
@@ -63,13 +71,21 @@ pub async fn run(
                 Err(_) => break,
             }
         }
-        flush(&broker, &backend, &held, result_expires, &mut metas, &mut tags).await;
+        flush(
+            &broker,
+            &backend,
+            &held,
+            result_expires,
+            &mut metas,
+            &mut tags,
+        )
+        .await;
     }
 }
 
 fn push(item: Completion, metas: &mut Vec<TaskMeta>, tags: &mut Vec<DeliveryTag>) {
     match item {
-        Completion::Store(meta) => metas.push(meta),
+        Completion::Store(meta) => metas.push(*meta),
         Completion::Ack(tag) => tags.push(tag),
     }
 }

@@ -55,7 +55,9 @@ impl QueueSettings {
                     .parse::<usize>()
                     .ok()
                     .filter(|n| *n > 0)
-                    .ok_or_else(|| format!("{key} in {spec:?} must be a positive integer, found {value:?}"))
+                    .ok_or_else(|| {
+                        format!("{key} in {spec:?} must be a positive integer, found {value:?}")
+                    })
             };
             match key {
                 "c" | "concurrency" => settings.concurrency = number()?,
@@ -106,12 +108,18 @@ pub struct WorkerConfig {
 impl WorkerConfig {
     /// A config from settings, consuming `queues` (declared queues give their own
     /// concurrency / prefetch / ack mode).
-    pub fn from_settings(settings: &Settings, hostname: impl Into<String>, queues: &[Queue]) -> WorkerConfig {
+    pub fn from_settings(
+        settings: &Settings,
+        hostname: impl Into<String>,
+        queues: &[Queue],
+    ) -> WorkerConfig {
         let queues = queues
             .iter()
             .map(|q| QueueSettings {
                 name: q.name.clone(),
-                concurrency: q.concurrency.unwrap_or_else(|| settings.default_concurrency()),
+                concurrency: q
+                    .concurrency
+                    .unwrap_or_else(|| settings.default_concurrency()),
                 prefetch_multiplier: q
                     .prefetch_multiplier
                     .unwrap_or(settings.worker_prefetch_multiplier.max(1)),
@@ -141,9 +149,13 @@ mod tests {
     #[test]
     fn queue_specs_parse() {
         let defaults = QueueSettings::new("", 4);
-        let long = QueueSettings::parse("long-task:c=2,prefetch=1,acks_late", &defaults).expect("ok");
+        let long =
+            QueueSettings::parse("long-task:c=2,prefetch=1,acks_late", &defaults).expect("ok");
         assert_eq!(long.name, "long-task");
-        assert_eq!((long.concurrency, long.prefetch_multiplier, long.acks_late), (2, 1, Some(true)));
+        assert_eq!(
+            (long.concurrency, long.prefetch_multiplier, long.acks_late),
+            (2, 1, Some(true))
+        );
         let short = QueueSettings::parse("short-task", &defaults).expect("ok");
         assert_eq!((short.concurrency, short.acks_late), (4, None));
         assert!(QueueSettings::parse("q:c=0", &defaults).is_err());

@@ -102,19 +102,33 @@ async fn admit(shared: &Arc<Shared>, delivery: &Delivery) -> Option<(TaskMessage
             if let Some(id) = envelope.task_id_hint() {
                 store_failure_direct(shared, id, exception).await;
             }
-            dead_letter(shared, &delivery.tag, format!("undecodable message: {error}")).await;
+            dead_letter(
+                shared,
+                &delivery.tag,
+                format!("undecodable message: {error}"),
+            )
+            .await;
             return None;
         }
     };
     let Some(task) = shared.registry.get(&message.headers.task).cloned() else {
         let name = message.headers.task.clone();
         tracing::error!(task = %name, id = %message.headers.id, "received unregistered task");
-        let meta = failure_meta(shared, &message, &delivery.queue, ExceptionInfo::not_registered(&name), None);
+        let meta = failure_meta(
+            shared,
+            &message,
+            &delivery.queue,
+            ExceptionInfo::not_registered(&name),
+            None,
+        );
         store_now(shared, meta).await;
         dead_letter(
             shared,
             &delivery.tag,
-            format!("task {name:?} is not registered on worker {}", shared.config.hostname),
+            format!(
+                "task {name:?} is not registered on worker {}",
+                shared.config.hostname
+            ),
         )
         .await;
         return None;
@@ -129,7 +143,12 @@ async fn admit(shared: &Arc<Shared>, delivery: &Delivery) -> Option<(TaskMessage
             None,
         );
         store_now(shared, meta).await;
-        dead_letter(shared, &delivery.tag, format!("task {}: {reason}", message.headers.task)).await;
+        dead_letter(
+            shared,
+            &delivery.tag,
+            format!("task {}: {reason}", message.headers.task),
+        )
+        .await;
         return None;
     }
     if expired_or_revoked(shared, delivery, &message).await {
@@ -139,7 +158,11 @@ async fn admit(shared: &Arc<Shared>, delivery: &Delivery) -> Option<(TaskMessage
 }
 
 /// Settles an expired or revoked message (ack + REVOKED); returns whether it did.
-async fn expired_or_revoked(shared: &Arc<Shared>, delivery: &Delivery, message: &TaskMessage) -> bool {
+async fn expired_or_revoked(
+    shared: &Arc<Shared>,
+    delivery: &Delivery,
+    message: &TaskMessage,
+) -> bool {
     let reason = if shared.revoked.lock().contains(&message.headers.id) {
         "revoked"
     } else if message.headers.expires.is_some_and(|at| at <= Utc::now()) {
@@ -149,9 +172,15 @@ async fn expired_or_revoked(shared: &Arc<Shared>, delivery: &Delivery, message: 
     };
     tracing::info!(id = %message.headers.id, task = %message.headers.task, reason, "not running task");
     WorkerStats::bump(&shared.stats.revoked);
-    let mut meta = base_meta(shared, message, &delivery.queue, TaskState::Revoked, ExceptionInfo::revoked(reason).to_value());
+    let mut meta = base_meta(
+        shared,
+        message,
+        &delivery.queue,
+        TaskState::Revoked,
+        ExceptionInfo::revoked(reason).to_value(),
+    );
     meta.traceback = None;
-    shared.complete(Completion::Store(meta));
+    shared.complete(Completion::Store(Box::new(meta)));
     shared.complete(Completion::Ack(delivery.tag.clone()));
     true
 }
@@ -181,8 +210,14 @@ async fn execute(
     }
     if shared.config.track_started && !ignores_result(&message, task.as_ref()) {
         let started = json!({"pid": std::process::id(), "hostname": shared.config.hostname});
-        let meta = base_meta(shared, &message, &delivery.queue, TaskState::Started, started);
-        shared.complete(Completion::Store(meta));
+        let meta = base_meta(
+            shared,
+            &message,
+            &delivery.queue,
+            TaskState::Started,
+            started,
+        );
+        shared.complete(Completion::Store(Box::new(meta)));
     }
 
     let terminate = CancellationToken::new();
@@ -210,15 +245,24 @@ async fn execute(
             terminate: terminate.clone(),
         },
     );
-    shared.stats.active.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let soft = message.headers.soft_time_limit().or(options.soft_time_limit);
+    shared
+        .stats
+        .active
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let soft = message
+        .headers
+        .soft_time_limit()
+        .or(options.soft_time_limit);
     let hard = message.headers.hard_time_limit().or(options.time_limit);
     let started = Instant::now();
     let future = task.run(ctx.clone(), message.args.clone(), message.kwargs.clone());
     let end = run_with_limits(future, &ctx, soft, hard, &terminate, &cancel_running).await;
     let runtime = started.elapsed();
     shared.running.lock().remove(&id);
-    shared.stats.active.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    shared
+        .stats
+        .active
+        .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
     WorkerStats::bump(&shared.stats.processed);
     tracing::debug!(%id, task = %message.headers.task, ?runtime, "task finished");
 
@@ -236,8 +280,14 @@ async fn execute(
         }
         RunEnd::Terminated => {
             WorkerStats::bump(&shared.stats.revoked);
-            let meta = base_meta(shared, &message, &delivery.queue, TaskState::Revoked, ExceptionInfo::revoked("terminated").to_value());
-            shared.complete(Completion::Store(meta));
+            let meta = base_meta(
+                shared,
+                &message,
+                &delivery.queue,
+                TaskState::Revoked,
+                ExceptionInfo::revoked("terminated").to_value(),
+            );
+            shared.complete(Completion::Store(Box::new(meta)));
             if acks_late {
                 shared.complete(Completion::Ack(delivery.tag.clone()));
             }
@@ -254,7 +304,7 @@ async fn execute(
                     "the worker shut down before the task finished",
                 );
                 let meta = failure_meta(shared, &message, &delivery.queue, failure, None);
-                shared.complete(Completion::Store(meta));
+                shared.complete(Completion::Store(Box::new(meta)));
             }
             return;
         }
@@ -267,17 +317,27 @@ async fn execute(
                 .unwrap_or(options.default_retry_delay);
             Err(TaskError::Retry(RetryRequest {
                 countdown: Some(countdown),
-                cause: Some(failure),
+                cause: Some(Box::new(failure)),
                 ..RetryRequest::default()
             }))
         }
-        Err(TaskError::Failed(mut failure)) if ctx.cancel_reason() == Some(celeriac_core::CancelReason::SoftTimeLimit) => {
+        Err(TaskError::Failed(mut failure))
+            if ctx.cancel_reason() == Some(celeriac_core::CancelReason::SoftTimeLimit) =>
+        {
             failure.message = format!("soft time limit exceeded: {}", failure.message);
             Err(TaskError::Failed(failure))
         }
         other => other,
     };
-    settle(shared, delivery, &message, task.as_ref(), acks_late, outcome).await;
+    settle(
+        shared,
+        delivery,
+        &message,
+        task.as_ref(),
+        acks_late,
+        outcome,
+    )
+    .await;
 }
 
 /// Applies a task's outcome: results, retries, acks.
@@ -300,7 +360,7 @@ async fn settle(
             WorkerStats::bump(&shared.stats.succeeded);
             if !ignore {
                 let meta = base_meta(shared, message, &delivery.queue, TaskState::Success, value);
-                shared.complete(Completion::Store(meta));
+                shared.complete(Completion::Store(Box::new(meta)));
             }
             ack_if_late(shared);
         }
@@ -311,8 +371,14 @@ async fn settle(
             WorkerStats::bump(&shared.stats.failed);
             tracing::warn!(id = %message.headers.id, task = %message.headers.task, error = %failure, "task failed");
             if !ignore {
-                let meta = failure_meta(shared, message, &delivery.queue, failure.to_exception(), failure.traceback.clone());
-                shared.complete(Completion::Store(meta));
+                let meta = failure_meta(
+                    shared,
+                    message,
+                    &delivery.queue,
+                    failure.to_exception(),
+                    failure.traceback.clone(),
+                );
+                shared.complete(Completion::Store(Box::new(meta)));
             }
             if acks_late && shared.config.reject_on_failure {
                 reject(shared, &delivery.tag, RejectAction::Requeue).await;
@@ -331,7 +397,7 @@ async fn settle(
                     TaskState::Rejected,
                     ExceptionInfo::new("Reject", "celery.exceptions", reason.clone()).to_value(),
                 );
-                shared.complete(Completion::Store(meta));
+                shared.complete(Completion::Store(Box::new(meta)));
                 if acks_late {
                     dead_letter(shared, &delivery.tag, format!("rejected by task: {reason}")).await;
                 }
@@ -340,10 +406,21 @@ async fn settle(
         Err(TaskError::Ignore) => ack_if_late(shared),
         Err(TaskError::InvalidArguments(reason)) => {
             WorkerStats::bump(&shared.stats.failed);
-            let meta = failure_meta(shared, message, &delivery.queue, ExceptionInfo::new("TypeError", "builtins", reason.clone()), None);
-            shared.complete(Completion::Store(meta));
+            let meta = failure_meta(
+                shared,
+                message,
+                &delivery.queue,
+                ExceptionInfo::new("TypeError", "builtins", reason.clone()),
+                None,
+            );
+            shared.complete(Completion::Store(Box::new(meta)));
             if acks_late {
-                dead_letter(shared, &delivery.tag, format!("task {}: invalid arguments: {reason}", message.headers.task)).await;
+                dead_letter(
+                    shared,
+                    &delivery.tag,
+                    format!("task {}: invalid arguments: {reason}", message.headers.task),
+                )
+                .await;
             }
         }
     }
@@ -377,7 +454,7 @@ async fn retry(
         if !ignores_result(message, task) {
             let traceback = request.cause.as_ref().and_then(|c| c.traceback.clone());
             let meta = failure_meta(shared, message, &delivery.queue, exception, traceback);
-            shared.complete(Completion::Store(meta));
+            shared.complete(Completion::Store(Box::new(meta)));
         }
         if acks_late {
             shared.complete(Completion::Ack(delivery.tag.clone()));
@@ -417,12 +494,20 @@ async fn retry(
         let exception = request
             .cause
             .as_ref()
-            .map(TaskFailure::to_exception)
-            .unwrap_or_else(|| ExceptionInfo::new("Retry", "celery.exceptions", format!("Retry in {}", eta)));
-        let mut meta = base_meta(shared, message, &delivery.queue, TaskState::Retry, exception.to_value());
+            .map(|cause| cause.to_exception())
+            .unwrap_or_else(|| {
+                ExceptionInfo::new("Retry", "celery.exceptions", format!("Retry in {}", eta))
+            });
+        let mut meta = base_meta(
+            shared,
+            message,
+            &delivery.queue,
+            TaskState::Retry,
+            exception.to_value(),
+        );
         meta.traceback = request.cause.as_ref().and_then(|c| c.traceback.clone());
         meta.children = vec![json!([[message.headers.id, null], null])];
-        shared.complete(Completion::Store(meta));
+        shared.complete(Completion::Store(Box::new(meta)));
     }
     if acks_late {
         shared.complete(Completion::Ack(delivery.tag.clone()));
@@ -463,11 +548,19 @@ fn ignores_result(message: &TaskMessage, task: &dyn Task) -> bool {
 }
 
 async fn already_succeeded(shared: &Arc<Shared>, id: &str) -> bool {
-    let Some(backend) = &shared.backend else { return false };
+    let Some(backend) = &shared.backend else {
+        return false;
+    };
     matches!(backend.get(id).await, Ok(Some(meta)) if meta.status == TaskState::Success)
 }
 
-fn base_meta(shared: &Shared, message: &TaskMessage, queue: &str, status: TaskState, result: Value) -> TaskMeta {
+fn base_meta(
+    shared: &Shared,
+    message: &TaskMessage,
+    queue: &str,
+    status: TaskState,
+    result: Value,
+) -> TaskMeta {
     let mut meta = TaskMeta::new(message.headers.id.clone(), status, result);
     meta.group_id = message.headers.group.clone();
     meta.parent_id = message.headers.parent_id.clone();
@@ -489,7 +582,13 @@ fn failure_meta(
     exception: ExceptionInfo,
     traceback: Option<String>,
 ) -> TaskMeta {
-    let mut meta = base_meta(shared, message, queue, TaskState::Failure, exception.to_value());
+    let mut meta = base_meta(
+        shared,
+        message,
+        queue,
+        TaskState::Failure,
+        exception.to_value(),
+    );
     meta.traceback = traceback;
     meta
 }

@@ -164,7 +164,10 @@ impl Worker {
         jobs.close();
         let grace = shared.config.shutdown_timeout;
         if tokio::time::timeout(grace, jobs.wait()).await.is_err() {
-            tracing::warn!(?grace, "tasks still running after the shutdown timeout; cancelling them");
+            tracing::warn!(
+                ?grace,
+                "tasks still running after the shutdown timeout; cancelling them"
+            );
             for running in shared.running.lock().values() {
                 running.ctx.cancel(CancelReason::Shutdown);
             }
@@ -321,7 +324,8 @@ async fn renew_leases(shared: Arc<Shared>, stop: CancellationToken) {
 
 /// Restores messages whose lease lapsed (their worker died).
 async fn rescue_expired(shared: Arc<Shared>, stop: CancellationToken) {
-    let every = (shared.config.lease / 2).clamp(Duration::from_millis(100), Duration::from_secs(15));
+    let every =
+        (shared.config.lease / 2).clamp(Duration::from_millis(100), Duration::from_secs(15));
     loop {
         match shared.broker.restore_expired().await {
             Ok(0) => {}

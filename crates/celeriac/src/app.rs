@@ -19,6 +19,37 @@ use serde::de::DeserializeOwned;
 use crate::error::Error;
 use crate::result::AsyncResult;
 
+/// One task to send in a batch ([`App::send_batch`]).
+#[derive(Debug, Clone)]
+pub struct TaskCall {
+    /// Task name.
+    pub name: String,
+    /// Positional arguments.
+    pub args: Vec<Value>,
+    /// Keyword arguments.
+    pub kwargs: Map<String, Value>,
+    /// Send options.
+    pub options: SendOptions,
+}
+
+impl TaskCall {
+    /// A call of `name` with positional `args`.
+    pub fn new(name: impl Into<String>, args: Vec<Value>) -> TaskCall {
+        TaskCall {
+            name: name.into(),
+            args,
+            kwargs: Map::new(),
+            options: SendOptions::default(),
+        }
+    }
+
+    /// Sets the send options.
+    pub fn options(mut self, options: SendOptions) -> TaskCall {
+        self.options = options;
+        self
+    }
+}
+
 /// Builds an [`App`].
 #[derive(Clone)]
 pub struct AppBuilder {
@@ -272,19 +303,29 @@ impl App {
         let result = self
             .send_with(task.name(), Some(task.options()), args, kwargs, options)
             .await?;
-        Ok(AsyncResult::new(result.id().to_string(), self.inner.backend.clone()))
+        Ok(AsyncResult::new(
+            result.id().to_string(),
+            self.inner.backend.clone(),
+        ))
     }
 
     /// Sends many tasks in one broker round trip; returns their ids in order.
-    pub async fn send_batch(
-        &self,
-        calls: Vec<(String, Vec<Value>, Map<String, Value>, SendOptions)>,
-    ) -> Result<Vec<String>, Error> {
+    pub async fn send_batch(&self, calls: Vec<TaskCall>) -> Result<Vec<String>, Error> {
         let mut ids = Vec::with_capacity(calls.len());
         let mut publishes = Vec::with_capacity(calls.len());
-        for (name, args, kwargs, options) in calls {
-            let task_options = self.inner.registry.get(&name).map(|t| t.options().clone());
-            let (id, mut batch) = self.prepare(&name, task_options.as_ref(), args, kwargs, options)?;
+        for call in calls {
+            let task_options = self
+                .inner
+                .registry
+                .get(&call.name)
+                .map(|t| t.options().clone());
+            let (id, mut batch) = self.prepare(
+                &call.name,
+                task_options.as_ref(),
+                call.args,
+                call.kwargs,
+                call.options,
+            )?;
             ids.push(id);
             publishes.append(&mut batch);
         }
@@ -468,21 +509,6 @@ fn truncate(mut text: String) -> String {
     text
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use serde_json::json;
-
-    #[test]
-    fn reprs_look_like_python() {
-        assert_eq!(python_repr_args(&[json!(2), json!(3)]), "(2, 3)");
-        assert_eq!(python_repr_args(&[json!("a")]), "('a',)");
-        let mut kw = Map::new();
-        kw.insert("x".into(), json!(null));
-        assert_eq!(python_repr_kwargs(&kw), "{'x': None}");
-    }
-}
-
 impl App {
     /// A worker config consuming every declared queue with its own settings.
     pub fn worker_config(&self) -> celeriac_worker::WorkerConfig {
@@ -503,5 +529,20 @@ impl App {
             self.inner.backend.clone(),
         )
         .with_sender(Arc::new(self.clone()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn reprs_look_like_python() {
+        assert_eq!(python_repr_args(&[json!(2), json!(3)]), "(2, 3)");
+        assert_eq!(python_repr_args(&[json!("a")]), "('a',)");
+        let mut kw = Map::new();
+        kw.insert("x".into(), json!(null));
+        assert_eq!(python_repr_kwargs(&kw), "{'x': None}");
     }
 }

@@ -249,7 +249,10 @@ fn flag_overlay(cli: &Cli) -> Map<String, Value> {
             overlay.insert("worker_shutdown_timeout".into(), json!(t));
         }
         if let Some(v) = w.visibility_timeout {
-            overlay.insert("broker_transport_options".into(), json!({"visibility_timeout": v}));
+            overlay.insert(
+                "broker_transport_options".into(),
+                json!({"visibility_timeout": v}),
+            );
         }
     }
     overlay
@@ -272,7 +275,10 @@ pub async fn shutdown_signal() {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{signal, SignalKind};
-        match (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
+        match (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+        ) {
             (Ok(mut term), Ok(mut int)) => {
                 tokio::select! {
                     _ = term.recv() => tracing::info!("SIGTERM received"),
@@ -291,10 +297,17 @@ pub async fn shutdown_signal() {
 }
 
 /// The worker config for `args` (queue specs over the app's declared queues).
-pub fn worker_config(app: &App, args: &WorkerArgs) -> anyhow::Result<celeriac_worker::WorkerConfig> {
+pub fn worker_config(
+    app: &App,
+    args: &WorkerArgs,
+) -> anyhow::Result<celeriac_worker::WorkerConfig> {
     let mut config = app.worker_config();
     if !args.queues.is_empty() {
-        let specs: Vec<&str> = args.queues.iter().flat_map(|s| s.split_whitespace()).collect();
+        let specs: Vec<&str> = args
+            .queues
+            .iter()
+            .flat_map(|s| s.split_whitespace())
+            .collect();
         let mut queues = Vec::new();
         for spec in specs {
             let name = spec.split(':').next().unwrap_or(spec);
@@ -358,7 +371,9 @@ async fn call(app: App, args: CallArgs) -> anyhow::Result<()> {
                 .with_context(|| format!("--eta {eta:?} is not an ISO-8601 date-time"))?,
         );
     }
-    let result = app.send_task(&args.name, positional, keywords, options).await?;
+    let result = app
+        .send_task(&args.name, positional, keywords, options)
+        .await?;
     println!("{}", result.id());
     if let Some(wait) = args.wait {
         let value = result.get(wait).await?;
@@ -398,7 +413,13 @@ async fn queues(app: App, args: QueuesArgs) -> anyhow::Result<()> {
             println!("no dead letters");
         } else {
             for d in letters {
-                println!("{}  {}  {}  {}", d.at.format("%Y-%m-%d %H:%M:%S"), d.queue, d.id, d.reason);
+                println!(
+                    "{}  {}  {}  {}",
+                    d.at.format("%Y-%m-%d %H:%M:%S"),
+                    d.queue,
+                    d.id,
+                    d.reason
+                );
             }
         }
         return Ok(());
@@ -409,21 +430,36 @@ async fn queues(app: App, args: QueuesArgs) -> anyhow::Result<()> {
         return Ok(());
     }
     let mut out = std::io::stdout().lock();
-    writeln!(out, "{:<24} {:>10} {:>10} {:>10} {:>12}", "QUEUE", "READY", "SCHEDULED", "HELD", "DEAD LETTERS")?;
+    writeln!(
+        out,
+        "{:<24} {:>10} {:>10} {:>10} {:>12}",
+        "QUEUE", "READY", "SCHEDULED", "HELD", "DEAD LETTERS"
+    )?;
     for q in stats {
-        writeln!(out, "{:<24} {:>10} {:>10} {:>10} {:>12}", q.name, q.ready, q.scheduled, q.held, q.dead_letters)?;
+        writeln!(
+            out,
+            "{:<24} {:>10} {:>10} {:>10} {:>12}",
+            q.name, q.ready, q.scheduled, q.held, q.dead_letters
+        )?;
     }
     Ok(())
 }
 
 async fn purge(app: App, args: PurgeArgs) -> anyhow::Result<()> {
     let queues: Vec<String> = if args.queues.is_empty() {
-        app.router().queues().iter().map(|q| q.name.clone()).collect()
+        app.router()
+            .queues()
+            .iter()
+            .map(|q| q.name.clone())
+            .collect()
     } else {
         args.queues
     };
     if !args.force {
-        eprint!("Delete every waiting message of {}? [y/N] ", queues.join(", "));
+        eprint!(
+            "Delete every waiting message of {}? [y/N] ",
+            queues.join(", ")
+        );
         let mut answer = String::new();
         std::io::stdin().read_line(&mut answer)?;
         if !matches!(answer.trim(), "y" | "Y" | "yes") {

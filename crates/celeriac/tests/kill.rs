@@ -33,7 +33,10 @@ fn child_app(url: &str, record: String) -> celeriac::AppBuilder {
             async move {
                 tokio::time::sleep(Duration::from_millis(150)).await;
                 let n = args.first().and_then(Value::as_u64).unwrap_or(u64::MAX);
-                let mut file = std::fs::OpenOptions::new().create(true).append(true).open(&record)?;
+                let mut file = std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(&record)?;
                 writeln!(file, "{n}")?;
                 Ok(json!(n))
             }
@@ -83,19 +86,34 @@ fn recorded(record: &std::path::Path) -> BTreeMap<u64, u32> {
 async fn sigkilled_worker_loses_nothing() {
     let t = TestApp::new();
     let record = t.dir.path().join("record.txt");
-    let app = child_app(&t.url, record.display().to_string()).build().await.expect("app");
+    let app = child_app(&t.url, record.display().to_string())
+        .build()
+        .await
+        .expect("app");
     for n in 0..TASKS {
-        app.send_task("kill.record", vec![json!(n)], Map::new(), SendOptions::new())
-            .await
-            .expect("sent");
+        app.send_task(
+            "kill.record",
+            vec![json!(n)],
+            Map::new(),
+            SendOptions::new(),
+        )
+        .await
+        .expect("sent");
     }
 
     let mut first = spawn_child(&t.url, &record);
-    wait_for("the first worker to finish a few tasks", Duration::from_secs(60), || async {
-        recorded(&record).values().sum::<u32>() >= 6
-    })
+    wait_for(
+        "the first worker to finish a few tasks",
+        Duration::from_secs(60),
+        || async { recorded(&record).values().sum::<u32>() >= 6 },
+    )
     .await;
-    let held = app.broker().queue_stats(&["celery".into()]).await.expect("stats")[0].held;
+    let held = app
+        .broker()
+        .queue_stats(&["celery".into()])
+        .await
+        .expect("stats")[0]
+        .held;
     first.kill().expect("SIGKILL");
     first.wait().expect("reaped");
     let done_at_kill: u32 = recorded(&record).values().sum();
@@ -117,12 +135,22 @@ async fn sigkilled_worker_loses_nothing() {
     let duplicates: u32 = counts.values().map(|c| c - 1).sum();
     // Only messages held by the killed worker (at most its window of 8) can run twice.
     assert!(duplicates <= 8, "{duplicates} duplicate runs");
-    let stats = app.broker().queue_stats(&["celery".into()]).await.expect("stats");
-    assert_eq!((stats[0].ready, stats[0].held), (0, 0), "queue drained and acked");
+    let stats = app
+        .broker()
+        .queue_stats(&["celery".into()])
+        .await
+        .expect("stats");
+    assert_eq!(
+        (stats[0].ready, stats[0].held),
+        (0, 0),
+        "queue drained and acked"
+    );
     eprintln!("kill test: {TASKS} tasks, {done_at_kill} done before SIGKILL, {held} held at kill, 0 lost, {duplicates} duplicates");
 }
 
 /// Sends SIGTERM through the `kill` command (no unsafe code in tests).
 fn send_sigterm(pid: u32) {
-    let _ = Command::new("kill").args(["-TERM", &pid.to_string()]).status();
+    let _ = Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status();
 }

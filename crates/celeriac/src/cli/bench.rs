@@ -10,7 +10,7 @@ use clap::Args;
 use parking_lot_free::Samples;
 use serde_json::json;
 
-use crate::app::App;
+use crate::app::{App, TaskCall};
 
 /// Name of the no-op task the benchmark registers.
 pub const NOOP_TASK: &str = "celeriac.bench.noop";
@@ -55,7 +55,10 @@ mod parking_lot_free {
             }
         }
         pub fn take(&self) -> Vec<f64> {
-            self.0.lock().map(|mut v| std::mem::take(&mut *v)).unwrap_or_default()
+            self.0
+                .lock()
+                .map(|mut v| std::mem::take(&mut *v))
+                .unwrap_or_default()
         }
         pub fn len(&self) -> usize {
             self.0.lock().map(|v| v.len()).unwrap_or(0)
@@ -79,7 +82,8 @@ impl Task for Noop {
     }
     fn run(&self, ctx: TaskContext, _args: Vec<Value>, _kwargs: Map<String, Value>) -> TaskFuture {
         if let Some(sent) = ctx.headers().get("bench_sent_at").and_then(Value::as_f64) {
-            self.samples.push((celeriac_core::time::unix_now() - sent) * 1000.0);
+            self.samples
+                .push((celeriac_core::time::unix_now() - sent) * 1000.0);
         }
         Box::pin(async { Ok(Value::Null) })
     }
@@ -108,7 +112,11 @@ pub fn peak_rss_mb() -> f64 {
         .unwrap_or(0.0)
 }
 
-async fn wait_until(what: &str, mut done: impl FnMut() -> bool, limit: Duration) -> anyhow::Result<()> {
+async fn wait_until(
+    what: &str,
+    mut done: impl FnMut() -> bool,
+    limit: Duration,
+) -> anyhow::Result<()> {
     let start = Instant::now();
     while !done() {
         if start.elapsed() > limit {
@@ -149,7 +157,7 @@ pub async fn run(app: App, args: BenchArgs) -> anyhow::Result<()> {
     while left > 0 {
         let n = left.min(args.batch.max(1));
         let calls = (0..n)
-            .map(|_| (NOOP_TASK.to_string(), Vec::new(), Map::new(), send_options()))
+            .map(|_| TaskCall::new(NOOP_TASK, Vec::new()).options(send_options()))
             .collect();
         app.send_batch(calls).await?;
         left -= n;
@@ -187,9 +195,16 @@ pub async fn run(app: App, args: BenchArgs) -> anyhow::Result<()> {
     // 3. Latency: sequential sends, each timed from send to task start.
     let bar = progress(args.latency_samples as u64, "latency");
     for i in 0..args.latency_samples {
-        let options = send_options().header("bench_sent_at", json!(celeriac_core::time::unix_now()));
-        app.send_task(NOOP_TASK, Vec::new(), Map::new(), options).await?;
-        wait_until("latency sample", || samples.len() > i, Duration::from_secs(30)).await?;
+        let options =
+            send_options().header("bench_sent_at", json!(celeriac_core::time::unix_now()));
+        app.send_task(NOOP_TASK, Vec::new(), Map::new(), options)
+            .await?;
+        wait_until(
+            "latency sample",
+            || samples.len() > i,
+            Duration::from_secs(30),
+        )
+        .await?;
         bar.inc(1);
     }
     bar.finish_and_clear();
@@ -233,8 +248,13 @@ fn round3(x: f64) -> f64 {
 }
 
 fn progress(len: u64, label: &'static str) -> indicatif::ProgressBar {
-    let bar = indicatif::ProgressBar::with_draw_target(Some(len), indicatif::ProgressDrawTarget::stderr());
-    if let Ok(style) = indicatif::ProgressStyle::with_template("{msg:>8} [{bar:40}] {pos}/{len} ({per_sec})") {
+    let bar = indicatif::ProgressBar::with_draw_target(
+        Some(len),
+        indicatif::ProgressDrawTarget::stderr(),
+    );
+    if let Ok(style) =
+        indicatif::ProgressStyle::with_template("{msg:>8} [{bar:40}] {pos}/{len} ({per_sec})")
+    {
         bar.set_style(style.progress_chars("=> "));
     }
     bar.set_message(label);

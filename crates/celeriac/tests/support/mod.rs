@@ -51,7 +51,11 @@ impl RunningWorker {
         let join = tokio::spawn(worker.run_until(async {
             let _ = rx.await;
         }));
-        RunningWorker { handle, stop: Some(tx), join }
+        RunningWorker {
+            handle,
+            stop: Some(tx),
+            join,
+        }
     }
 
     /// Starts a worker consuming every declared queue.
@@ -79,7 +83,10 @@ where
 {
     let start = Instant::now();
     while !check().await {
-        assert!(start.elapsed() < limit, "timed out after {limit:?} waiting for {what}");
+        assert!(
+            start.elapsed() < limit,
+            "timed out after {limit:?} waiting for {what}"
+        );
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
 }
