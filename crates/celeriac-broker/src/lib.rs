@@ -109,7 +109,9 @@ pub struct Publish {
 /// Parameters of [`Broker::fetch`].
 #[derive(Debug, Clone)]
 pub struct FetchParams {
-    /// Queues to take from, in the order to try them.
+    /// Queues to take from, in the order to try them. A broker may rotate the starting
+    /// queue from one fetch to the next so that a busy queue cannot starve the others
+    /// (kombu's round-robin cycle; the SQLite broker does).
     pub queues: Vec<String>,
     /// At most this many messages.
     pub max: usize,
@@ -257,7 +259,9 @@ pub async fn connect(url: &str) -> Result<std::sync::Arc<dyn Broker>, BrokerErro
     let scheme = url.split_once("://").map(|(s, _)| s).unwrap_or("");
     match scheme {
         #[cfg(feature = "sqlite")]
-        "sqlite" => Ok(std::sync::Arc::new(sqlite::SqliteBroker::open_url(url).await?)),
+        "sqlite" => Ok(std::sync::Arc::new(
+            sqlite::SqliteBroker::open_url(url).await?,
+        )),
         "redis" | "rediss" | "amqp" | "amqps" => Err(BrokerError::InvalidUrl {
             url: redact(url),
             reason: format!("the {scheme} broker is not built into this version of celeriac yet"),
@@ -287,7 +291,10 @@ pub fn redact(url: &str) -> String {
 mod tests {
     #[test]
     fn passwords_are_redacted() {
-        assert_eq!(super::redact("redis://u:secret@h:1/0"), "redis://u:***@h:1/0");
+        assert_eq!(
+            super::redact("redis://u:secret@h:1/0"),
+            "redis://u:***@h:1/0"
+        );
         assert_eq!(super::redact("sqlite://x.db"), "sqlite://x.db");
     }
 }
