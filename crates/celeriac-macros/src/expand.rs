@@ -617,6 +617,18 @@ fn generate(attr: &TaskAttr, func: &ItemFn, task: &TaskFn) -> TokenStream {
                 ::std::boxed::Box::pin(Self::__celeriac_run(ctx, args, kwargs))
             }
 
+            fn check_args(
+                &self,
+                args: &[#json::Value],
+                kwargs: &#json::Map<::std::string::String, #json::Value>,
+            ) -> ::core::result::Result<(), #core::TaskError> {
+                let __args = ::std::vec::Vec::from(args);
+                let __kwargs = ::core::clone::Clone::clone(kwargs);
+                #bind
+                #( ::core::mem::drop(#arg_vars); )*
+                ::core::result::Result::Ok(())
+            }
+
             #autoretry
         }
     }
