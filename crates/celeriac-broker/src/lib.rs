@@ -212,6 +212,37 @@ pub struct DeadLetterQuery {
     pub limit: usize,
 }
 
+/// What a worker reports about itself with every heartbeat.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct WorkerInfo {
+    /// Node name (`name@host`).
+    pub hostname: String,
+    /// Process id.
+    pub pid: u32,
+    /// Queues it consumes.
+    pub queues: Vec<String>,
+    /// Tasks running now.
+    pub active: u64,
+    /// Tasks finished since start.
+    pub processed: u64,
+    /// When it started.
+    pub started_at: DateTime<Utc>,
+    /// Its latest heartbeat.
+    pub last_heartbeat: DateTime<Utc>,
+    /// Heartbeat interval in seconds; a worker silent for 2 × freq is gone.
+    pub freq: f64,
+    /// False once it shut down cleanly.
+    pub online: bool,
+}
+
+impl WorkerInfo {
+    /// Whether the worker is running: online and heard from within 2 × freq.
+    pub fn is_alive(&self, now: DateTime<Utc>) -> bool {
+        let silence = (now - self.last_heartbeat).num_milliseconds() as f64 / 1000.0;
+        self.online && silence <= self.freq * 2.0
+    }
+}
+
 /// A message store with leases. See the crate docs for the contract.
 #[async_trait]
 pub trait Broker: Send + Sync + 'static {
@@ -252,16 +283,67 @@ pub trait Broker: Send + Sync + 'static {
 
     /// Lists dead-lettered messages.
     async fn dead_letters(&self, query: &DeadLetterQuery) -> Result<Vec<DeadLetter>, BrokerError>;
+
+    /// Records a worker's heartbeat (liveness, load). Brokers without a worker
+    /// registry return [`BrokerError::Unsupported`].
+    async fn worker_heartbeat(&self, info: &WorkerInfo) -> Result<(), BrokerError> {
+        let _ = info;
+        Err(BrokerError::Unsupported {
+            broker: "this",
+            operation: "worker heartbeats",
+        })
+    }
+
+    /// Workers known to the registry, latest heartbeat first (gone ones included,
+    /// see [`WorkerInfo::is_alive`]).
+    async fn workers(&self) -> Result<Vec<WorkerInfo>, BrokerError> {
+        Err(BrokerError::Unsupported {
+            broker: "this",
+            operation: "listing workers",
+        })
+    }
+}
+
+/// Settings that apply when opening a broker (Celery's `broker_transport_options`).
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct ConnectOptions {
+    /// How often an idle consumer checks for messages written by other processes
+    /// (SQLite: `polling_interval`).
+    pub poll_interval: Duration,
+}
+
+impl Default for ConnectOptions {
+    fn default() -> Self {
+        ConnectOptions {
+            poll_interval: Duration::from_millis(10),
+        }
+    }
+}
+
+/// Opens the broker named by `url` (`sqlite://path`) with default options.
+pub async fn connect(url: &str) -> Result<std::sync::Arc<dyn Broker>, BrokerError> {
+    connect_with(url, &ConnectOptions::default()).await
 }
 
 /// Opens the broker named by `url` (`sqlite://path`).
-pub async fn connect(url: &str) -> Result<std::sync::Arc<dyn Broker>, BrokerError> {
+pub async fn connect_with(
+    url: &str,
+    options: &ConnectOptions,
+) -> Result<std::sync::Arc<dyn Broker>, BrokerError> {
     let scheme = url.split_once("://").map(|(s, _)| s).unwrap_or("");
     match scheme {
         #[cfg(feature = "sqlite")]
-        "sqlite" => Ok(std::sync::Arc::new(
-            sqlite::SqliteBroker::open_url(url).await?,
-        )),
+        "sqlite" => {
+            let sqlite_options = sqlite::SqliteBrokerOptions {
+                poll_interval: options.poll_interval.max(Duration::from_millis(1)),
+                ..sqlite::SqliteBrokerOptions::default()
+            };
+            let path = sqlite::parse_url(url)?;
+            Ok(std::sync::Arc::new(
+                sqlite::SqliteBroker::open(path, sqlite_options).await?,
+            ))
+        }
         "redis" | "rediss" | "amqp" | "amqps" => Err(BrokerError::InvalidUrl {
             url: redact(url),
             reason: format!("the {scheme} broker is not built into this version of celeriac yet"),

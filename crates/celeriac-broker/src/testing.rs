@@ -88,6 +88,7 @@ macro_rules! broker_conformance_tests {
             delayed_delivery_waits_until_due
             fetch_wait_wakes_on_publish
             concurrent_consumers_get_each_message_once
+            worker_heartbeats_are_listed
         );
     };
     (@each ($harness:expr) $($name:ident)*) => {
@@ -939,6 +940,60 @@ pub mod conformance {
             }],
             "an empty declared queue is listed once"
         );
+    }
+
+    /// A worker's heartbeats are listed (latest state wins), and a clean shutdown
+    /// marks it offline. Brokers without a worker registry skip.
+    pub async fn worker_heartbeats_are_listed(h: &dyn BrokerHarness) {
+        let broker = h.broker().await;
+        let now = chrono::Utc::now();
+        let mut info = crate::WorkerInfo {
+            hostname: format!("{}@conformance", queue_name("worker")),
+            pid: 42,
+            queues: vec!["celery".into()],
+            active: 1,
+            processed: 10,
+            started_at: now,
+            last_heartbeat: now,
+            freq: 2.0,
+            online: true,
+        };
+        match broker.worker_heartbeat(&info).await {
+            Err(crate::BrokerError::Unsupported { .. }) => {
+                eprintln!("skipped: this broker has no worker registry");
+                return;
+            }
+            other => other.expect("worker_heartbeat"),
+        }
+        info.processed = 11;
+        info.last_heartbeat = now + chrono::Duration::seconds(2);
+        broker
+            .worker_heartbeat(&info)
+            .await
+            .expect("second heartbeat");
+        let other = h.broker().await;
+        let listed: Vec<_> = other
+            .workers()
+            .await
+            .expect("workers")
+            .into_iter()
+            .filter(|w| w.hostname == info.hostname)
+            .collect();
+        assert_eq!(
+            listed,
+            vec![info.clone()],
+            "one row per worker, the latest heartbeat"
+        );
+        assert!(listed[0].is_alive(info.last_heartbeat));
+        assert!(!listed[0].is_alive(info.last_heartbeat + chrono::Duration::seconds(5)));
+        info.online = false;
+        broker.worker_heartbeat(&info).await.expect("offline");
+        let gone = other.workers().await.expect("workers");
+        let row = gone
+            .iter()
+            .find(|w| w.hostname == info.hostname)
+            .expect("still listed");
+        assert!(!row.online && !row.is_alive(info.last_heartbeat));
     }
 
     /// A message with a future `not_before` is not fetched until due (and does not

@@ -625,7 +625,7 @@ fn generate(attr: &TaskAttr, func: &ItemFn, task: &TaskFn) -> TokenStream {
                 let __args = ::std::vec::Vec::from(args);
                 let __kwargs = ::core::clone::Clone::clone(kwargs);
                 #bind
-                #( ::core::mem::drop(#arg_vars); )*
+                #( let _ = #arg_vars; )*
                 ::core::result::Result::Ok(())
             }
 

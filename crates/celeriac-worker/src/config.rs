@@ -103,6 +103,8 @@ pub struct WorkerConfig {
     pub max_message_bytes: usize,
     /// Store no results unless a task asks (`task_ignore_result`).
     pub ignore_result: bool,
+    /// How often the worker records its heartbeat (Celery's default: 2 s).
+    pub heartbeat_interval: Duration,
 }
 
 impl WorkerConfig {
@@ -138,6 +140,7 @@ impl WorkerConfig {
             result_expires: settings.result_expires(),
             max_message_bytes: settings.task_max_message_bytes,
             ignore_result: settings.task_ignore_result,
+            heartbeat_interval: Duration::from_secs(2),
         }
     }
 }

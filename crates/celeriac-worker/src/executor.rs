@@ -99,15 +99,17 @@ async fn admit(shared: &Arc<Shared>, delivery: &Delivery) -> Option<(TaskMessage
                 }
                 _ => ExceptionInfo::new("DecodeError", "kombu.exceptions", error.to_string()),
             };
-            if let Some(id) = envelope.task_id_hint() {
-                store_failure_direct(shared, id, exception).await;
-            }
+            // Dead letter first, then the FAILURE a caller may be waiting on: whoever
+            // sees the failure can already find the message and its reason.
             dead_letter(
                 shared,
                 &delivery.tag,
                 format!("undecodable message: {error}"),
             )
             .await;
+            if let Some(id) = envelope.task_id_hint() {
+                store_failure_direct(shared, id, exception).await;
+            }
             return None;
         }
     };
@@ -121,7 +123,6 @@ async fn admit(shared: &Arc<Shared>, delivery: &Delivery) -> Option<(TaskMessage
             ExceptionInfo::not_registered(&name),
             None,
         );
-        store_now(shared, meta).await;
         dead_letter(
             shared,
             &delivery.tag,
@@ -131,6 +132,7 @@ async fn admit(shared: &Arc<Shared>, delivery: &Delivery) -> Option<(TaskMessage
             ),
         )
         .await;
+        store_now(shared, meta).await;
         return None;
     };
     if let Err(error) = task.check_args(&message.args, &message.kwargs) {
@@ -142,13 +144,13 @@ async fn admit(shared: &Arc<Shared>, delivery: &Delivery) -> Option<(TaskMessage
             ExceptionInfo::new("TypeError", "builtins", reason.clone()),
             None,
         );
-        store_now(shared, meta).await;
         dead_letter(
             shared,
             &delivery.tag,
             format!("task {}: {reason}", message.headers.task),
         )
         .await;
+        store_now(shared, meta).await;
         return None;
     }
     if expired_or_revoked(shared, delivery, &message).await {

@@ -5,7 +5,7 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use celeriac_broker::{DeliveryTag, FetchParams};
+use celeriac_broker::{DeliveryTag, FetchParams, WorkerInfo};
 use celeriac_core::{CancelReason, RateLimit, TaskContext, TaskRegistry, TaskSender};
 use parking_lot::Mutex;
 use tokio::sync::{mpsc, Semaphore};
@@ -130,6 +130,7 @@ impl Worker {
             stop_completer.clone(),
         ));
         let renewer = tokio::spawn(renew_leases(shared.clone(), stop_maintenance.clone()));
+        let heartbeat = tokio::spawn(heartbeat(shared.clone(), stop_maintenance.clone()));
         let rescuer = tokio::spawn(rescue_expired(shared.clone(), stop_fetching.clone()));
 
         tracing::info!(
@@ -179,6 +180,7 @@ impl Worker {
         let _ = completer.await;
         stop_maintenance.cancel();
         let _ = renewer.await;
+        let _ = heartbeat.await;
         let report = shared.stats.snapshot();
         tracing::info!(?report, "worker stopped");
         report
@@ -319,6 +321,52 @@ async fn renew_leases(shared: Arc<Shared>, stop: CancellationToken) {
         if let Err(error) = shared.broker.renew_leases(&tags, lease).await {
             tracing::warn!(%error, count = tags.len(), "renewing leases failed");
         }
+    }
+}
+
+/// Records this worker's liveness and load every `heartbeat_interval`, and marks it
+/// offline when it stops.
+async fn heartbeat(shared: Arc<Shared>, stop: CancellationToken) {
+    let started_at = chrono::Utc::now();
+    let every = shared
+        .config
+        .heartbeat_interval
+        .max(Duration::from_millis(100));
+    let info = |online: bool| {
+        let stats = shared.stats.snapshot();
+        WorkerInfo {
+            hostname: shared.config.hostname.clone(),
+            pid: std::process::id(),
+            queues: shared
+                .config
+                .queues
+                .iter()
+                .map(|q| q.name.clone())
+                .collect(),
+            active: stats.active,
+            processed: stats.processed,
+            started_at,
+            last_heartbeat: chrono::Utc::now(),
+            freq: every.as_secs_f64(),
+            online,
+        }
+    };
+    loop {
+        match shared.broker.worker_heartbeat(&info(true)).await {
+            Ok(()) => {}
+            Err(celeriac_broker::BrokerError::Unsupported { .. }) => {
+                tracing::debug!("the broker keeps no worker registry; heartbeats off");
+                return;
+            }
+            Err(error) => tracing::warn!(%error, "recording the heartbeat failed"),
+        }
+        tokio::select! {
+            _ = stop.cancelled() => break,
+            _ = tokio::time::sleep(every) => {}
+        }
+    }
+    if let Err(error) = shared.broker.worker_heartbeat(&info(false)).await {
+        tracing::warn!(%error, "recording the shutdown failed");
     }
 }
 

@@ -5,6 +5,7 @@ use std::future::Future;
 use std::path::PathBuf;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::time::Duration;
 
 use celeriac_backend::ResultBackend;
 use celeriac_broker::{Broker, Publish};
@@ -152,7 +153,14 @@ impl AppBuilder {
         for task in &self.tasks {
             registry.register(task.clone());
         }
-        let broker = celeriac_broker::connect(&settings.broker_url).await?;
+        let mut connect = celeriac_broker::ConnectOptions::default();
+        connect.poll_interval = Duration::from_secs_f64(
+            settings
+                .broker_transport_options
+                .polling_interval
+                .max(0.001),
+        );
+        let broker = celeriac_broker::connect_with(&settings.broker_url, &connect).await?;
         for queue in &queues {
             broker.declare_queue(queue).await?;
         }

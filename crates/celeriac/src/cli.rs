@@ -7,6 +7,7 @@
 //! myapp queues            # depth, scheduled, held, dead letters
 //! myapp queues --dead-letters short-task
 //! myapp purge -Q short-task --force
+//! myapp workers           # alive / lost / offline, heartbeat age, load
 //! myapp bench --tasks 100000 --json
 //! ```
 //!
@@ -62,6 +63,8 @@ pub enum Command {
     Queues(QueuesArgs),
     /// Delete every waiting message of queues.
     Purge(PurgeArgs),
+    /// List workers: alive or gone, heartbeat age, active and processed tasks, queues.
+    Workers(WorkersArgs),
     /// Measure enqueue and drain rates and latency of no-op tasks.
     Bench(bench::BenchArgs),
 }
@@ -154,6 +157,14 @@ pub struct QueuesArgs {
     pub json: bool,
 }
 
+/// `workers` flags.
+#[derive(Debug, Args)]
+pub struct WorkersArgs {
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
 /// `purge` flags.
 #[derive(Debug, Args)]
 pub struct PurgeArgs {
@@ -209,6 +220,7 @@ async fn dispatch(app: App, command: Command) -> anyhow::Result<()> {
         Command::Result(args) => result(app, args).await,
         Command::Queues(args) => queues(app, args).await,
         Command::Purge(args) => purge(app, args).await,
+        Command::Workers(args) => workers(app, args).await,
         Command::Bench(args) => bench::run(app, args).await,
     }
 }
@@ -440,6 +452,46 @@ async fn queues(app: App, args: QueuesArgs) -> anyhow::Result<()> {
             out,
             "{:<24} {:>10} {:>10} {:>10} {:>12}",
             q.name, q.ready, q.scheduled, q.held, q.dead_letters
+        )?;
+    }
+    Ok(())
+}
+
+async fn workers(app: App, args: WorkersArgs) -> anyhow::Result<()> {
+    let workers = app.broker().workers().await?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&workers)?);
+        return Ok(());
+    }
+    if workers.is_empty() {
+        println!("no workers have reported to {}", app.broker().describe());
+        return Ok(());
+    }
+    let now = chrono::Utc::now();
+    let mut out = std::io::stdout().lock();
+    writeln!(
+        out,
+        "{:<32} {:<8} {:>10} {:>8} {:>10}  QUEUES",
+        "WORKER", "STATE", "HEARTBEAT", "ACTIVE", "PROCESSED"
+    )?;
+    for w in workers {
+        let state = if w.is_alive(now) {
+            "online"
+        } else if w.online {
+            "lost"
+        } else {
+            "offline"
+        };
+        let age = (now - w.last_heartbeat).num_milliseconds() as f64 / 1000.0;
+        writeln!(
+            out,
+            "{:<32} {:<8} {:>9.1}s {:>8} {:>10}  {}",
+            w.hostname,
+            state,
+            age,
+            w.active,
+            w.processed,
+            w.queues.join(",")
         )?;
     }
     Ok(())

@@ -365,10 +365,20 @@ async fn bad_arguments_are_invalid_arguments_naming_the_parameter() {
     assert!(wrong.contains("user_id"), "{wrong}");
     // The worker checks the same binding before it acknowledges a message.
     match send_notification.check_args(&[json!("seven"), json!("hi")], &Map::new()) {
-        Err(TaskError::InvalidArguments(message)) => assert!(message.contains("user_id"), "{message}"),
+        Err(TaskError::InvalidArguments(message)) => {
+            assert!(message.contains("user_id"), "{message}")
+        }
         other => panic!("check_args should refuse the arguments, got {other:?}"),
     }
-    assert!(send_notification.check_args(&[json!(7)], &json!({"text": "hi"}).as_object().cloned().unwrap_or_default()).is_ok());
+    assert!(send_notification
+        .check_args(
+            &[json!(7)],
+            &json!({"text": "hi"})
+                .as_object()
+                .cloned()
+                .unwrap_or_default()
+        )
+        .is_ok());
 
     let missing = invalid(run(&send_notification, vec![json!(7)], Map::new()).await);
     assert!(

@@ -48,8 +48,21 @@ async fn runs_a_task_and_stores_its_result() {
     assert_eq!(meta.status, TaskState::Success);
     assert_eq!(meta.name.as_deref(), Some("tests.add"));
     assert_eq!(meta.queue.as_deref(), Some("celery"));
+    let workers = app.broker().workers().await.expect("workers");
+    let me = workers
+        .iter()
+        .find(|w| w.hostname == app.hostname())
+        .expect("the worker reported itself");
+    assert!(me.is_alive(chrono::Utc::now()) && me.queues == vec!["celery".to_string()]);
     let stats = worker.stop().await;
     assert_eq!((stats.succeeded, stats.failed), (1, 0));
+    let workers = app.broker().workers().await.expect("workers");
+    let me = workers
+        .iter()
+        .find(|w| w.hostname == app.hostname())
+        .expect("still listed");
+    assert!(!me.online, "a clean shutdown marks the worker offline");
+    assert_eq!(me.processed, 1);
 }
 
 #[tokio::test]

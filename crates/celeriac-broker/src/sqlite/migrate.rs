@@ -9,8 +9,10 @@ pub(super) const COMPONENT: &str = "broker";
 
 /// The broker's migrations, in order: `(version, sql)`. Never edit an applied one; add
 /// a new file instead.
-pub(super) const MIGRATIONS: &[(i64, &str)] =
-    &[(1, include_str!("../../migrations/0001_broker.sql"))];
+pub(super) const MIGRATIONS: &[(i64, &str)] = &[
+    (1, include_str!("../../migrations/0001_broker.sql")),
+    (2, include_str!("../../migrations/0002_workers.sql")),
+];
 
 /// Shared by every celeriac component that stores its schema in the file.
 const SCHEMA_TABLE: &str = "CREATE TABLE IF NOT EXISTS celeriac_schema (

@@ -91,7 +91,7 @@ use tokio::time::Instant;
 
 use crate::{
     Broker, BrokerError, Capabilities, DeadLetter, DeadLetterQuery, Delivery, DeliveryTag,
-    FetchParams, PriorityOrder, Publish, QueueStats, RejectAction,
+    FetchParams, PriorityOrder, Publish, QueueStats, RejectAction, WorkerInfo,
 };
 
 use store::{ClaimParams, NewMessage, Rejection, Tag};
@@ -479,10 +479,35 @@ impl Broker for SqliteBroker {
         self.read(move |conn| store::dead_letters(conn, &query))
             .await
     }
+
+    async fn worker_heartbeat(&self, info: &WorkerInfo) -> Result<(), BrokerError> {
+        let json = serde_json::to_string(info).map_err(BrokerError::storage)?;
+        let hostname = info.hostname.clone();
+        let at = info.last_heartbeat.timestamp_millis();
+        let online = info.online;
+        self.write(move |conn| store::upsert_worker(conn, &hostname, &json, at, online))
+            .await
+    }
+
+    async fn workers(&self) -> Result<Vec<WorkerInfo>, BrokerError> {
+        let rows = self.read(store::workers).await?;
+        Ok(rows
+            .into_iter()
+            .filter_map(
+                |(hostname, json)| match serde_json::from_str::<WorkerInfo>(&json) {
+                    Ok(info) => Some(info),
+                    Err(error) => {
+                        tracing::warn!(%hostname, %error, "unreadable worker row ignored");
+                        None
+                    }
+                },
+            )
+            .collect())
+    }
 }
 
 /// The path of a `sqlite://PATH` URL.
-fn parse_url(url: &str) -> Result<PathBuf, BrokerError> {
+pub(crate) fn parse_url(url: &str) -> Result<PathBuf, BrokerError> {
     let invalid = |reason: &str| BrokerError::InvalidUrl {
         url: crate::redact(url),
         reason: reason.to_string(),

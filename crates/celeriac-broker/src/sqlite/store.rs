@@ -489,3 +489,31 @@ fn payload_bytes(value: ValueRef<'_>) -> Vec<u8> {
 fn count(n: i64) -> u64 {
     u64::try_from(n).unwrap_or(0)
 }
+
+const UPSERT_WORKER: &str = "INSERT INTO broker_workers (hostname, info, last_heartbeat, online)
+    VALUES (?1, ?2, ?3, ?4)
+    ON CONFLICT (hostname) DO UPDATE SET info = excluded.info,
+        last_heartbeat = excluded.last_heartbeat, online = excluded.online";
+
+const SELECT_WORKERS: &str =
+    "SELECT hostname, info FROM broker_workers ORDER BY last_heartbeat DESC";
+
+/// Records a worker heartbeat.
+pub(super) fn upsert_worker(
+    conn: &mut Connection,
+    hostname: &str,
+    info: &str,
+    at_ms: i64,
+    online: bool,
+) -> rusqlite::Result<()> {
+    conn.prepare_cached(UPSERT_WORKER)?
+        .execute(rusqlite::params![hostname, info, at_ms, online])?;
+    Ok(())
+}
+
+/// Every worker row as `(hostname, info JSON)`, latest heartbeat first.
+pub(super) fn workers(conn: &mut Connection) -> rusqlite::Result<Vec<(String, String)>> {
+    let mut statement = conn.prepare_cached(SELECT_WORKERS)?;
+    let rows = statement.query_map([], |row| Ok((row.get(0)?, row.get(1)?)))?;
+    rows.collect()
+}
