@@ -20,7 +20,10 @@
 //! - **lease renewer**: renews the lease of every held message (reserved, waiting for
 //!   its ETA, or running) every third of the lease, so a long task is never
 //!   delivered twice while this worker lives.
-//! - **rescuer**: restores messages whose lease lapsed (their worker died).
+//! - **rescuer**: restores messages whose lease lapsed (their worker died) and
+//!   deletes expired results every few minutes.
+//! - **heartbeat**: records the worker's liveness and load in the broker's worker
+//!   registry every 2 s, and marks it offline on shutdown (`celeriac workers`).
 //!
 //! Shutdown is two-phase ([`Worker::run_until`]): stop fetching and return unstarted
 //! messages to the broker; running tasks get `shutdown_timeout` to finish, then are

@@ -370,11 +370,26 @@ async fn heartbeat(shared: Arc<Shared>, stop: CancellationToken) {
     }
 }
 
-/// Restores messages whose lease lapsed (their worker died).
+/// How often expired results are deleted (Celery's `celery.backend_cleanup`).
+const RESULT_CLEANUP_EVERY: Duration = Duration::from_secs(300);
+
+/// Restores messages whose lease lapsed (their worker died), and now and then deletes
+/// expired results.
 async fn rescue_expired(shared: Arc<Shared>, stop: CancellationToken) {
     let every =
         (shared.config.lease / 2).clamp(Duration::from_millis(100), Duration::from_secs(15));
+    let mut next_cleanup = tokio::time::Instant::now();
     loop {
+        if let (Some(backend), true) =
+            (&shared.backend, tokio::time::Instant::now() >= next_cleanup)
+        {
+            next_cleanup += RESULT_CLEANUP_EVERY;
+            match backend.cleanup_expired().await {
+                Ok(0) => {}
+                Ok(count) => tracing::info!(count, "deleted expired results"),
+                Err(error) => tracing::warn!(%error, "deleting expired results failed"),
+            }
+        }
         match shared.broker.restore_expired().await {
             Ok(0) => {}
             Ok(count) => tracing::info!(count, "restored messages whose lease lapsed"),
