@@ -311,12 +311,16 @@ pub struct ConnectOptions {
     /// How often an idle consumer checks for messages written by other processes
     /// (SQLite: `polling_interval`).
     pub poll_interval: Duration,
+    /// kombu's visibility timeout: messages held by consumers that do not renew
+    /// leases (Python workers on Redis) are restored after this long.
+    pub visibility_timeout: Duration,
 }
 
 impl Default for ConnectOptions {
     fn default() -> Self {
         ConnectOptions {
             poll_interval: Duration::from_millis(10),
+            visibility_timeout: Duration::from_secs(3600),
         }
     }
 }

@@ -4,7 +4,7 @@
 //! `celeriac.toml` (or the file named by `CELERIAC_CONFIG`), then `CELERIAC_<SETTING>`
 //! environment variables (e.g. `CELERIAC_BROKER_URL`, `CELERIAC_RESULT_BACKEND`,
 //! `CELERIAC_WORKER_PREFETCH_MULTIPLIER`; nested keys with `__`, as in
-//! `CELERIAC_BROKER_TRANSPORT_OPTIONS__VISIBILITY_TIMEOUT`), then command-line flags.
+//! `CELERIAC_BROKER_TRANSPORT_OPTIONS__LEASE`), then command-line flags.
 //! Durations are seconds, as in Celery.
 
 use std::path::{Path, PathBuf};
@@ -44,8 +44,13 @@ pub enum ConfigError {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct TransportOptions {
-    /// Lease of a held message, in seconds. celeriac workers renew it while they hold
-    /// a message; when a worker dies its messages come back after at most this long.
+    /// Lease of a held message, in seconds. celeriac workers renew it every third of
+    /// it while they hold a message; when a worker dies its messages come back after
+    /// at most this long.
+    pub lease: f64,
+    /// kombu's visibility timeout, in seconds (Celery's default 3600): on Redis, a
+    /// message held by a *Python* worker is restored after this long. celeriac renews
+    /// its own messages, so they are never restored while their worker lives.
     pub visibility_timeout: f64,
     /// Idle poll interval of the SQLite broker across processes, in seconds.
     pub polling_interval: f64,
@@ -54,7 +59,8 @@ pub struct TransportOptions {
 impl Default for TransportOptions {
     fn default() -> Self {
         TransportOptions {
-            visibility_timeout: 30.0,
+            lease: 30.0,
+            visibility_timeout: 3600.0,
             polling_interval: 0.01,
         }
     }
@@ -262,8 +268,13 @@ impl Settings {
     }
 
     /// Lease length of held messages.
+    pub fn lease(&self) -> Duration {
+        Duration::from_secs_f64(self.broker_transport_options.lease.max(0.1))
+    }
+
+    /// kombu's visibility timeout (Python workers' messages on Redis).
     pub fn visibility_timeout(&self) -> Duration {
-        Duration::from_secs_f64(self.broker_transport_options.visibility_timeout.max(0.1))
+        Duration::from_secs_f64(self.broker_transport_options.visibility_timeout.max(1.0))
     }
 
     /// Result expiry (`None` = never).
@@ -392,7 +403,7 @@ mod tests {
                 broker_url = "sqlite://file.db"
                 worker_prefetch_multiplier = 1
                 [broker_transport_options]
-                visibility_timeout = 5
+                lease = 5
                 [[task_queues]]
                 name = "long-task"
                 routing_key = "long.#"
@@ -405,7 +416,8 @@ mod tests {
             )
             .expect("toml");
         assert_eq!(file.broker_url, "sqlite://file.db");
-        assert_eq!(file.visibility_timeout(), Duration::from_secs(5));
+        assert_eq!(file.lease(), Duration::from_secs(5));
+        assert_eq!(file.visibility_timeout(), Duration::from_secs(3600));
         assert_eq!(file.broker_transport_options.polling_interval, 0.01);
         let env = file
             .merge_env(vec![
@@ -416,7 +428,7 @@ mod tests {
                 ),
                 ("CELERIAC_WORKER_PREFETCH_MULTIPLIER".into(), "8".into()),
                 (
-                    "CELERIAC_BROKER_TRANSPORT_OPTIONS__VISIBILITY_TIMEOUT".into(),
+                    "CELERIAC_BROKER_TRANSPORT_OPTIONS__LEASE".into(),
                     "7.5".into(),
                 ),
                 ("CELERIAC_REQUIRE_SERVICES".into(), "1".into()),
@@ -429,7 +441,7 @@ mod tests {
             Some("sqlite://results.db")
         );
         assert_eq!(env.worker_prefetch_multiplier, 8);
-        assert_eq!(env.visibility_timeout(), Duration::from_millis(7500));
+        assert_eq!(env.lease(), Duration::from_millis(7500));
         let queues = env.queues();
         assert_eq!(queues[0].exchange, Exchange::topic("tasks"));
         assert_eq!(queues[0].concurrency, Some(2));

@@ -133,7 +133,7 @@ impl WorkerConfig {
             queues,
             acks_late: settings.task_acks_late,
             reject_on_failure: settings.task_reject_on_failure,
-            lease: settings.visibility_timeout(),
+            lease: settings.lease(),
             shutdown_timeout: settings.shutdown_timeout(),
             track_started: settings.task_track_started,
             result_extended: true,

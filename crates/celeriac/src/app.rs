@@ -160,6 +160,7 @@ impl AppBuilder {
                 .polling_interval
                 .max(0.001),
         );
+        connect.visibility_timeout = settings.visibility_timeout();
         let broker = celeriac_broker::connect_with(&settings.broker_url, &connect).await?;
         for queue in &queues {
             broker.declare_queue(queue).await?;

@@ -91,9 +91,10 @@ pub struct WorkerArgs {
     /// Seconds running tasks get to finish at shutdown.
     #[arg(long, value_name = "SECONDS")]
     pub shutdown_timeout: Option<f64>,
-    /// Lease of held messages in seconds (broker_transport_options.visibility_timeout).
+    /// Lease of held messages in seconds (broker_transport_options.lease); a dead
+    /// worker's messages come back after at most this long.
     #[arg(long, value_name = "SECONDS")]
-    pub visibility_timeout: Option<f64>,
+    pub lease: Option<f64>,
 }
 
 /// `call` flags.
@@ -260,11 +261,8 @@ fn flag_overlay(cli: &Cli) -> Map<String, Value> {
         if let Some(t) = w.shutdown_timeout {
             overlay.insert("worker_shutdown_timeout".into(), json!(t));
         }
-        if let Some(v) = w.visibility_timeout {
-            overlay.insert(
-                "broker_transport_options".into(),
-                json!({"visibility_timeout": v}),
-            );
+        if let Some(v) = w.lease {
+            overlay.insert("broker_transport_options".into(), json!({"lease": v}));
         }
     }
     overlay

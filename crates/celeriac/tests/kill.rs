@@ -45,7 +45,7 @@ fn child_app(url: &str, record: String) -> celeriac::AppBuilder {
     App::builder("killtest")
         .without_environment()
         .broker(url.to_string())
-        .configure(|s| s.broker_transport_options.visibility_timeout = 1.0)
+        .configure(|s| s.broker_transport_options.lease = 1.0)
         .queue(Queue::new("celery").concurrency(4).prefetch_multiplier(2))
         .task(record_task)
 }

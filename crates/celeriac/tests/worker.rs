@@ -664,9 +664,8 @@ async fn a_renewed_lease_keeps_a_long_task_from_running_twice() {
         )
     };
     // Leases of 300 ms: the task runs five times longer than its lease.
-    let short_lease = |b: celeriac::AppBuilder| {
-        b.configure(|s| s.broker_transport_options.visibility_timeout = 0.3)
-    };
+    let short_lease =
+        |b: celeriac::AppBuilder| b.configure(|s| s.broker_transport_options.lease = 0.3);
     let app_a = short_lease(t.builder())
         .task(make(runs.clone()))
         .build()

@@ -29,7 +29,7 @@ impl TestApp {
             .without_environment()
             .broker(self.url.clone())
             .configure(|s| {
-                s.broker_transport_options.visibility_timeout = 2.0;
+                s.broker_transport_options.lease = 2.0;
                 s.worker_shutdown_timeout = 5.0;
                 s.worker_concurrency = 2;
             })
