@@ -99,40 +99,20 @@ async fn flush(
     tags: &mut Vec<DeliveryTag>,
 ) {
     if let (Some(backend), false) = (backend, metas.is_empty()) {
-        let mut delay = Duration::from_millis(20);
-        for attempt in 1.. {
-            match backend.store_many(metas, result_expires).await {
-                Ok(()) => break,
-                Err(error) if attempt < 10 => {
-                    tracing::warn!(%error, attempt, "storing results failed; retrying");
-                    tokio::time::sleep(delay).await;
-                    delay = (delay * 2).min(Duration::from_secs(2));
-                }
-                Err(error) => {
-                    tracing::error!(%error, count = metas.len(), "giving up storing results");
-                    break;
-                }
-            }
+        let stored = with_retries("storing results", || {
+            backend.store_many(metas, result_expires)
+        })
+        .await;
+        if let Err(error) = stored {
+            tracing::error!(%error, count = metas.len(), "giving up storing results");
         }
     }
     metas.clear();
     if !tags.is_empty() {
-        let mut delay = Duration::from_millis(20);
-        for attempt in 1.. {
-            match broker.ack(tags).await {
-                Ok(()) => break,
-                Err(error) if attempt < 10 => {
-                    tracing::warn!(%error, attempt, "acking failed; retrying");
-                    tokio::time::sleep(delay).await;
-                    delay = (delay * 2).min(Duration::from_secs(2));
-                }
-                Err(error) => {
-                    // The messages stay leased until their lease lapses and are then
-                    // redelivered: a duplicate, never a loss.
-                    tracing::error!(%error, count = tags.len(), "giving up acking; messages will be redelivered");
-                    break;
-                }
-            }
+        if let Err(error) = with_retries("acking", || broker.ack(tags)).await {
+            // The messages stay leased until their lease lapses and are then
+            // redelivered: a duplicate, never a loss.
+            tracing::error!(%error, count = tags.len(), "giving up acking; messages will be redelivered");
         }
         let mut held = held.lock();
         for tag in tags.iter() {
@@ -140,4 +120,29 @@ async fn flush(
         }
     }
     tags.clear();
+}
+
+/// Runs `operation` up to ten times with exponential backoff (20 ms doubling to 2 s),
+/// logging each failure; returns the last error if every attempt failed.
+pub(crate) async fn with_retries<T, E, F, Fut>(what: &str, mut operation: F) -> Result<T, E>
+where
+    E: std::fmt::Display,
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, E>>,
+{
+    const ATTEMPTS: u32 = 10;
+    let mut delay = Duration::from_millis(20);
+    let mut attempt = 1;
+    loop {
+        match operation().await {
+            Ok(value) => return Ok(value),
+            Err(error) if attempt < ATTEMPTS => {
+                tracing::warn!(%error, attempt, "{what} failed; retrying");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(2));
+                attempt += 1;
+            }
+            Err(error) => return Err(error),
+        }
+    }
 }

@@ -621,16 +621,12 @@ async fn release(shared: &Shared, tag: &DeliveryTag) {
 }
 
 async fn reject(shared: &Shared, tag: &DeliveryTag, action: RejectAction) {
-    let mut delay = Duration::from_millis(20);
-    for attempt in 1..=10 {
-        match shared.broker.reject(tag, action.clone()).await {
-            Ok(()) => break,
-            Err(error) => {
-                tracing::warn!(%error, %tag, attempt, "reject failed; retrying");
-                tokio::time::sleep(delay).await;
-                delay = (delay * 2).min(Duration::from_secs(2));
-            }
-        }
+    let rejected =
+        crate::completer::with_retries("reject", || shared.broker.reject(tag, action.clone()))
+            .await;
+    if let Err(error) = rejected {
+        // The message stays leased until its lease lapses, then is redelivered.
+        tracing::error!(%error, %tag, "giving up rejecting; the message will be redelivered");
     }
     shared.held.lock().remove(tag);
 }
