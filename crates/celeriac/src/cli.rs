@@ -85,7 +85,7 @@ pub struct WorkerArgs {
     /// Ack after the task finishes, for tasks and queues that do not say.
     #[arg(long)]
     pub acks_late: bool,
-    /// Node name (default: <app>@<host>).
+    /// Node name (default: `<app>@<host>`).
     #[arg(short = 'n', long)]
     pub hostname: Option<String>,
     /// Seconds running tasks get to finish at shutdown.
