@@ -57,6 +57,38 @@ pub struct SendOptions {
     /// Workflow continuations to carry.
     #[serde(skip)]
     pub embed: Option<Embed>,
+    /// Refuse this send while an identical task is queued or running (unique enqueue).
+    #[serde(default)]
+    pub unique: Option<Unique>,
+}
+
+/// Unique enqueue: a send is refused while an identical one is queued or running.
+///
+/// The sender takes the lock `unique:<key>` for `ttl` before publishing and refuses
+/// with `Error::Duplicate` if it is held. The worker releases it when the task reaches
+/// a final outcome (success, failure, revoked, skipped; a retry keeps it); otherwise
+/// it lapses after `ttl`. Pick a `ttl` longer than the task may wait and run.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct Unique {
+    /// The uniqueness key; `None` = the task name plus a hash of its arguments.
+    #[serde(default)]
+    pub key: Option<String>,
+    /// The longest the key is held.
+    #[serde(with = "secs")]
+    pub ttl: Duration,
+}
+
+impl Unique {
+    /// Unique by task name and arguments, for at most `ttl`.
+    pub fn new(ttl: Duration) -> Unique {
+        Unique { key: None, ttl }
+    }
+    /// Unique by an explicit key (shared by every send that names it).
+    pub fn key(mut self, key: impl Into<String>) -> Unique {
+        self.key = Some(key.into());
+        self
+    }
 }
 
 impl SendOptions {
@@ -129,6 +161,26 @@ impl SendOptions {
         self.ignore_result = Some(ignore);
         self
     }
+    /// Refuses the send while an identical task is queued or running.
+    pub fn unique(mut self, unique: Unique) -> Self {
+        self.unique = Some(unique);
+        self
+    }
+}
+
+mod secs {
+    use serde::{Deserialize, Deserializer, Serializer};
+    use std::time::Duration;
+
+    pub fn serialize<S: Serializer>(value: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_f64(value.as_secs_f64())
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        let secs = f64::deserialize(d)?;
+        Duration::try_from_secs_f64(secs)
+            .map_err(|_| serde::de::Error::custom(format!("invalid duration {secs}")))
+    }
 }
 
 mod opt_secs {
@@ -149,5 +201,21 @@ mod opt_secs {
             Some(s) => Err(serde::de::Error::custom(format!("invalid duration {s}"))),
             None => Ok(None),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unique_round_trips_with_seconds() {
+        let options = SendOptions::new().unique(Unique::new(Duration::from_millis(1500)).key("k"));
+        let json = serde_json::to_value(&options).expect("serialize");
+        assert_eq!(json["unique"], serde_json::json!({"key": "k", "ttl": 1.5}));
+        let back: SendOptions = serde_json::from_value(json).expect("deserialize");
+        assert_eq!(back.unique, options.unique);
+        let without: SendOptions = serde_json::from_str(r#"{"headers": {}}"#).expect("defaults");
+        assert_eq!(without.unique, None);
     }
 }

@@ -95,6 +95,9 @@ pub struct TaskOptions {
     pub blocking: bool,
     /// Ack a redelivered message whose task id already succeeded without running it.
     pub skip_if_succeeded: bool,
+    /// At most one run at a time per lock key (`#[task(single_instance)]`); `None` =
+    /// runs may overlap.
+    pub single_instance: Option<SingleInstance>,
 }
 
 impl Default for TaskOptions {
@@ -116,8 +119,131 @@ impl Default for TaskOptions {
             expires: None,
             blocking: false,
             skip_if_succeeded: false,
+            single_instance: None,
         }
     }
+}
+
+/// Single-instance execution: at most one run of the task at a time per lock key.
+///
+/// The worker takes the lock right before running (once a slot is free), renews it
+/// every third of [`lease`](SingleInstance::lease) while the task runs, and releases it
+/// as soon as the task ends, whatever the outcome. A worker that dies stops renewing,
+/// so its lock lapses by itself within one lease: no deploy script, no manual step.
+/// The running task can read its lock and fencing number with
+/// [`TaskContext::lock_key`] and [`TaskContext::lock_fencing`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct SingleInstance {
+    /// What one lock covers: the task, or the task plus some argument values.
+    pub key: LockKey,
+    /// What a run does when another run holds the lock.
+    pub on_conflict: OnConflict,
+    /// Lease of the lock, renewed every third of it while the task runs (default 10 s).
+    /// A dead worker's lock is free again after at most this long.
+    pub lease: Duration,
+}
+
+impl SingleInstance {
+    /// Default lease of a single-instance lock.
+    pub const DEFAULT_LEASE: Duration = Duration::from_secs(10);
+    /// Default countdown of a run sent again after a lock conflict.
+    pub const DEFAULT_RETRY_AFTER: Duration = Duration::from_secs(5);
+
+    /// One lock for the task name, skip on conflict, a 10 s lease.
+    pub fn new() -> SingleInstance {
+        SingleInstance::default()
+    }
+    /// Sets what one lock covers.
+    pub fn key(mut self, key: LockKey) -> Self {
+        self.key = key;
+        self
+    }
+    /// Sets the conflict policy.
+    pub fn on_conflict(mut self, on_conflict: OnConflict) -> Self {
+        self.on_conflict = on_conflict;
+        self
+    }
+    /// Sets the lease.
+    pub fn lease(mut self, lease: Duration) -> Self {
+        self.lease = lease;
+        self
+    }
+}
+
+impl Default for SingleInstance {
+    fn default() -> Self {
+        SingleInstance {
+            key: LockKey::Task,
+            on_conflict: OnConflict::Skip,
+            lease: SingleInstance::DEFAULT_LEASE,
+        }
+    }
+}
+
+/// What one single-instance lock covers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum LockKey {
+    /// One lock for the task name: one run at a time of the task.
+    Task,
+    /// One lock per combination of these arguments' values: one run at a time per
+    /// customer, say. A missing argument counts as `null`.
+    Args(Vec<KeyArg>),
+}
+
+/// An argument that is part of a lock key: found by keyword name, or by position
+/// when it was passed positionally.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyArg {
+    /// The parameter name (the keyword on the wire).
+    pub name: String,
+    /// Its position among the positional arguments, if it can be passed positionally.
+    pub position: Option<usize>,
+}
+
+impl KeyArg {
+    /// The argument called `name` at `position`.
+    pub fn new(name: impl Into<String>, position: Option<usize>) -> KeyArg {
+        KeyArg {
+            name: name.into(),
+            position,
+        }
+    }
+
+    /// Its value in a call: the keyword argument if given, else the positional one.
+    pub fn value<'a>(
+        &self,
+        args: &'a [Value],
+        kwargs: &'a Map<String, Value>,
+    ) -> Option<&'a Value> {
+        kwargs
+            .get(&self.name)
+            .or_else(|| self.position.and_then(|i| args.get(i)))
+    }
+}
+
+/// What a single-instance run does when another run holds its lock.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum OnConflict {
+    /// Do not run. The message is acked and the result records `REVOKED` with reason
+    /// `"locked"` (a ready state, so a caller waiting on the result is not left hanging).
+    Skip,
+    /// Run later: the message is sent again with this countdown. A conflict is not a
+    /// failure, so it does not count against `max_retries`.
+    Retry {
+        /// Delay before the next attempt.
+        countdown: Duration,
+    },
+    /// Wait up to `up_to` for the lock (holding the slot), then as [`OnConflict::Retry`]
+    /// with `then_retry_after`.
+    Wait {
+        /// Longest wait for the lock.
+        up_to: Duration,
+        /// Countdown of the retry when the wait ran out.
+        then_retry_after: Duration,
+    },
 }
 
 /// Why a running task was asked to stop.
@@ -167,6 +293,7 @@ struct ContextInner {
     cancel: CancellationToken,
     cancel_reason: AtomicU8,
     sender: Option<Arc<dyn TaskSender>>,
+    lock: Option<(String, u64)>,
 }
 
 /// Builds a [`TaskContext`] (used by the worker and by tests).
@@ -232,6 +359,11 @@ impl TaskContextBuilder {
         self.inner.sender = Some(sender);
         self
     }
+    /// The single-instance lock the run holds: its key and fencing number.
+    pub fn lock(mut self, key: impl Into<String>, fencing: u64) -> Self {
+        self.inner.lock = Some((key.into(), fencing));
+        self
+    }
     /// Finishes the context.
     pub fn build(self) -> TaskContext {
         TaskContext {
@@ -260,6 +392,7 @@ impl TaskContext {
                 cancel: CancellationToken::new(),
                 cancel_reason: AtomicU8::new(0),
                 sender: None,
+                lock: None,
             },
         }
     }
@@ -315,6 +448,17 @@ impl TaskContext {
     /// Extra headers of the message (Celery's `task.request.<name>`).
     pub fn headers(&self) -> &Map<String, Value> {
         &self.inner.headers
+    }
+    /// The key of the single-instance lock this run holds (`None` for other tasks).
+    pub fn lock_key(&self) -> Option<&str> {
+        self.inner.lock.as_ref().map(|(key, _)| key.as_str())
+    }
+    /// The fencing number of this run's single-instance lock: larger than that of
+    /// every earlier holder of the key. Hand it to a downstream store that keeps the
+    /// largest number it has seen and refuses writes with a smaller one, and a run
+    /// whose lock lapsed (a paused process) can no longer overwrite its successor.
+    pub fn lock_fencing(&self) -> Option<u64> {
+        self.inner.lock.as_ref().map(|(_, fencing)| *fencing)
     }
 
     /// Completes when the task is asked to stop (soft time limit, revoke with
