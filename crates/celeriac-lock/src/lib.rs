@@ -9,7 +9,7 @@
 //!   header that carries a unique-enqueue lock to the worker.
 //! - [`sqlite`] (feature `sqlite`, on by default): locks in a SQLite file, normally
 //!   the broker's, so operators see them beside the queues.
-//! - [`testing`] (feature `testing`): the conformance suite every implementation runs
+//! - `testing` (feature `testing`): the conformance suite every implementation runs
 //!   from its own `tests/`.
 //!
 //! # Why leases, tokens and fencing numbers
@@ -188,7 +188,7 @@ impl LockInfo {
 }
 
 /// Named locks with owner tokens, leases and fencing numbers. Every implementation
-/// passes the conformance suite in [`testing`] (feature `testing`).
+/// passes the conformance suite in `celeriac_lock::testing` (feature `testing`).
 ///
 /// A lock is *live* from its acquisition until its lease lapses or it is released;
 /// an expired lock counts as free everywhere (acquire, renew, release, list).

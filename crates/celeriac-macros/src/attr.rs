@@ -30,8 +30,26 @@ pub(crate) const OPTION_NAMES: &[&str] = &[
     "expires",
     "rate_limit",
     "skip_if_succeeded",
+    "single_instance",
+    "lock_key",
+    "on_conflict",
+    "lock_wait",
+    "lock_retry_delay",
+    "lock_lease",
     "crate",
 ];
+
+/// Shortest `lock_lease`: it is renewed every third, and a shorter one only adds
+/// writes without making a dead worker's lock lapse meaningfully sooner.
+pub(crate) const MIN_LOCK_LEASE: Duration = Duration::from_secs(1);
+
+/// `on_conflict = "skip" | "retry" | "wait"`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) enum Conflict {
+    Skip,
+    Retry,
+    Wait,
+}
 
 /// `max_retries = 5` or `max_retries = unlimited`.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -85,6 +103,13 @@ pub(crate) struct TaskAttr {
     pub(crate) expires: Option<Duration>,
     pub(crate) rate_limit: Option<Rate>,
     pub(crate) skip_if_succeeded: Option<bool>,
+    pub(crate) single_instance: Option<Spanned<bool>>,
+    /// Parameter names from `lock_key = "a, b"`, with the literal's span.
+    pub(crate) lock_key: Option<Spanned<Vec<String>>>,
+    pub(crate) on_conflict: Option<Spanned<Conflict>>,
+    pub(crate) lock_wait: Option<Spanned<Duration>>,
+    pub(crate) lock_retry_delay: Option<Spanned<Duration>>,
+    pub(crate) lock_lease: Option<Spanned<Duration>>,
     pub(crate) krate: Option<syn::Path>,
     seen: Vec<String>,
 }
@@ -129,6 +154,55 @@ impl TaskAttr {
             "acks_late" => self.acks_late = Some(flag(&meta)?),
             "ignore_result" => self.ignore_result = Some(flag(&meta)?),
             "skip_if_succeeded" => self.skip_if_succeeded = Some(flag(&meta)?),
+            "single_instance" => {
+                self.single_instance = Some(Spanned {
+                    value: flag(&meta)?,
+                    span,
+                })
+            }
+            "lock_key" => {
+                let lit = non_empty_string(&meta, &key)?;
+                let names = lock_key_names(&lit)?;
+                self.lock_key = Some(Spanned {
+                    value: names,
+                    span: lit.span(),
+                });
+            }
+            "on_conflict" => {
+                let lit: LitStr = meta.value()?.parse()?;
+                let value = match lit.value().as_str() {
+                    "skip" => Conflict::Skip,
+                    "retry" => Conflict::Retry,
+                    "wait" => Conflict::Wait,
+                    other => {
+                        return Err(syn::Error::new(
+                            lit.span(),
+                            format!(
+                            "`on_conflict` must be \"skip\", \"retry\" or \"wait\", not {other:?}"
+                        ),
+                        ))
+                    }
+                };
+                self.on_conflict = Some(Spanned { value, span });
+            }
+            "lock_wait" => {
+                self.lock_wait = Some(Spanned {
+                    value: duration(meta.value()?)?,
+                    span,
+                })
+            }
+            "lock_retry_delay" => {
+                self.lock_retry_delay = Some(Spanned {
+                    value: duration(meta.value()?)?,
+                    span,
+                })
+            }
+            "lock_lease" => {
+                self.lock_lease = Some(Spanned {
+                    value: duration(meta.value()?)?,
+                    span,
+                })
+            }
             "retry_jitter" => {
                 self.retry_jitter = Some(Spanned {
                     value: flag(&meta)?,
@@ -178,7 +252,66 @@ impl TaskAttr {
         Ok(())
     }
 
+    /// Whether the task is single-instance (`single_instance` or `single_instance = true`).
+    pub(crate) fn is_single_instance(&self) -> bool {
+        self.single_instance.as_ref().is_some_and(|s| s.value)
+    }
+
+    fn validate_locks(&self) -> syn::Result<()> {
+        if !self.is_single_instance() {
+            let stray = [
+                ("lock_key", self.lock_key.as_ref().map(|s| s.span)),
+                ("on_conflict", self.on_conflict.as_ref().map(|s| s.span)),
+                ("lock_wait", self.lock_wait.as_ref().map(|s| s.span)),
+                (
+                    "lock_retry_delay",
+                    self.lock_retry_delay.as_ref().map(|s| s.span),
+                ),
+                ("lock_lease", self.lock_lease.as_ref().map(|s| s.span)),
+            ];
+            if let Some((name, Some(span))) = stray.into_iter().find(|(_, span)| span.is_some()) {
+                return Err(syn::Error::new(
+                    span,
+                    format!(
+                        "`{name}` only applies to single-instance tasks: add `single_instance`"
+                    ),
+                ));
+            }
+            return Ok(());
+        }
+        let conflict = self
+            .on_conflict
+            .as_ref()
+            .map(|c| c.value)
+            .unwrap_or(Conflict::Skip);
+        if let (Some(wait), false) = (&self.lock_wait, conflict == Conflict::Wait) {
+            return Err(syn::Error::new(
+                wait.span,
+                "`lock_wait` only applies with `on_conflict = \"wait\"`",
+            ));
+        }
+        if let (Some(delay), Conflict::Skip) = (&self.lock_retry_delay, conflict) {
+            return Err(syn::Error::new(
+                delay.span,
+                "`lock_retry_delay` only applies with `on_conflict = \"retry\"` or `\"wait\"` (a skipped run is not retried)",
+            ));
+        }
+        if let Some(lease) = &self.lock_lease {
+            if lease.value < MIN_LOCK_LEASE {
+                return Err(syn::Error::new(
+                    lease.span,
+                    format!(
+                        "`lock_lease` must be at least {MIN_LOCK_LEASE:?} (it is renewed every third while the task runs), got {:?}",
+                        lease.value
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+
     fn validate(&self) -> syn::Result<()> {
+        self.validate_locks()?;
         let backoff_on = matches!(
             self.retry_backoff.as_ref().map(|b| b.value),
             Some(RetryBackoff::On | RetryBackoff::Base(_))
@@ -236,6 +369,28 @@ fn non_empty_string(meta: &ParseNestedMeta<'_>, key: &str) -> syn::Result<LitStr
         ));
     }
     Ok(lit)
+}
+
+/// `lock_key = "customer_id"` or `lock_key = "customer_id, region"`: parameter names.
+fn lock_key_names(lit: &LitStr) -> syn::Result<Vec<String>> {
+    let mut names: Vec<String> = Vec::new();
+    for part in lit.value().split(',') {
+        let name = part.trim();
+        if name.is_empty() || syn::parse_str::<Ident>(name).is_err() {
+            return Err(syn::Error::new(
+                lit.span(),
+                format!("`lock_key` lists parameter names separated by commas, e.g. \"customer_id\" or \"customer_id, region\"; {name:?} is not a name"),
+            ));
+        }
+        if names.iter().any(|n| n == name) {
+            return Err(syn::Error::new(
+                lit.span(),
+                format!("`lock_key` names `{name}` twice"),
+            ));
+        }
+        names.push(name.to_string());
+    }
+    Ok(names)
 }
 
 /// `flag`, `flag = true` or `flag = false`.
@@ -415,15 +570,52 @@ mod tests {
 
     #[test]
     fn unknown_and_duplicate_options_are_rejected() {
-        let message = error_of(quote!(single_instance = true));
+        let message = error_of(quote!(singleton = true));
         assert!(
-            message.contains("unknown #[task] option `single_instance`"),
+            message.contains("unknown #[task] option `singleton`"),
             "{message}"
         );
         assert!(message.contains("soft_time_limit"), "{message}");
         assert!(error_of(quote!(queue = "a", queue = "b")).contains("duplicate"));
         assert!(error_of(quote!(autoretry_for = "x")).contains("autoretry_for("));
         assert!(error_of(quote!(autoretry_for())).contains("at least one"));
+    }
+
+    #[test]
+    fn single_instance_options_parse_and_are_checked() {
+        let attr = TaskAttr::parse(quote!(
+            single_instance,
+            lock_key = "customer_id, region",
+            on_conflict = "wait",
+            lock_wait = "30s",
+            lock_retry_delay = "2s",
+            lock_lease = "10s"
+        ))
+        .expect("valid");
+        assert!(attr.is_single_instance());
+        assert_eq!(
+            attr.lock_key.map(|k| k.value),
+            Some(vec!["customer_id".to_string(), "region".to_string()])
+        );
+        assert_eq!(attr.on_conflict.map(|c| c.value), Some(Conflict::Wait));
+        assert_eq!(
+            attr.lock_wait.map(|w| w.value),
+            Some(Duration::from_secs(30))
+        );
+        assert!(TaskAttr::parse(quote!(single_instance = false)).is_ok());
+        assert!(error_of(quote!(lock_key = "id")).contains("add `single_instance`"));
+        assert!(
+            error_of(quote!(single_instance = false, on_conflict = "retry"))
+                .contains("add `single_instance`")
+        );
+        assert!(error_of(quote!(single_instance, on_conflict = "later")).contains("\"skip\""));
+        assert!(
+            error_of(quote!(single_instance, lock_wait = "5s")).contains("on_conflict = \"wait\"")
+        );
+        assert!(error_of(quote!(single_instance, lock_retry_delay = "5s")).contains("not retried"));
+        assert!(error_of(quote!(single_instance, lock_lease = "100ms")).contains("at least"));
+        assert!(error_of(quote!(single_instance, lock_key = "a,,b")).contains("not a name"));
+        assert!(error_of(quote!(single_instance, lock_key = "a, a")).contains("twice"));
     }
 
     #[test]

@@ -17,7 +17,7 @@ use syn::ext::IdentExt;
 use syn::spanned::Spanned;
 use syn::{Attribute, FnArg, GenericArgument, Ident, ItemFn, Pat, PathArguments, ReturnType, Type};
 
-use crate::attr::{AutoRetry, MaxRetries, RetryBackoff, TaskAttr};
+use crate::attr::{AutoRetry, Conflict, MaxRetries, RetryBackoff, TaskAttr};
 
 /// Expands `#[task(attr)] item`; errors become `compile_error!`s next to the untouched
 /// item, so the function body is still checked.
@@ -44,7 +44,10 @@ pub(crate) fn try_expand(attr: TokenStream, item: TokenStream) -> syn::Result<To
         .map_err(Clone::clone)
         .and_then(TaskFn::analyze);
     match (attr, func, task) {
-        (Ok(attr), Ok(func), Ok(task)) => Ok(generate(&attr, &func, &task)),
+        (Ok(attr), Ok(func), Ok(task)) => {
+            check_lock_key(&attr, &task)?;
+            Ok(generate(&attr, &func, &task))
+        }
         (Err(mut error), _, Err(more)) => {
             error.combine(more);
             Err(error)
@@ -681,6 +684,106 @@ fn default_name(fn_name: &str) -> TokenStream {
     }}
 }
 
+/// Every `lock_key` name must be a parameter decoded from the message.
+fn check_lock_key(attr: &TaskAttr, task: &TaskFn) -> syn::Result<()> {
+    let Some(key) = &attr.lock_key else {
+        return Ok(());
+    };
+    let wire: Vec<String> = task
+        .params
+        .iter()
+        .filter(|p| p.kind == Kind::Wire)
+        .map(Param::wire_name)
+        .collect();
+    for name in &key.value {
+        if !wire.contains(name) {
+            let known = if wire.is_empty() {
+                "the task has no arguments".to_string()
+            } else {
+                format!("its arguments are: {}", wire.join(", "))
+            };
+            return Err(syn::Error::new(
+                key.span,
+                format!("`lock_key` names `{name}`, which is not an argument of the task; {known}"),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// The statements that set `__options.single_instance`, if the task is one.
+fn single_instance_tokens(
+    attr: &TaskAttr,
+    task: &TaskFn,
+    core: &TokenStream,
+) -> Option<TokenStream> {
+    if !attr.is_single_instance() {
+        return None;
+    }
+    let some = quote!(::core::option::Option::Some);
+    let task_mod = quote!(#core::task);
+    let mut sets = Vec::new();
+    if let Some(key) = &attr.lock_key {
+        let wire: Vec<String> = task
+            .params
+            .iter()
+            .filter(|p| p.kind == Kind::Wire)
+            .map(Param::wire_name)
+            .collect();
+        let args: Vec<TokenStream> = key
+            .value
+            .iter()
+            .map(|name| {
+                let position = wire.iter().position(|w| w == name).unwrap_or_default();
+                let position = Literal::usize_suffixed(position);
+                quote!(#task_mod::KeyArg::new(#name, #some(#position)))
+            })
+            .collect();
+        sets.push(quote!(__single.key = #task_mod::LockKey::Args(::std::vec![#(#args),*]);));
+    }
+    let retry_after = match &attr.lock_retry_delay {
+        Some(delay) => duration_tokens(delay.value),
+        None => quote!(#task_mod::SingleInstance::DEFAULT_RETRY_AFTER),
+    };
+    match attr.on_conflict.as_ref().map(|c| c.value) {
+        None | Some(Conflict::Skip) => {}
+        Some(Conflict::Retry) => sets.push(quote! {
+            __single.on_conflict = #task_mod::OnConflict::Retry { countdown: #retry_after };
+        }),
+        Some(Conflict::Wait) => {
+            let up_to = duration_tokens(
+                attr.lock_wait
+                    .as_ref()
+                    .map(|w| w.value)
+                    .unwrap_or(LOCK_WAIT_DEFAULT),
+            );
+            sets.push(quote! {
+                __single.on_conflict = #task_mod::OnConflict::Wait {
+                    up_to: #up_to,
+                    then_retry_after: #retry_after,
+                };
+            });
+        }
+    }
+    if let Some(lease) = &attr.lock_lease {
+        let value = duration_tokens(lease.value);
+        sets.push(quote!(__single.lease = #value;));
+    }
+    let binding = if sets.is_empty() {
+        quote!()
+    } else {
+        quote!(mut)
+    };
+    Some(quote! {
+        let #binding __single = #task_mod::SingleInstance::new();
+        #(#sets)*
+        __options.single_instance = #some(__single);
+    })
+}
+
+/// `lock_wait` when not given with `on_conflict = "wait"`.
+const LOCK_WAIT_DEFAULT: Duration = Duration::from_secs(30);
+
 /// The body of the `OnceLock` initializer that builds `TaskOptions`.
 fn options_body(attr: &TaskAttr, task: &TaskFn, core: &TokenStream) -> TokenStream {
     let some = quote!(::core::option::Option::Some);
@@ -794,6 +897,9 @@ fn options_body(attr: &TaskAttr, task: &TaskFn, core: &TokenStream) -> TokenStre
     }
     if let Some(skip) = attr.skip_if_succeeded {
         sets.push(quote!(__options.skip_if_succeeded = #skip;));
+    }
+    if let Some(single) = single_instance_tokens(attr, task, core) {
+        sets.push(single);
     }
     if sets.is_empty() {
         return quote!(<#core::TaskOptions as ::core::default::Default>::default());
@@ -927,6 +1033,41 @@ mod tests {
         );
         assert!(both.contains("invalid duration unit"), "{both}");
         assert!(both.contains("cannot be generic"), "{both}");
+    }
+
+    #[test]
+    fn lock_key_names_must_be_arguments() {
+        let unknown = error_of(
+            quote!(single_instance, lock_key = "customer"),
+            quote!(
+                async fn charge(ctx: TaskContext, customer_id: u64) -> TaskResult<()> {
+                    Ok(())
+                }
+            ),
+        );
+        assert!(unknown.contains("not an argument of the task"), "{unknown}");
+        assert!(unknown.contains("customer_id"), "{unknown}");
+        let tokens = try_expand(
+            quote!(single_instance, lock_key = "region", on_conflict = "retry"),
+            quote!(
+                async fn charge(
+                    ctx: &TaskContext,
+                    customer_id: u64,
+                    region: String,
+                ) -> TaskResult<()> {
+                    Ok(())
+                }
+            ),
+        )
+        .expect("expands")
+        .to_string();
+        assert!(
+            tokens.contains(
+                "KeyArg :: new (\"region\" , :: core :: option :: Option :: Some (1usize))"
+            ),
+            "{tokens}"
+        );
+        assert!(tokens.contains("OnConflict :: Retry"), "{tokens}");
     }
 
     #[test]

@@ -17,6 +17,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::completer::Completion;
 use crate::config::QueueSettings;
+use crate::locks::{self, release_unique, Admission};
 use crate::stats::WorkerStats;
 use crate::worker::{Running, Shared};
 
@@ -73,7 +74,16 @@ pub(crate) async fn process(
     if expired_or_revoked(&shared, &delivery, &message).await {
         return;
     }
-    execute(&shared, &delivery, &queue, message, task, cancel_running).await;
+    execute(
+        &shared,
+        &delivery,
+        &queue,
+        message,
+        task,
+        &stop,
+        cancel_running,
+    )
+    .await;
     drop(slot);
     drop(window_permit);
 }
@@ -123,6 +133,7 @@ async fn admit(shared: &Arc<Shared>, delivery: &Delivery) -> Option<(TaskMessage
             ExceptionInfo::not_registered(&name),
             None,
         );
+        release_unique(shared, &message).await;
         dead_letter(
             shared,
             &delivery.tag,
@@ -144,6 +155,7 @@ async fn admit(shared: &Arc<Shared>, delivery: &Delivery) -> Option<(TaskMessage
             ExceptionInfo::new("TypeError", "builtins", reason.clone()),
             None,
         );
+        release_unique(shared, &message).await;
         dead_letter(
             shared,
             &delivery.tag,
@@ -173,6 +185,7 @@ async fn expired_or_revoked(
         return false;
     };
     tracing::info!(id = %message.headers.id, task = %message.headers.task, reason, "not running task");
+    release_unique(shared, message).await;
     WorkerStats::bump(&shared.stats.revoked);
     let mut meta = base_meta(
         shared,
@@ -194,15 +207,22 @@ async fn execute(
     queue: &QueueSettings,
     message: TaskMessage,
     task: Arc<dyn Task>,
+    stop: &CancellationToken,
     cancel_running: CancellationToken,
 ) {
     let options = task.options();
     let id = message.headers.id.clone();
     if options.skip_if_succeeded && already_succeeded(shared, &id).await {
         tracing::info!(%id, "task already succeeded; acking the redelivered message without running it");
+        release_unique(shared, &message).await;
         shared.complete(Completion::Ack(delivery.tag.clone()));
         return;
     }
+    let lock =
+        match locks::admit_single_instance(shared, delivery, &message, task.as_ref(), stop).await {
+            Admission::Run(lock) => lock,
+            Admission::Settled => return,
+        };
     let acks_late = options
         .acks_late
         .or(queue.acks_late)
@@ -239,6 +259,9 @@ async fn execute(
     if let Some(sender) = &shared.sender {
         builder = builder.sender(sender.clone());
     }
+    if let Some(lock) = &lock {
+        builder = builder.lock(lock.key(), lock.fencing());
+    }
     let ctx = builder.build();
     shared.running.lock().insert(
         id.clone(),
@@ -260,6 +283,11 @@ async fn execute(
     let future = task.run(ctx.clone(), message.args.clone(), message.kwargs.clone());
     let end = run_with_limits(future, &ctx, soft, hard, &terminate, &cancel_running).await;
     let runtime = started.elapsed();
+    // Released before the outcome is recorded: whoever sees the result can take the
+    // lock at once.
+    if let Some(lock) = lock {
+        lock.release(shared).await;
+    }
     shared.running.lock().remove(&id);
     shared
         .stats
@@ -281,6 +309,7 @@ async fn execute(
             Err(TaskError::Failed(failure))
         }
         RunEnd::Terminated => {
+            release_unique(shared, &message).await;
             WorkerStats::bump(&shared.stats.revoked);
             let meta = base_meta(
                 shared,
@@ -300,6 +329,7 @@ async fn execute(
                 // Not finished: another worker runs it again.
                 release(shared, &delivery.tag).await;
             } else {
+                release_unique(shared, &message).await;
                 let failure = ExceptionInfo::new(
                     "WorkerLostError",
                     "billiard.exceptions",
@@ -359,6 +389,7 @@ async fn settle(
     };
     match outcome {
         Ok(value) => {
+            release_unique(shared, message).await;
             WorkerStats::bump(&shared.stats.succeeded);
             if !ignore {
                 let meta = base_meta(shared, message, &delivery.queue, TaskState::Success, value);
@@ -370,6 +401,10 @@ async fn settle(
             retry(shared, delivery, message, task, acks_late, request).await;
         }
         Err(TaskError::Failed(failure)) => {
+            let requeue = acks_late && shared.config.reject_on_failure;
+            if !requeue {
+                release_unique(shared, message).await;
+            }
             WorkerStats::bump(&shared.stats.failed);
             tracing::warn!(id = %message.headers.id, task = %message.headers.task, error = %failure, "task failed");
             if !ignore {
@@ -382,7 +417,7 @@ async fn settle(
                 );
                 shared.complete(Completion::Store(Box::new(meta)));
             }
-            if acks_late && shared.config.reject_on_failure {
+            if requeue {
                 reject(shared, &delivery.tag, RejectAction::Requeue).await;
             } else {
                 ack_if_late(shared);
@@ -392,6 +427,7 @@ async fn settle(
             if requeue {
                 reject(shared, &delivery.tag, RejectAction::Requeue).await;
             } else {
+                release_unique(shared, message).await;
                 let meta = base_meta(
                     shared,
                     message,
@@ -405,8 +441,12 @@ async fn settle(
                 }
             }
         }
-        Err(TaskError::Ignore) => ack_if_late(shared),
+        Err(TaskError::Ignore) => {
+            release_unique(shared, message).await;
+            ack_if_late(shared)
+        }
         Err(TaskError::InvalidArguments(reason)) => {
+            release_unique(shared, message).await;
             WorkerStats::bump(&shared.stats.failed);
             let meta = failure_meta(
                 shared,
@@ -452,6 +492,7 @@ async fn retry(
                 ),
             ),
         };
+        release_unique(shared, message).await;
         WorkerStats::bump(&shared.stats.failed);
         if !ignores_result(message, task) {
             let traceback = request.cause.as_ref().and_then(|c| c.traceback.clone());
@@ -545,7 +586,7 @@ async fn run_with_limits(
     }
 }
 
-fn ignores_result(message: &TaskMessage, task: &dyn Task) -> bool {
+pub(crate) fn ignores_result(message: &TaskMessage, task: &dyn Task) -> bool {
     message.headers.ignore_result == Some(true) || task.options().ignore_result
 }
 
@@ -556,7 +597,7 @@ async fn already_succeeded(shared: &Arc<Shared>, id: &str) -> bool {
     matches!(backend.get(id).await, Ok(Some(meta)) if meta.status == TaskState::Success)
 }
 
-fn base_meta(
+pub(crate) fn base_meta(
     shared: &Shared,
     message: &TaskMessage,
     queue: &str,
@@ -577,7 +618,7 @@ fn base_meta(
     meta
 }
 
-fn failure_meta(
+pub(crate) fn failure_meta(
     shared: &Shared,
     message: &TaskMessage,
     queue: &str,
@@ -615,12 +656,12 @@ async fn dead_letter(shared: &Shared, tag: &DeliveryTag, reason: String) {
     reject(shared, tag, RejectAction::DeadLetter { reason }).await;
 }
 
-async fn release(shared: &Shared, tag: &DeliveryTag) {
+pub(crate) async fn release(shared: &Shared, tag: &DeliveryTag) {
     WorkerStats::bump(&shared.stats.released);
     reject(shared, tag, RejectAction::Release).await;
 }
 
-async fn reject(shared: &Shared, tag: &DeliveryTag, action: RejectAction) {
+pub(crate) async fn reject(shared: &Shared, tag: &DeliveryTag, action: RejectAction) {
     let rejected =
         crate::completer::with_retries("reject", || shared.broker.reject(tag, action.clone()))
             .await;

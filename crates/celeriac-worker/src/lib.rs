@@ -22,6 +22,10 @@
 //!   delivered twice while this worker lives.
 //! - **rescuer**: restores messages whose lease lapsed (their worker died) and
 //!   deletes expired results every few minutes.
+//! - **locks** ([`locks`]): the single-instance lock taken once a run has a slot,
+//!   renewed every third of its lease while the task runs and released as soon as it
+//!   ends (conflict policy: skip, retry, wait); and the unique-enqueue lock of a
+//!   message, released when its task reaches a final outcome.
 //! - **heartbeat**: records the worker's liveness and load in the broker's worker
 //!   registry every 2 s, and marks it offline on shutdown (`celeriac workers`).
 //!
@@ -42,6 +46,7 @@
 pub mod completer;
 pub mod config;
 pub mod executor;
+pub mod locks;
 pub mod rate;
 pub mod stats;
 pub mod worker;

@@ -7,8 +7,9 @@ use std::time::Duration;
 
 use celeriac_broker::{DeliveryTag, FetchParams, WorkerInfo};
 use celeriac_core::{CancelReason, RateLimit, TaskContext, TaskRegistry, TaskSender};
+use celeriac_lock::LockManager;
 use parking_lot::Mutex;
-use tokio::sync::{mpsc, Semaphore};
+use tokio::sync::{mpsc, Notify, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -43,6 +44,12 @@ pub(crate) struct Shared {
     pub revoked: Mutex<HashSet<String>>,
     pub rate: Arc<RateLimiters>,
     pub completions: CompletionSender,
+    /// Single-instance and unique-enqueue locks; `None` when the broker has no lock
+    /// store (single-instance tasks then fail with `LockUnavailable`).
+    pub locks: Option<Arc<dyn LockManager>>,
+    /// Woken whenever this worker releases a single-instance lock, so runs waiting for
+    /// one (`on_conflict = wait`) in this process try again at once.
+    pub lock_released: Notify,
 }
 
 impl Shared {
@@ -89,6 +96,8 @@ impl Worker {
                 revoked: Mutex::new(HashSet::new()),
                 rate: RateLimiters::new(),
                 completions: tx,
+                locks: None,
+                lock_released: Notify::new(),
             }),
             completions: rx,
         }
@@ -98,6 +107,15 @@ impl Worker {
     pub fn with_sender(mut self, sender: Arc<dyn TaskSender>) -> Worker {
         if let Some(shared) = Arc::get_mut(&mut self.shared) {
             shared.sender = Some(sender);
+        }
+        self
+    }
+
+    /// Uses `locks` for single-instance tasks (taken around each run) and to release
+    /// unique-enqueue locks when their task reaches a final outcome.
+    pub fn with_locks(mut self, locks: Arc<dyn LockManager>) -> Worker {
+        if let Some(shared) = Arc::get_mut(&mut self.shared) {
+            shared.locks = Some(locks);
         }
         self
     }
@@ -133,6 +151,26 @@ impl Worker {
         let heartbeat = tokio::spawn(heartbeat(shared.clone(), stop_maintenance.clone()));
         let rescuer = tokio::spawn(rescue_expired(shared.clone(), stop_fetching.clone()));
 
+        if shared.locks.is_none() {
+            let single: Vec<String> = shared
+                .registry
+                .names()
+                .into_iter()
+                .filter(|name| {
+                    shared
+                        .registry
+                        .get(name)
+                        .is_some_and(|task| task.options().single_instance.is_some())
+                })
+                .collect();
+            if !single.is_empty() {
+                tracing::error!(
+                    tasks = ?single,
+                    broker = %shared.broker.describe(),
+                    "single-instance tasks cannot run here: locks need a supported store (sqlite://PATH) and this broker has none yet; their runs will fail with LockUnavailable"
+                );
+            }
+        }
         tracing::info!(
             hostname = %shared.config.hostname,
             broker = %shared.broker.describe(),

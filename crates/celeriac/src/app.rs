@@ -14,6 +14,7 @@ use celeriac_core::{
     Map, Queue, Router, SendOptions, Settings, Task, TaskMessage, TaskOptions, TaskRegistry,
     TaskSender, Value,
 };
+use celeriac_lock::{keys, AcquireParams, Lease, LockError, LockManager};
 use chrono::Utc;
 use serde::de::DeserializeOwned;
 
@@ -62,6 +63,7 @@ pub struct AppBuilder {
     tasks: Vec<Arc<dyn Task>>,
     load_environment: bool,
     config_file: Option<PathBuf>,
+    locks: Option<Arc<dyn LockManager>>,
 }
 
 impl AppBuilder {
@@ -109,6 +111,12 @@ impl AppBuilder {
     /// Reads this config file instead of `celeriac.toml` / `CELERIAC_CONFIG`.
     pub fn config_file(mut self, path: impl Into<PathBuf>) -> Self {
         self.config_file = Some(path.into());
+        self
+    }
+    /// Uses this lock store for single-instance tasks and unique enqueue instead of
+    /// the default (the broker's own SQLite file; none for other brokers yet).
+    pub fn lock_manager(mut self, locks: Arc<dyn LockManager>) -> Self {
+        self.locks = Some(locks);
         self
     }
     /// Ignores `celeriac.toml` and `CELERIAC_*` (for tests that must not see the host).
@@ -169,6 +177,17 @@ impl AppBuilder {
             Some(url) => Some(celeriac_backend::connect(&url).await?),
             None => None,
         };
+        let locks = match &self.locks {
+            Some(locks) => Some(locks.clone()),
+            None => match celeriac_lock::connect(&settings.broker_url).await {
+                Ok(locks) => Some(locks),
+                Err(LockError::Unsupported { what }) => {
+                    tracing::debug!(%what, "no lock store: single-instance tasks and unique enqueue are unavailable");
+                    None
+                }
+                Err(error) => return Err(error.into()),
+            },
+        };
         let hostname = if settings.worker_hostname.is_empty() {
             format!("{}@{}", self.name, host_name())
         } else {
@@ -184,6 +203,7 @@ impl AppBuilder {
                 router,
                 broker,
                 backend,
+                locks,
                 builder: self,
             }),
         })
@@ -213,6 +233,7 @@ struct AppInner {
     router: Router,
     broker: Arc<dyn Broker>,
     backend: Option<Arc<dyn ResultBackend>>,
+    locks: Option<Arc<dyn LockManager>>,
     builder: AppBuilder,
 }
 
@@ -244,6 +265,7 @@ impl App {
             tasks: Vec::new(),
             load_environment: true,
             config_file: None,
+            locks: None,
         }
     }
 
@@ -279,6 +301,19 @@ impl App {
     /// The result backend, if one is configured.
     pub fn backend(&self) -> Option<&Arc<dyn ResultBackend>> {
         self.inner.backend.as_ref()
+    }
+    /// The lock store (single-instance tasks, unique enqueue, `locks` commands): the
+    /// broker's SQLite file, or `None` for brokers that have none yet.
+    pub fn locks(&self) -> Option<&Arc<dyn LockManager>> {
+        self.inner.locks.as_ref()
+    }
+    /// The lock store, or an error saying that locks need a supported store.
+    pub fn require_locks(&self) -> Result<&Arc<dyn LockManager>, Error> {
+        self.inner.locks.as_ref().ok_or_else(|| {
+            Error::Lock(LockError::Unsupported {
+                what: format!("the broker {}", self.inner.broker.describe()),
+            })
+        })
     }
 
     /// A handle to the result of `task_id`.
@@ -318,27 +353,46 @@ impl App {
         ))
     }
 
-    /// Sends many tasks in one broker round trip; returns their ids in order.
+    /// Sends many tasks in one broker round trip; returns their ids in order. With
+    /// unique calls ([`SendOptions::unique`]), a duplicate refuses the whole batch
+    /// (nothing is sent) with [`Error::Duplicate`].
     pub async fn send_batch(&self, calls: Vec<TaskCall>) -> Result<Vec<String>, Error> {
         let mut ids = Vec::with_capacity(calls.len());
         let mut publishes = Vec::with_capacity(calls.len());
-        for call in calls {
-            let task_options = self
-                .inner
-                .registry
-                .get(&call.name)
-                .map(|t| t.options().clone());
-            let (id, mut batch) = self.prepare(
-                &call.name,
-                task_options.as_ref(),
-                call.args,
-                call.kwargs,
-                call.options,
-            )?;
-            ids.push(id);
-            publishes.append(&mut batch);
+        let mut claimed = Vec::new();
+        let prepared: Result<(), Error> = async {
+            for mut call in calls {
+                if let Some(lease) = self
+                    .claim_unique(&call.name, &call.args, &call.kwargs, &mut call.options)
+                    .await?
+                {
+                    claimed.push(lease);
+                }
+                let task_options = self
+                    .inner
+                    .registry
+                    .get(&call.name)
+                    .map(|t| t.options().clone());
+                let (id, mut batch) = self.prepare(
+                    &call.name,
+                    task_options.as_ref(),
+                    call.args,
+                    call.kwargs,
+                    call.options,
+                )?;
+                ids.push(id);
+                publishes.append(&mut batch);
+            }
+            self.inner.broker.publish(publishes).await?;
+            Ok(())
         }
-        self.inner.broker.publish(publishes).await?;
+        .await;
+        if let Err(error) = prepared {
+            for lease in &claimed {
+                self.release_claim(lease).await;
+            }
+            return Err(error);
+        }
         Ok(ids)
     }
 
@@ -348,14 +402,82 @@ impl App {
         task_options: Option<&TaskOptions>,
         args: Vec<Value>,
         kwargs: Map<String, Value>,
-        options: SendOptions,
+        mut options: SendOptions,
     ) -> Result<AsyncResult<Value>, Error> {
-        let (id, publishes) = self.prepare(name, task_options, args, kwargs, options)?;
-        self.inner.broker.publish(publishes).await?;
-        Ok(AsyncResult::new(id, self.inner.backend.clone()))
+        let claimed = self
+            .claim_unique(name, &args, &kwargs, &mut options)
+            .await?;
+        let sent = match self.prepare(name, task_options, args, kwargs, options) {
+            Ok((id, publishes)) => self
+                .inner
+                .broker
+                .publish(publishes)
+                .await
+                .map(|()| id)
+                .map_err(Error::from),
+            Err(error) => Err(error),
+        };
+        match sent {
+            Ok(id) => Ok(AsyncResult::new(id, self.inner.backend.clone())),
+            Err(error) => {
+                if let Some(lease) = &claimed {
+                    self.release_claim(lease).await;
+                }
+                Err(error)
+            }
+        }
     }
 
-    /// Builds the message(s) of one send: one per destination queue.
+    /// Unique enqueue: takes `unique:<key>` for the TTL and names it in the message's
+    /// `celeriac_unique` header (the worker releases it at the task's final outcome),
+    /// or refuses with [`Error::Duplicate`]. Assigns the task id now, so the lock's
+    /// owner names it.
+    async fn claim_unique(
+        &self,
+        name: &str,
+        args: &[Value],
+        kwargs: &Map<String, Value>,
+        options: &mut SendOptions,
+    ) -> Result<Option<Lease>, Error> {
+        let Some(unique) = options.unique.clone() else {
+            return Ok(None);
+        };
+        let locks = self.require_locks()?;
+        let key = keys::unique(name, unique.key.as_deref(), args, kwargs);
+        let id = options
+            .task_id
+            .get_or_insert_with(|| uuid::Uuid::new_v4().to_string())
+            .clone();
+        let owner = format!("{} sent {name}[{id}]", self.inner.origin);
+        match locks
+            .acquire(&AcquireParams::new(key.clone(), unique.ttl, owner))
+            .await?
+        {
+            Some(lease) => {
+                options.headers.insert(
+                    keys::UNIQUE_HEADER.into(),
+                    keys::unique_header(&lease.key, &lease.token),
+                );
+                Ok(Some(lease))
+            }
+            None => Err(Error::Duplicate {
+                key,
+                task: name.to_string(),
+            }),
+        }
+    }
+
+    /// Gives back a unique lock whose send failed.
+    async fn release_claim(&self, lease: &Lease) {
+        if let Some(locks) = &self.inner.locks {
+            if let Err(error) = locks.release(lease).await {
+                tracing::warn!(%error, key = %lease.key, "releasing the unique lock of a failed send failed; it lapses at its TTL");
+            }
+        }
+    }
+
+    /// Builds the message(s) of one send: one per destination queue. Takes no unique
+    /// lock: [`SendOptions::unique`] is honoured by the `send_*` methods.
     pub fn prepare(
         &self,
         name: &str,
@@ -528,16 +650,20 @@ impl App {
         )
     }
 
-    /// A worker for this app's tasks, broker and backend; running tasks can send
-    /// follow-up tasks through the app.
+    /// A worker for this app's tasks, broker, backend and lock store; running tasks
+    /// can send follow-up tasks through the app.
     pub fn worker(&self, config: celeriac_worker::WorkerConfig) -> celeriac_worker::Worker {
-        celeriac_worker::Worker::new(
+        let worker = celeriac_worker::Worker::new(
             config,
             self.inner.registry.clone(),
             self.inner.broker.clone(),
             self.inner.backend.clone(),
         )
-        .with_sender(Arc::new(self.clone()))
+        .with_sender(Arc::new(self.clone()));
+        match &self.inner.locks {
+            Some(locks) => worker.with_locks(locks.clone()),
+            None => worker,
+        }
     }
 }
 

@@ -15,6 +15,7 @@
 //! variables, which win over `celeriac.toml`, which wins over the code.
 
 mod bench;
+mod locks;
 
 use std::io::Write;
 use std::time::Duration;
@@ -67,6 +68,8 @@ pub enum Command {
     Workers(WorkersArgs),
     /// Measure enqueue and drain rates and latency of no-op tasks.
     Bench(bench::BenchArgs),
+    /// List or release locks (single-instance runs, unique enqueue).
+    Locks(locks::LocksArgs),
 }
 
 /// `worker` flags.
@@ -223,6 +226,7 @@ async fn dispatch(app: App, command: Command) -> anyhow::Result<()> {
         Command::Purge(args) => purge(app, args).await,
         Command::Workers(args) => workers(app, args).await,
         Command::Bench(args) => bench::run(app, args).await,
+        Command::Locks(args) => locks::run(app, args).await,
     }
 }
 

@@ -17,6 +17,17 @@ pub enum Error {
     /// The result backend failed.
     #[error(transparent)]
     Backend(#[from] celeriac_backend::BackendError),
+    /// The lock store failed, or there is none for this broker.
+    #[error(transparent)]
+    Lock(#[from] celeriac_lock::LockError),
+    /// A unique send was refused: an identical task is queued or running.
+    #[error("refused to send {task}: a task with uniqueness key {key:?} is already queued or running (unique enqueue)")]
+    Duplicate {
+        /// The lock key that is held (`unique:...`).
+        key: String,
+        /// The task that was not sent.
+        task: String,
+    },
     /// No queue matches the route.
     #[error(transparent)]
     Routing(#[from] celeriac_core::RoutingError),

@@ -27,7 +27,16 @@
 //! - [`AsyncResult`]: waiting for and reading results.
 //! - [`task`]: the `#[task]` attribute (from `celeriac-macros`).
 //! - [`cli`]: the command line every celeriac binary gets (`worker`, `call`, ...).
-//! - Re-exported seams: [`core`], [`broker`], [`backend`], [`worker`].
+//! - Re-exported seams: [`core`], [`broker`], [`backend`], [`worker`], [`lock`].
+//!
+//! # Single-instance tasks and unique enqueue
+//!
+//! `#[task(single_instance, lock_key = "customer_id", on_conflict = "wait")]` runs at
+//! most one instance at a time per lock key; `SendOptions::new().unique(Unique::new(ttl))`
+//! refuses a second identical send while the first is queued or running
+//! ([`Error::Duplicate`]). Both use the lock store of [`App::locks`]: the broker's
+//! SQLite file (other brokers have none yet). See [`lock`] for the lease, owner-token
+//! and fencing-number design.
 
 #![doc(html_root_url = "https://docs.rs/celeriac")]
 
@@ -40,18 +49,21 @@ pub use app::{App, AppBuilder, TaskCall};
 pub use celeriac_backend as backend;
 pub use celeriac_broker as broker;
 pub use celeriac_core as core;
+pub use celeriac_lock as lock;
 pub use celeriac_macros::task;
 pub use celeriac_worker as worker;
 pub use error::Error;
 pub use result::AsyncResult;
 
+pub use celeriac_core::options::Unique;
+pub use celeriac_core::task::{KeyArg, LockKey, OnConflict, SingleInstance};
 pub use celeriac_core::{
     Queue, Route, SendOptions, Settings, TaskContext, TaskError, TaskOptions, TaskResult,
 };
 
 /// Everything a task module needs.
 pub mod prelude {
-    pub use crate::{task, App, AsyncResult, Error};
+    pub use crate::{task, App, AsyncResult, Error, Unique};
     pub use celeriac_core::routing::{Exchange, Queue, Route};
     pub use celeriac_core::{CancelReason, SendOptions, TaskContext, TaskError, TaskResult};
 }
