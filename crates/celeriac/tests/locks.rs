@@ -599,7 +599,13 @@ async fn child_worker() {
 async fn a_killed_workers_lock_lapses_within_the_lease_and_the_next_run_proceeds() {
     let t = TestApp::new();
     let mark = t.dir.path().join("started.txt");
-    let app = t.builder().task(sleeper(None)).build().await.expect("app");
+    let next_mark = t.dir.path().join("next-started.txt");
+    let app = t
+        .builder()
+        .task(sleeper(Some(next_mark.display().to_string())))
+        .build()
+        .await
+        .expect("app");
     let stuck = app
         .send_task(
             "locks.sleeper",
@@ -648,17 +654,169 @@ async fn a_killed_workers_lock_lapses_within_the_lease_and_the_next_run_proceeds
         )
         .await
         .expect("sent");
+    wait_for("the next run to start", WAIT, || async {
+        next_mark.exists()
+    })
+    .await;
+    let started_after = killed_at.elapsed();
     let fencing = next.get(WAIT).await.expect("the next run proceeds");
-    let lapsed_after = killed_at.elapsed();
+    eprintln!("the next run started {started_after:?} after the SIGKILL (lease {KILL_LEASE:?})");
+    // Within the lease, plus a worker start, a fetch and one wait poll (<= 250 ms).
     assert!(
-        lapsed_after < KILL_LEASE + Duration::from_millis(1500),
-        "the lock lapsed within the lease: the next run finished {lapsed_after:?} after the kill"
+        started_after < KILL_LEASE + Duration::from_millis(1500),
+        "the dead worker's lock lapsed within its lease: the next run started {started_after:?} after the kill"
     );
     assert!(
         fencing.as_u64() > Some(child_fencing),
         "the next holder's fencing number ({fencing}) is larger than the dead one's ({child_fencing})"
     );
     worker.stop().await;
+}
+
+// --- Four worker processes, one single-instance task ----------------------------------
+
+const FLEET_DB: &str = "CELERIAC_TEST_LOCKS_FLEET_DB";
+const FLEET_RECORD: &str = "CELERIAC_TEST_LOCKS_FLEET_RECORD";
+const FLEET_CALLS: u64 = 200;
+
+fn unix_micros() -> u128 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_micros())
+        .unwrap_or(0)
+}
+
+/// `locks.fleet`: single-instance, retried 10 ms after a conflict; takes 50 ms and
+/// appends `n start_us end_us pid` to `record`.
+fn fleet_task(record: String) -> impl Task {
+    let opts = single(
+        OnConflict::Retry {
+            countdown: Duration::from_millis(10),
+        },
+        Duration::from_secs(2),
+    );
+    task("locks.fleet", opts, move |_ctx, args: Vec<Value>, _k| {
+        let record = record.clone();
+        async move {
+            let start = unix_micros();
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            let n = args.first().and_then(Value::as_u64).unwrap_or(u64::MAX);
+            let line = format!("{n} {start} {} {}\n", unix_micros(), std::process::id());
+            // One O_APPEND write per line: lines of the processes never interleave.
+            use std::io::Write as _;
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&record)?
+                .write_all(line.as_bytes())?;
+            Ok(json!(n))
+        }
+    })
+}
+
+/// A fleet worker process (only when re-executed by the parent test).
+#[tokio::test]
+async fn child_fleet_worker() {
+    let (Ok(url), Ok(record)) = (std::env::var(FLEET_DB), std::env::var(FLEET_RECORD)) else {
+        return;
+    };
+    let app = App::builder("fleet")
+        .without_environment()
+        .broker(url)
+        .configure(|s| {
+            s.worker_concurrency = 2;
+            s.worker_hostname = format!("fleet-{}@test", std::process::id());
+        })
+        .task(fleet_task(record))
+        .build()
+        .await
+        .expect("fleet app");
+    app.worker(app.worker_config())
+        .run_until(celeriac::cli::shutdown_signal())
+        .await;
+}
+
+#[tokio::test]
+async fn four_worker_processes_never_overlap_a_single_instance_task() {
+    let t = TestApp::new();
+    let record = t.dir.path().join("fleet.txt");
+    let app = t
+        .builder()
+        .task(fleet_task(record.display().to_string()))
+        .build()
+        .await
+        .expect("app");
+    let calls: Vec<celeriac::TaskCall> = (0..FLEET_CALLS)
+        .map(|n| celeriac::TaskCall::new("locks.fleet", vec![json!(n)]))
+        .collect();
+    app.send_batch(calls).await.expect("sent");
+    let mut children: Vec<_> = (0..4)
+        .map(|_| {
+            Command::new(std::env::current_exe().expect("test binary"))
+                .args([
+                    "--exact",
+                    "child_fleet_worker",
+                    "--nocapture",
+                    "--test-threads=1",
+                ])
+                .env(FLEET_DB, &t.url)
+                .env(FLEET_RECORD, &record)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("spawn worker process")
+        })
+        .collect();
+    let lines = || std::fs::read_to_string(&record).unwrap_or_default();
+    wait_for("every call to run", Duration::from_secs(120), || async {
+        lines().lines().count() as u64 >= FLEET_CALLS
+    })
+    .await;
+    for child in &children {
+        let _ = Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status();
+    }
+    for child in &mut children {
+        let _ = child.wait();
+    }
+    let mut runs: Vec<(u64, u128, u128, u32)> = lines()
+        .lines()
+        .map(|line| {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            (
+                f[0].parse().expect("n"),
+                f[1].parse().expect("start"),
+                f[2].parse().expect("end"),
+                f[3].parse().expect("pid"),
+            )
+        })
+        .collect();
+    runs.sort_by_key(|r| r.1);
+    let mut seen: Vec<u64> = runs.iter().map(|r| r.0).collect();
+    seen.sort_unstable();
+    seen.dedup();
+    assert_eq!(seen.len() as u64, FLEET_CALLS, "every call ran");
+    assert_eq!(runs.len() as u64, FLEET_CALLS, "and ran once");
+    for pair in runs.windows(2) {
+        assert!(
+            pair[0].2 <= pair[1].1,
+            "call {} (pid {}) and call {} (pid {}) overlap",
+            pair[0].0,
+            pair[0].3,
+            pair[1].0,
+            pair[1].3
+        );
+    }
+    let mut pids: Vec<u32> = runs.iter().map(|r| r.3).collect();
+    pids.sort_unstable();
+    pids.dedup();
+    let span = (runs[runs.len() - 1].2 - runs[0].1) as f64 / 1e6;
+    eprintln!(
+        "fleet: {FLEET_CALLS} runs of 50 ms on {} processes in {span:.1} s, no overlap",
+        pids.len()
+    );
+    assert!(pids.len() >= 2, "runs were spread over processes: {pids:?}");
 }
 
 // --- Unique enqueue -------------------------------------------------------------------
