@@ -41,4 +41,7 @@ assert report["tasks"] == 5000 and report["drain_per_s"] > 0 and report["enqueue
 print("bench JSON ok")
 PY
 
+step "interop with Python Celery on Redis"
+bash scripts/interop.sh
+
 step "all tests passed"

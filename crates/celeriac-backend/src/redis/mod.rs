@@ -278,10 +278,26 @@ pub(crate) fn decode_meta(what: &str, bytes: &[u8]) -> Result<TaskMeta, BackendE
             reason: "the result is compressed (Celery's result_compression), which celeriac does not read; store results uncompressed".into(),
         });
     }
-    serde_json::from_slice(bytes).map_err(|e| BackendError::Corrupt {
+    let corrupt = |e: serde_json::Error| BackendError::Corrupt {
         task_id: task_id(),
         reason: format!("not a JSON task meta (result_serializer must be json): {e}"),
-    })
+    };
+    match serde_json::from_slice(bytes) {
+        Ok(meta) => Ok(meta),
+        Err(error) => {
+            // Celery writes `"children": null` when a result is stored outside a task
+            // (`backend.store_result(...)` without a request); read it as no children.
+            let mut value: serde_json::Value =
+                serde_json::from_slice(bytes).map_err(|_| corrupt(error))?;
+            match value.get_mut("children") {
+                Some(children) if children.is_null() => {
+                    *children = serde_json::Value::Array(Vec::new());
+                }
+                _ => {}
+            }
+            serde_json::from_value(value).map_err(corrupt)
+        }
+    }
 }
 
 /// A URL the client refused.
@@ -453,16 +469,21 @@ mod tests {
             decode_meta("celery-task-meta-x", b"\x80\x04pickle"),
             Err(BackendError::Corrupt { task_id, .. }) if task_id == "x"
         ));
-        let meta = decode_meta(
-            "celery-task-meta-x",
-            br#"{"status": "SUCCESS", "result": 5, "traceback": null, "children": [], "date_done": null, "task_id": "x"}"#,
-        )
-        .expect("json");
-        assert_eq!(meta, {
-            let mut m = TaskMeta::new("x", TaskState::Success, json!(5));
-            m.date_done = None;
-            m
-        });
+        for children in ["[]", "null"] {
+            let raw = format!(
+                r#"{{"status": "SUCCESS", "result": 5, "traceback": null, "children": {children}, "date_done": null, "task_id": "x"}}"#
+            );
+            let meta = decode_meta("celery-task-meta-x", raw.as_bytes()).expect("json");
+            assert_eq!(meta, {
+                let mut m = TaskMeta::new("x", TaskState::Success, json!(5));
+                m.date_done = None;
+                m
+            });
+        }
+        assert!(matches!(
+            decode_meta("celery-task-meta-x", br#"{"status": "SUCCESS", "children": 3}"#),
+            Err(BackendError::Corrupt { .. })
+        ));
     }
 
     #[tokio::test]

@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# Creates (idempotently) the Python virtualenv used by the interop tests: `.venv` in
+# the repository root with Celery 5.x (with its Redis extras) and pytest. Prints the
+# Celery version. Fast when everything is already installed.
+#
+#   bash scripts/python-env.sh          # then: .venv/bin/python -m pytest tests/interop
+#
+# PYTHON selects the interpreter that creates the venv (default python3, 3.8+).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+# The pinned ranges; a change here reinstalls on the next run.
+requirements=("celery[redis]>=5.4,<6" "pytest>=7,<9")
+
+venv=.venv
+python=${PYTHON:-python3}
+stamp="$venv/.celeriac-requirements"
+wanted=$(printf '%s\n' "${requirements[@]}")
+
+if [[ ! -x "$venv/bin/python" ]]; then
+  echo "creating $venv with $($python --version 2>&1)" >&2
+  "$python" -m venv "$venv"
+fi
+
+if [[ ! -f "$stamp" ]] || [[ "$(cat "$stamp")" != "$wanted" ]] \
+  || ! "$venv/bin/python" -c 'import celery, redis, pytest' >/dev/null 2>&1; then
+  echo "installing ${requirements[*]} into $venv" >&2
+  "$venv/bin/python" -m pip install --quiet --disable-pip-version-check "${requirements[@]}"
+  printf '%s\n' "$wanted" >"$stamp"
+fi
+
+"$venv/bin/python" -c 'import celery; print("celery", celery.__version__)'
