@@ -481,7 +481,10 @@ mod tests {
             });
         }
         assert!(matches!(
-            decode_meta("celery-task-meta-x", br#"{"status": "SUCCESS", "children": 3}"#),
+            decode_meta(
+                "celery-task-meta-x",
+                br#"{"status": "SUCCESS", "children": 3}"#
+            ),
             Err(BackendError::Corrupt { .. })
         ));
     }
