@@ -185,3 +185,37 @@ def test_celeriac_reads_results_of_a_python_worker(python_worker, queue_name, ce
     assert metas[1]["status"] == "FAILURE"
     assert metas[1]["result"]["exc_type"] == "ValueError"
     assert metas[1]["result"]["exc_message"] == ["python says no"]
+
+
+def test_celeriac_async_result_get_takes_python_values_and_failures(interop_bin, tmp_path, task_ids, redis_client):
+    """`interop call --wait` is `AsyncResult::get`: sent to a queue nobody consumes, the
+    result comes from Python, and the wait is woken by its publish."""
+    import subprocess
+
+    from conftest import clean_env
+
+    def call(task_id):
+        return subprocess.Popen(
+            [str(interop_bin), "--log", "warn", "--broker", f"sqlite://{tmp_path}/{task_id}.db",
+             "--backend", REDIS_URL, "call", "interop.add", "--args", "[1, 2]", "--id", task_id,
+             "--wait", "30s"],
+            cwd=tmp_path, env=clean_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )
+
+    ok_id, fail_id = task_ids("get-ok"), task_ids("get-fail")
+    ok, fail = call(ok_id), call(fail_id)
+    wait_for_subscriber(redis_client, meta_key(ok_id))
+    wait_for_subscriber(redis_client, meta_key(fail_id))
+    stored = time.monotonic()
+    tasks.app.backend.store_result(ok_id, 99, "SUCCESS")
+    tasks.app.backend.store_result(fail_id, ValueError("python says no"), "FAILURE")
+
+    stdout, stderr = ok.communicate(timeout=40)
+    assert ok.returncode == 0, stderr
+    assert stdout.split() == [ok_id, "99"]
+    assert time.monotonic() - stored < 3, "woken by the notification, not the 5 s re-read"
+
+    stdout, stderr = fail.communicate(timeout=40)
+    assert fail.returncode != 0
+    assert stdout.strip() == fail_id
+    assert 'ValueError("python says no")' in stderr, stderr
