@@ -529,6 +529,43 @@ mod tests {
         backend.forget("soon").await.expect("forget");
     }
 
+    /// The subscription connection answers PING (sent every 200 ms under test)
+    /// while subscribed, so it is kept, and still delivers.
+    #[tokio::test]
+    async fn an_idle_subscription_survives_its_pings() {
+        let Some(url) =
+            celeriac_redis::testing::redis_url_or_skip("an_idle_subscription_survives_its_pings")
+        else {
+            return;
+        };
+        let prefix = format!("celeriac-test-{}:", uuid_like());
+        let backend = RedisBackend::open_url(&format!("{url}?global_keyprefix={prefix}"))
+            .await
+            .expect("open");
+        let writer = RedisBackend::open_url(&format!("{url}?global_keyprefix={prefix}"))
+            .await
+            .expect("open");
+        let waiter = {
+            let backend = backend.clone();
+            tokio::spawn(async move { backend.wait("idle", Duration::from_secs(20)).await })
+        };
+        tokio::time::sleep(Duration::from_millis(1100)).await;
+        let stored_at = Instant::now();
+        writer
+            .store(&TaskMeta::new("idle", TaskState::Success, json!(2)), None)
+            .await
+            .expect("store");
+        let meta = waiter.await.expect("join").expect("wait").expect("ready");
+        assert_eq!(meta.result, json!(2));
+        assert!(stored_at.elapsed() < Duration::from_secs(1));
+        assert_eq!(
+            backend.inner.subscriber.connections(),
+            1,
+            "no reconnect after several PINGs"
+        );
+        writer.forget("idle").await.expect("forget");
+    }
+
     /// A process-unique label without a uuid dependency.
     fn uuid_like() -> String {
         let nanos = std::time::SystemTime::now()

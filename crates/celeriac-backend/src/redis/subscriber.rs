@@ -26,8 +26,12 @@ use tokio::sync::mpsc;
 const MIN_BACKOFF: Duration = Duration::from_millis(100);
 /// Longest reconnect delay.
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
-/// How often an idle subscription connection is checked with PING.
+/// How often the subscription connection is checked with PING.
+#[cfg(not(test))]
 const PING_EVERY: Duration = Duration::from_secs(15);
+/// Unit tests check the PING path quickly.
+#[cfg(test)]
+const PING_EVERY: Duration = Duration::from_millis(200);
 /// How long connecting, PING and (UN)SUBSCRIBE may take before the connection is
 /// considered broken.
 const IO_TIMEOUT: Duration = Duration::from_secs(5);
@@ -58,6 +62,8 @@ struct State {
     /// Waiters not yet told that their channel is subscribed.
     unconfirmed: Vec<(String, u64)>,
     next_id: u64,
+    /// Connections opened so far.
+    connections: u64,
 }
 
 /// A registered waiter; unregisters on drop.
@@ -150,6 +156,12 @@ impl Subscriber {
         self.shared.lock().channels.len()
     }
 
+    /// How many pub/sub connections were opened (for tests).
+    #[cfg(test)]
+    pub(crate) fn connections(&self) -> u64 {
+        self.shared.lock().connections
+    }
+
     /// The driver's command sender, starting a driver if none is running.
     fn driver(&self) -> mpsc::UnboundedSender<()> {
         let mut driver = self.driver.lock();
@@ -203,13 +215,16 @@ async fn drive(
             }
         };
         let reason = match connected {
-            Ok(Ok(pubsub)) => match serve(pubsub, &shared, &mut commands).await {
-                Ended::Closed => return,
-                Ended::Broken(reason) => {
-                    backoff = MIN_BACKOFF;
-                    reason
+            Ok(Ok(pubsub)) => {
+                shared.lock().connections += 1;
+                match serve(pubsub, &shared, &mut commands).await {
+                    Ended::Closed => return,
+                    Ended::Broken(reason) => {
+                        backoff = MIN_BACKOFF;
+                        reason
+                    }
                 }
-            },
+            }
             Ok(Err(error)) => error.to_string(),
             Err(_) => format!("no connection within {IO_TIMEOUT:?}"),
         };
@@ -264,7 +279,8 @@ async fn serve(
                 None => return Ended::Broken("the server closed the connection".into()),
             },
             _ = ping.tick() => {
-                match tokio::time::timeout(IO_TIMEOUT, sink.ping::<String>()).await {
+                // In subscribed mode RESP2 answers PING with ["pong", ""]: any reply will do.
+                match tokio::time::timeout(IO_TIMEOUT, sink.ping::<::redis::Value>()).await {
                     Ok(Ok(_)) => {}
                     Ok(Err(error)) => return Ended::Broken(format!("PING failed: {error}")),
                     Err(_) => return Ended::Broken(format!("no PING reply within {IO_TIMEOUT:?}")),
