@@ -113,9 +113,222 @@ fn bad_input_gets_a_clear_error() {
 fn help_lists_the_commands() {
     let dir = tempfile::tempdir().expect("temp dir");
     let help = stdout(&celeriac(dir.path(), &["--help"], &[]));
-    for command in ["worker", "call", "result", "queues", "purge", "bench"] {
+    for command in [
+        "worker", "call", "result", "queues", "purge", "bench", "beat", "schedule",
+    ] {
         assert!(help.contains(command), "help mentions {command}: {help}");
     }
     let worker_help = stdout(&celeriac(dir.path(), &["worker", "--help"], &[]));
     assert!(worker_help.contains("prefetch"), "{worker_help}");
+}
+
+fn failure(output: &Output) -> String {
+    assert!(
+        !output.status.success(),
+        "expected a failure: {}",
+        String::from_utf8_lossy(&output.stdout)
+    );
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+#[test]
+fn schedule_commands_add_list_show_enable_disable_run_now_and_remove() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let db = format!("sqlite://{}", dir.path().join("celeriac.db").display());
+    let env = [("CELERIAC_BROKER_URL", db.clone())];
+    let run = |args: &[&str]| celeriac(dir.path(), args, &env);
+
+    let added = stdout(&run(&[
+        "schedule",
+        "add",
+        "digest",
+        "--task",
+        "notify.digest",
+        "--every",
+        "30s",
+        "--queue",
+        "digests",
+        "--args",
+        "[7]",
+    ]));
+    assert_eq!(added.trim(), "added digest: every 30s -> notify.digest");
+    stdout(&run(&[
+        "schedule",
+        "add",
+        "report",
+        "--task",
+        "reports.daily",
+        "--crontab",
+        "0 9 * * mon-fri",
+        "--tz",
+        "Asia/Seoul",
+        "--catch-up",
+        "skip",
+    ]));
+    let updated = stdout(&run(&[
+        "schedule",
+        "add",
+        "digest",
+        "--task",
+        "notify.digest",
+        "--every",
+        "1m",
+        "--queue",
+        "digests",
+        "--args",
+        "[7]",
+    ]));
+    assert!(updated.starts_with("updated digest: every 1m"), "{updated}");
+
+    let list = stdout(&run(&["schedule", "list"]));
+    let lines: Vec<&str> = list.lines().collect();
+    assert!(lines[0].starts_with("NAME"), "{list}");
+    assert!(
+        lines[1].starts_with("digest ") && lines[1].contains("every 1m"),
+        "{list}"
+    );
+    assert!(
+        lines[2].starts_with("report ")
+            && lines[2].contains("crontab 0 9 * * mon-fri (Asia/Seoul)"),
+        "{list}"
+    );
+    let json: serde_json::Value =
+        serde_json::from_str(&stdout(&run(&["schedule", "list", "--json"]))).expect("json");
+    assert_eq!(json.as_array().map(Vec::len), Some(2));
+    assert_eq!(json[1]["catch_up"], "skip");
+    assert!(json[1]["next_run_at"].is_string(), "{json}");
+
+    let show = stdout(&run(&["schedule", "show", "report"]));
+    assert!(
+        show.contains("reports.daily") && show.contains("Asia/Seoul"),
+        "{show}"
+    );
+
+    assert_eq!(
+        stdout(&run(&["schedule", "disable", "digest"])).trim(),
+        "disabled digest"
+    );
+    let json: serde_json::Value =
+        serde_json::from_str(&stdout(&run(&["schedule", "show", "digest", "--json"])))
+            .expect("json");
+    assert_eq!(json["enabled"], false);
+    assert_eq!(
+        stdout(&run(&["schedule", "enable", "digest"])).trim(),
+        "enabled digest"
+    );
+
+    // run-now sends the entry's task with its arguments and routing.
+    let id = stdout(&run(&["schedule", "run-now", "digest"]));
+    assert_eq!(id.trim().len(), 36, "prints the task id: {id:?}");
+    let queues: serde_json::Value =
+        serde_json::from_str(&stdout(&run(&["queues", "--json"]))).expect("json");
+    let digests = queues
+        .as_array()
+        .and_then(|qs| qs.iter().find(|q| q["name"] == "digests"))
+        .expect("the digests queue");
+    assert_eq!(digests["ready"], 1);
+
+    assert_eq!(
+        stdout(&run(&["schedule", "remove", "report"])).trim(),
+        "removed report"
+    );
+    assert!(
+        failure(&run(&["schedule", "remove", "report"])).contains("no schedule entry \"report\"")
+    );
+    assert!(failure(&run(&["schedule", "show", "nope"])).contains("no schedule entry"));
+
+    // Bad input and unsupported stores are explained.
+    let bad = failure(&run(&[
+        "schedule",
+        "add",
+        "x",
+        "--task",
+        "t",
+        "--crontab",
+        "0 0 * * 7",
+    ]));
+    assert!(bad.contains("day_of_week"), "{bad}");
+    let redis = failure(&run(&[
+        "schedule",
+        "--store",
+        "redis://localhost:6379/0",
+        "list",
+    ]));
+    assert!(redis.contains("not supported yet"), "{redis}");
+
+    // CELERIAC_BEAT_STORE selects another store; --store wins over it.
+    let other = format!("sqlite://{}", dir.path().join("schedules.db").display());
+    let with_store = [
+        ("CELERIAC_BROKER_URL", db.clone()),
+        ("CELERIAC_BEAT_STORE", other.clone()),
+    ];
+    let listed = stdout(&celeriac(dir.path(), &["schedule", "list"], &with_store));
+    assert_eq!(listed, "no schedule entries\n");
+    let listed = stdout(&celeriac(
+        dir.path(),
+        &["schedule", "--store", &db, "list"],
+        &with_store,
+    ));
+    assert!(listed.contains("digest"), "{listed}");
+}
+
+#[test]
+fn beat_sends_due_runs_until_sigterm() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let db = format!("sqlite://{}", dir.path().join("celeriac.db").display());
+    let env = [("CELERIAC_BROKER_URL", db.clone())];
+    stdout(&celeriac(
+        dir.path(),
+        &[
+            "schedule",
+            "add",
+            "tick",
+            "--task",
+            "tests.tick",
+            "--every",
+            "1s",
+            "--queue",
+            "ticks",
+        ],
+        &env,
+    ));
+    let beat = Command::new(env!("CARGO_BIN_EXE_celeriac"))
+        .current_dir(dir.path())
+        .args(["beat"])
+        .env("CELERIAC_BROKER_URL", &db)
+        .env_remove("CELERIAC_BEAT_STORE")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("start beat");
+    let ready = || -> u64 {
+        let out = celeriac(dir.path(), &["queues", "--json"], &env);
+        let queues: serde_json::Value =
+            serde_json::from_slice(&out.stdout).unwrap_or(serde_json::Value::Null);
+        queues
+            .as_array()
+            .and_then(|qs| qs.iter().find(|q| q["name"] == "ticks"))
+            .and_then(|q| q["ready"].as_u64())
+            .unwrap_or(0)
+    };
+    let started = std::time::Instant::now();
+    while ready() < 2 {
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(30),
+            "beat sends a run every second"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let _ = Command::new("kill")
+        .args(["-TERM", &beat.id().to_string()])
+        .status();
+    let output = beat.wait_with_output().expect("beat exits");
+    assert!(output.status.success(), "beat exits cleanly on SIGTERM");
+    let log = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        log.contains("beat stopped:") && log.contains("sent"),
+        "{log}"
+    );
+    let show = stdout(&celeriac(dir.path(), &["schedule", "show", "tick"], &env));
+    assert!(show.contains("latest runs"), "{show}");
 }

@@ -9,6 +9,10 @@
 //! myapp purge -Q short-task --force
 //! myapp workers           # alive / lost / offline, heartbeat age, load
 //! myapp bench --tasks 100000 --json
+//! myapp beat              # send scheduled tasks (any number of beats: each run once)
+//! myapp schedule add digest --task notify.digest --every 30s
+//! myapp schedule add report --task reports.daily --crontab "0 9 * * mon-fri" --tz Asia/Seoul
+//! myapp schedule list | show NAME | enable NAME | disable NAME | remove NAME | run-now NAME
 //! ```
 //!
 //! Global flags (`--broker`, `--backend`, `--config`) win over `CELERIAC_*`
@@ -16,6 +20,7 @@
 
 mod bench;
 mod locks;
+mod schedule;
 
 use std::io::Write;
 use std::time::Duration;
@@ -29,6 +34,8 @@ use clap::{Args, Parser, Subcommand};
 use serde_json::json;
 
 use crate::app::{App, AppBuilder};
+
+pub use schedule::{open_schedule_store, AddArgs, BeatArgs, ScheduleArgs, ScheduleCommand};
 
 /// celeriac: a task queue that speaks Celery's protocol.
 #[derive(Debug, Parser)]
@@ -70,6 +77,11 @@ pub enum Command {
     Bench(bench::BenchArgs),
     /// List or release locks (single-instance runs, unique enqueue).
     Locks(locks::LocksArgs),
+    /// Send scheduled tasks until SIGTERM / Ctrl-C. Run as many as you like on one
+    /// store: each due run is sent exactly once.
+    Beat(BeatArgs),
+    /// Add, list, show, enable, disable, remove or run schedule entries.
+    Schedule(ScheduleArgs),
 }
 
 /// `worker` flags.
@@ -227,6 +239,8 @@ async fn dispatch(app: App, command: Command) -> anyhow::Result<()> {
         Command::Workers(args) => workers(app, args).await,
         Command::Bench(args) => bench::run(app, args).await,
         Command::Locks(args) => locks::run(app, args).await,
+        Command::Beat(args) => schedule::run_beat(app, args).await,
+        Command::Schedule(args) => schedule::run_schedule(app, args).await,
     }
 }
 

@@ -27,7 +27,8 @@
 //! - [`AsyncResult`]: waiting for and reading results.
 //! - [`task`]: the `#[task]` attribute (from `celeriac-macros`).
 //! - [`cli`]: the command line every celeriac binary gets (`worker`, `call`, ...).
-//! - Re-exported seams: [`core`], [`broker`], [`backend`], [`worker`], [`lock`].
+//! - Re-exported seams: [`core`], [`broker`], [`backend`], [`worker`], [`lock`],
+//!   [`beat`] (schedules, the schedule store, the beat service).
 //!
 //! # Single-instance tasks and unique enqueue
 //!
@@ -47,6 +48,7 @@ pub mod result;
 
 pub use app::{App, AppBuilder, TaskCall};
 pub use celeriac_backend as backend;
+pub use celeriac_beat as beat;
 pub use celeriac_broker as broker;
 pub use celeriac_core as core;
 pub use celeriac_lock as lock;
