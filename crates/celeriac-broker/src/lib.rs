@@ -6,6 +6,8 @@
 //! - this module: the [`Broker`] trait, its parameter and result types, [`connect`].
 //! - [`sqlite`] (feature `sqlite`, on by default): the embedded broker, one SQLite file
 //!   in WAL mode, safe for several worker processes on one machine.
+//! - [`redis`] (feature `redis`, on by default): kombu's Redis transport, shared with
+//!   Python Celery clients and workers, with leases that end duplicate runs.
 //! - [`testing`] (feature `testing`): the conformance suite every implementation runs
 //!   from its own `tests/`.
 //!
@@ -30,6 +32,8 @@ use celeriac_core::routing::Queue;
 use celeriac_core::Envelope;
 use chrono::{DateTime, Utc};
 
+#[cfg(feature = "redis")]
+pub mod redis;
 #[cfg(feature = "sqlite")]
 pub mod sqlite;
 #[cfg(feature = "testing")]
@@ -330,7 +334,8 @@ pub async fn connect(url: &str) -> Result<std::sync::Arc<dyn Broker>, BrokerErro
     connect_with(url, &ConnectOptions::default()).await
 }
 
-/// Opens the broker named by `url` (`sqlite://path`).
+/// Opens the broker named by `url` (`sqlite://path`, `redis://host[:port][/db]`,
+/// `rediss://`, `redis+socket:///path`, `unix:///path`).
 pub async fn connect_with(
     url: &str,
     options: &ConnectOptions,
@@ -348,13 +353,30 @@ pub async fn connect_with(
                 sqlite::SqliteBroker::open(path, sqlite_options).await?,
             ))
         }
-        "redis" | "rediss" | "amqp" | "amqps" => Err(BrokerError::InvalidUrl {
+        #[cfg(feature = "redis")]
+        "redis" | "rediss" | "redis+socket" | "unix" | "redis+unix" => {
+            let redis_options = redis::RedisBrokerOptions {
+                visibility_timeout: options.visibility_timeout,
+                ..redis::RedisBrokerOptions::default()
+            };
+            Ok(std::sync::Arc::new(
+                redis::RedisBroker::open_url(url, redis_options).await?,
+            ))
+        }
+        #[cfg(not(feature = "redis"))]
+        "redis" | "rediss" | "redis+socket" | "unix" | "redis+unix" => {
+            Err(BrokerError::InvalidUrl {
+                url: redact(url),
+                reason: "this build of celeriac has no Redis broker (feature `redis`)".into(),
+            })
+        }
+        "amqp" | "amqps" => Err(BrokerError::InvalidUrl {
             url: redact(url),
             reason: format!("the {scheme} broker is not built into this version of celeriac yet"),
         }),
         _ => Err(BrokerError::InvalidUrl {
             url: redact(url),
-            reason: "expected sqlite://PATH".into(),
+            reason: "expected sqlite://PATH or redis://HOST[:PORT][/DB]".into(),
         }),
     }
 }

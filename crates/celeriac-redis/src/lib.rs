@@ -6,11 +6,18 @@
 //!   `redis://[user:pass@]host[:port][/db]`, `rediss://` (TLS), and kombu's
 //!   `redis+socket:///path/to/socket?virtual_host=N` (also `unix://`), plus the
 //!   `global_keyprefix` query parameter — and the `redis::Client` for it.
+//! - [`keys`]: every key name of the Redis broker (kombu's and celeriac's), with the
+//!   key prefix.
+//! - [`connection`]: the shared command connection and dedicated connections for
+//!   blocking commands.
 //!
 //! Connections: a blocking command (`BRPOP`) holds a whole multiplexed connection, so
 //! blocking consumers must open their own with [`RedisTarget::client`] rather than
 //! share the multiplexed one; pub/sub needs its own connection too and must
 //! resubscribe after a reconnect.
+
+pub mod connection;
+pub mod keys;
 
 /// Errors of parsing and connecting.
 #[derive(Debug, thiserror::Error)]

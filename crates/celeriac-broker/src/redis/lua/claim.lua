@@ -1,0 +1,146 @@
+-- claim.lua: take up to ARGV[1] messages from queue lists and record each one as
+-- held, in one atomic step (kombu's ack emulation plus celeriac's lease).
+--
+-- KEYS[1]   unacked                      HASH   tag -> JSON [envelope, exchange, routing_key]
+-- KEYS[2]   unacked_index                ZSET   tag -> delivery time, Unix seconds (float)
+-- KEYS[3]   celeriac.leases              ZSET   tag -> lease deadline, Unix ms
+-- KEYS[4]   celeriac.holders             HASH   tag -> "<token> <delivery count> <queue>"
+-- KEYS[5]   celeriac.deliveries          HASH   tag -> delivery count of its last ended delivery
+-- KEYS[6]   celeriac.tokens              STRING the last delivery token handed out
+-- KEYS[7]   celeriac.dead_letters        LIST   dead-letter records (JSON), newest first
+-- KEYS[8]   celeriac.dead_letter_counts  HASH   queue -> number of dead letters
+-- KEYS[9..] the queue lists, in the order to take from them
+--
+-- ARGV[1]   most messages to hold
+-- ARGV[2]   lease, ms
+-- ARGV[3]   a prefix unique to this call, for the ids of dead letters
+-- ARGV[4]   0, or i when the caller already popped ARGV[5] from KEYS[8 + i] (BRPOP);
+--           that element is recorded first and counts towards ARGV[1]
+-- ARGV[5]   the popped element ('' when ARGV[4] is 0)
+-- ARGV[5+i] the queue name of KEYS[8 + i]
+--
+-- Elements are taken from the tail of each list (RPOP: oldest first). A kombu
+-- envelope (a JSON object with body and properties.delivery_tag) is recorded as held:
+-- HSET unacked (the element verbatim, with delivery_info's exchange and routing key,
+-- as kombu writes it), ZADD unacked_index now, ZADD leases now + lease, HSET holders
+-- with a fresh token. "now" is Redis's clock (TIME), so clock skew between hosts
+-- cannot end a lease early. The delivery count is celeriac.deliveries[tag] + 1 when
+-- that exists, else 2 if delivery_info.redelivered is true, else 1. Any other element
+-- is moved to the dead letters with the reason (never returned, never dropped);
+-- at most 100 per call.
+--
+-- Returns a flat array, five entries per held message in the order taken:
+-- list index i (of KEYS[8 + i]), the element, its delivery tag, its token, its
+-- delivery count.
+
+local UNACKED, INDEX, LEASES, HOLDERS = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+local DELIVERIES, TOKENS, DEAD, DEAD_COUNTS = KEYS[5], KEYS[6], KEYS[7], KEYS[8]
+local LISTS = 8
+local MAX_DEAD = 100
+
+local max = tonumber(ARGV[1])
+local lease_ms = tonumber(ARGV[2])
+local dead_prefix = ARGV[3]
+local popped = tonumber(ARGV[4])
+
+local time = redis.call('TIME')
+local now_ms = tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000)
+local now_s = time[1] .. '.' .. string.format('%06d', tonumber(time[2]))
+local deadline = now_ms + lease_ms
+
+local B64 = 'ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/'
+local function base64(data)
+  local out = {}
+  for i = 1, #data, 3 do
+    local a, b, c = string.byte(data, i, i + 2)
+    local n = a * 65536 + (b or 0) * 256 + (c or 0)
+    local s1 = math.floor(n / 262144) % 64 + 1
+    local s2 = math.floor(n / 4096) % 64 + 1
+    local s3 = math.floor(n / 64) % 64 + 1
+    local s4 = n % 64 + 1
+    out[#out + 1] = string.sub(B64, s1, s1) .. string.sub(B64, s2, s2)
+      .. (b and string.sub(B64, s3, s3) or '=') .. (c and string.sub(B64, s4, s4) or '=')
+  end
+  return table.concat(out)
+end
+
+local held = {}
+local dead = 0
+
+local function dead_letter(queue, raw, reason)
+  dead = dead + 1
+  redis.call('LPUSH', DEAD, cjson.encode({
+    id = dead_prefix .. '-' .. dead,
+    queue = queue,
+    reason = reason,
+    at = now_ms,
+    payload_base64 = base64(raw),
+  }))
+  redis.call('HINCRBY', DEAD_COUNTS, queue, 1)
+end
+
+local function take(i, raw)
+  local queue = ARGV[5 + i]
+  local ok, message = pcall(cjson.decode, raw)
+  if not ok then
+    return dead_letter(queue, raw, 'not a kombu envelope: invalid JSON (' .. tostring(message) .. ')')
+  end
+  if type(message) ~= 'table' or message.body == nil or type(message.properties) ~= 'table' then
+    return dead_letter(queue, raw, 'not a kombu envelope: expected a JSON object with body and properties')
+  end
+  local properties = message.properties
+  local tag = properties.delivery_tag
+  if type(tag) ~= 'string' or tag == '' then
+    return dead_letter(queue, raw, 'not a kombu envelope: properties.delivery_tag is missing')
+  end
+  local exchange, routing_key, redelivered = '', queue, false
+  local info = properties.delivery_info
+  if type(info) == 'table' then
+    if type(info.exchange) == 'string' then exchange = info.exchange end
+    if type(info.routing_key) == 'string' then routing_key = info.routing_key end
+    redelivered = info.redelivered == true
+  end
+  redis.call('HSET', UNACKED, tag,
+    '[' .. raw .. ',' .. cjson.encode(exchange) .. ',' .. cjson.encode(routing_key) .. ']')
+  redis.call('ZADD', INDEX, now_s, tag)
+  redis.call('ZADD', LEASES, deadline, tag)
+  local previous = tonumber(redis.call('HGET', DELIVERIES, tag))
+  local count = 1
+  if previous then
+    count = previous + 1
+  elseif redelivered then
+    count = 2
+  end
+  held[#held + 1] = { i, raw, tag, count, queue }
+end
+
+if popped > 0 then
+  take(popped, ARGV[5])
+end
+for i = 1, #KEYS - LISTS do
+  while #held < max and dead < MAX_DEAD do
+    local want = max - #held
+    local items = redis.call('RPOP', KEYS[LISTS + i], want)
+    if not items then break end
+    for _, raw in ipairs(items) do
+      take(i, raw)
+    end
+    if #items < want then break end
+  end
+  if #held >= max or dead >= MAX_DEAD then break end
+end
+
+local out = {}
+if #held > 0 then
+  local first = redis.call('INCRBY', TOKENS, #held) - #held
+  for n, h in ipairs(held) do
+    local token = string.format('%d', first + n)
+    redis.call('HSET', HOLDERS, h[3], token .. ' ' .. h[4] .. ' ' .. h[5])
+    out[#out + 1] = h[1]
+    out[#out + 1] = h[2]
+    out[#out + 1] = h[3]
+    out[#out + 1] = token
+    out[#out + 1] = h[4]
+  end
+end
+return out

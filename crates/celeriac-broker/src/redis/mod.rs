@@ -1,0 +1,1348 @@
+//! The Redis broker (feature `redis`): kombu's Redis transport, byte for byte, plus
+//! leases that end duplicate runs (`redis://`, `rediss://`, `redis+socket://`,
+//! `unix://`; see [`RedisTarget::parse`] for the URL forms and `global_keyprefix`).
+//!
+//! Python Celery clients and workers share queues with celeriac: the lists, the
+//! envelopes, the ack-emulation structures and the bindings are kombu's (PROTOCOL.md
+//! §2). celeriac adds a few `celeriac.*` keys beside them and never changes what
+//! kombu reads.
+//!
+//! # Layout
+//!
+//! - this module: [`RedisBroker`], [`RedisBrokerOptions`], the [`Broker`] operations.
+//! - [`scripts`]: the Lua scripts, one `.lua` file per operation under `lua/`, each
+//!   with its KEYS / ARGV / return contract at the top.
+//! - `wire`: the envelope as kombu publishes and restores it, `unacked` entries,
+//!   dead-letter records, delivery tags.
+//! - `wait`: dedicated connections for `BRPOP`.
+//! - key names: [`celeriac_redis::keys::BrokerKeys`] (all of them, in one place).
+//!
+//! # Keys (all under the URL's `global_keyprefix`)
+//!
+//! | key | type | content | written by |
+//! |---|---|---|---|
+//! | `Q`, `Q\x06\x163`, `Q\x06\x166`, `Q\x06\x169` | LIST | kombu envelopes of queue `Q` at priority steps 0, 3, 6, 9 | kombu, celeriac |
+//! | `unacked` | HASH | delivery tag → `[envelope, exchange, routing_key]` of every held message | kombu, celeriac |
+//! | `unacked_index` | ZSET | delivery tag → delivery time (float Unix seconds) | kombu, celeriac |
+//! | `unacked_mutex` | STRING | lock around the visibility-timeout scan | kombu, celeriac |
+//! | `_kombu.binding.<exchange>`, `_kombu.binding_permanent.<exchange>` | SET | `routing_key\x06\x16\x06\x16queue` | kombu, celeriac |
+//! | `celeriac.leases` | ZSET | delivery tag → lease deadline (Unix ms) of messages celeriac consumers hold | celeriac |
+//! | `celeriac.holders` | HASH | delivery tag → `"<token> <delivery count> <queue>"`: the current celeriac delivery | celeriac |
+//! | `celeriac.deliveries` | HASH | delivery tag → delivery count of the last celeriac delivery that ended with the message back in a queue | celeriac |
+//! | `celeriac.tokens` | STRING | the last delivery token handed out | celeriac |
+//! | `celeriac.dead_letters` | LIST | dead-letter records, newest first: JSON `{id, queue, reason, at (Unix ms), tag?, payload \| payload_base64}` | celeriac |
+//! | `celeriac.dead_letter_counts` | HASH | queue → number of its dead letters | celeriac |
+//! | `celeriac.queues` | SET | queue names seen by publish and declare | celeriac |
+//! | `celeriac.workers` | HASH | worker hostname → its latest heartbeat ([`WorkerInfo`] JSON) | celeriac |
+//!
+//! Dead letters are kept until an operator deletes them (`DEL` both dead-letter keys).
+//!
+//! # Publishing
+//!
+//! One `MULTI`/`EXEC` pipeline per batch: `LPUSH` of kombu's envelope to the list of
+//! its queue and priority (consecutive messages of one list in one `LPUSH`), with a
+//! fresh uuid4 `properties.delivery_tag`, `delivery_info = {exchange: "",
+//! routing_key: <queue>}` and an explicit `priority`. Priorities are kombu's: **lower
+//! is served first** ([`PriorityOrder::LowerFirst`]). kombu has no delayed delivery,
+//! so a [`Publish::not_before`] is not held in Redis: the message is published at
+//! once, its ETA travels in its headers and the worker holds it under a renewed lease
+//! until due ([`Capabilities::delayed_delivery`] is false). [`Broker::declare_queue`]
+//! writes kombu's binding member to `_kombu.binding.<exchange>` and
+//! `_kombu.binding_permanent.<exchange>` (exchange `celery` when the queue names
+//! none), so Python clients publishing through that exchange reach the queue.
+//!
+//! # Fetching: claim and record in one step
+//!
+//! `claim.lua` pops up to `max` elements (`RPOP`, oldest first) from the queue lists
+//! in kombu's order (for each priority step ascending, for each queue; the first
+//! queue rotates from fetch to fetch as kombu's round robin does), and records each
+//! one as held in the same atomic step: `HSET unacked` (the element verbatim with
+//! its `delivery_info` exchange and routing key, exactly what kombu writes),
+//! `ZADD unacked_index <now>`, `ZADD celeriac.leases <now + lease>` and
+//! `HSET celeriac.holders`. A popped message is therefore never only in a client's
+//! memory. An element that is not a kombu envelope is moved to the dead letters with
+//! the reason in the same step; one the envelope codec then refuses is dead-lettered
+//! through `dead_letter.lua`. All times in scripts are Redis's clock (`TIME`), so
+//! clock skew between hosts cannot end a lease early.
+//!
+//! # Waiting when the queues are empty
+//!
+//! A blocking pop cannot run inside a script, and `BLMOVE` (the zero-loss
+//! "pop into a processing list" primitive) waits on one list only, while a fetch
+//! waits on every priority list of every queue. So a fetch that claimed nothing does
+//! what kombu does: `BRPOP` on all its lists, in order, on a dedicated connection
+//! (never the shared one; at most 5 s per `BRPOP`, the connection's response timeout
+//! is longer), bounded by [`FetchParams::wait`] and returning as soon as a message
+//! arrives. The popped element is recorded at once by `claim.lua` (which also takes
+//! up to `max - 1` more). The pop and the record run in a task of their own, so a
+//! caller that stops waiting (a dropped fetch future) cannot lose the element: the
+//! task records it and then releases it to the front of its queue.
+//!
+//! **The window, stated honestly:** between `BRPOP` taking an element on the server
+//! and `claim.lua` recording it, the element exists only in this process. If the
+//! process dies in that instant (microseconds), or the connection drops after Redis
+//! sent the reply and before it arrived, that one message is lost. kombu has the same
+//! window. If recording fails with an error, the element is pushed back to the front
+//! of its list (`RPUSH`) unless the record did happen, retrying for 30 s before it is
+//! logged as lost. Messages that are already waiting are never exposed to this
+//! window: they are taken by `claim.lua` directly.
+//!
+//! # Leases that end duplicate runs
+//!
+//! kombu's only recovery is the visibility timeout: any consumer re-queues `unacked`
+//! entries older than `visibility_timeout` (1 h). That delivers long and ETA tasks
+//! twice, and leaves a dead worker's messages stranded for up to an hour. celeriac
+//! keeps a lease per held message instead, and keeps kombu's structures truthful:
+//!
+//! - **Renew** (`renew.lua`, every third of the lease): for each delivery that still
+//!   holds its message, `ZADD celeriac.leases <now + lease>` and
+//!   `ZADD unacked_index XX <now>`. A live celeriac holder's message therefore never
+//!   looks old to kombu's scan, Python's or ours: no duplicate while its worker
+//!   lives, however long the task or its ETA.
+//! - **Lapse** ([`Broker::restore_expired`], part 1, `restore_expired.lua`): every
+//!   tag in `celeriac.leases` whose deadline passed belonged to a celeriac consumer
+//!   that died or stalled. It goes back to the front of its queue (`RPUSH`, tag kept,
+//!   `headers.redelivered` and `properties.delivery_info.redelivered` set, as kombu's
+//!   restore writes it), and its `unacked`, `unacked_index`, lease and holder entries
+//!   go: a dead worker's messages are back within one lease (seconds), not an hour.
+//! - **Python holders** ([`Broker::restore_expired`], part 2, `restore_visible.lua`):
+//!   kombu's `restore_visible`, under `unacked_mutex` (`SET NX PX 300000`, released by
+//!   compare-and-delete), for `unacked_index` entries older than
+//!   [`RedisBrokerOptions::visibility_timeout`] that have **no** celeriac lease —
+//!   messages held by Python workers that died. It runs at the first call of a
+//!   handle and then at most every [`RedisBrokerOptions::visibility_scan_interval`]
+//!   (60 s), as kombu throttles its own.
+//!
+//! **Stale deliveries.** kombu keeps the delivery tag when it restores a message, so
+//! the tag alone cannot tell one delivery from the next. Each celeriac delivery gets
+//! a token (`INCRBY celeriac.tokens`), recorded in `celeriac.holders`, and the
+//! [`DeliveryTag`] handed out is `"<token>:<kombu tag>"`. Ack, reject and renew act
+//! in Lua only while `holders[tag]` carries their token **and** the message is still
+//! held by that delivery (in `unacked_index`, delivery time no later than the
+//! lease — a later one means a kombu consumer took it again after a kombu restore).
+//! So a stale ack, renew or reject — the lease lapsed, the message went to someone
+//! else — changes nothing, and never removes another consumer's hold.
+//!
+//! **Delivery count.** kombu has none. `celeriac.holders` carries the count of the
+//! current delivery: `celeriac.deliveries[tag] + 1` when the message went back to a
+//! queue through celeriac before (restore and requeue keep the count, release takes
+//! it back), else 2 when `delivery_info.redelivered` is set (restored by kombu), and
+//! 1 otherwise. `celeriac.deliveries` entries are deleted on ack and dead-letter; an
+//! entry of a message that a Python worker acknowledges after a celeriac restore
+//! stays behind (a few bytes; rare).
+//!
+//! Reject: `Requeue` = back of the queue (`LPUSH`, kombu's `reject(requeue=True)`),
+//! `Release` = front (`RPUSH`, kombu's restore), both with the redelivered marks;
+//! `DeadLetter` = to `celeriac.dead_letters`.
+//!
+//! # Counts
+//!
+//! [`Broker::queue_stats`]: `ready` = `LLEN` over the four lists; `held` = `unacked`
+//! entries routed to the queue (a `HSCAN` of `unacked`, routed as kombu's restore
+//! would: the routing key for the anonymous exchange, else the binding table);
+//! `scheduled` = 0 (ETA messages are held by workers, counted as held);
+//! `dead_letters` from `celeriac.dead_letter_counts`. With no queues given it lists
+//! `celeriac.queues` plus the queues of every binding table (except Celery's event
+//! and remote-control exchanges).
+//!
+//! # Connections
+//!
+//! One self-reconnecting multiplexed connection per handle for every command and
+//! script ([`celeriac_redis::connection::commands`]); dedicated connections for
+//! `BRPOP`, pooled per handle. Errors of the connection surface as
+//! [`BrokerError::Connection`]; the worker's fetch loop retries them with backoff.
+//! Pub/sub (events, remote control, §2.7) will add a third kind of connection from
+//! the same [`RedisTarget`]; its channel prefix is
+//! [`BrokerKeys::fanout_prefix`](celeriac_redis::keys::BrokerKeys::fanout_prefix).
+//!
+//! Not supported: Redis Cluster and Sentinel; `rediss://` needs the `redis` crate's
+//! TLS support, which this build does not enable (such URLs are refused with the
+//! client's reason).
+
+pub mod scripts;
+#[cfg(feature = "testing")]
+pub mod testing;
+mod wait;
+mod wire;
+
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use ::redis::aio::ConnectionManager;
+use async_trait::async_trait;
+use celeriac_core::routing::{topic_matches, Queue};
+use celeriac_core::Envelope;
+use celeriac_redis::connection::{self, Timeouts};
+use celeriac_redis::keys::{self, BrokerKeys};
+use celeriac_redis::RedisTarget;
+use parking_lot::Mutex;
+use tokio::time::Instant;
+
+use crate::{
+    Broker, BrokerError, Capabilities, DeadLetter, DeadLetterQuery, Delivery, DeliveryTag,
+    FetchParams, PriorityOrder, Publish, QueueStats, RejectAction, WorkerInfo,
+};
+use scripts::Scripts;
+use wait::Waiters;
+use wire::{DeadLetterRecord, UnackedEntry};
+
+/// Most tags per ack / renew script call.
+const TAG_BATCH: usize = 512;
+/// Most messages restored per script call.
+const RESTORE_BATCH: usize = 256;
+/// Most restore script calls per [`Broker::restore_expired`] part.
+const RESTORE_ROUNDS: usize = 64;
+/// kombu's `unacked_mutex_expire`.
+const UNACKED_MUTEX_EXPIRE: Duration = Duration::from_secs(300);
+/// How long an element popped by `BRPOP` is retried into Redis before it is logged
+/// as lost.
+const RECOVER_FOR: Duration = Duration::from_secs(30);
+
+/// Settings of a [`RedisBroker`]. Start from [`RedisBrokerOptions::default`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct RedisBrokerOptions {
+    /// kombu's `visibility_timeout` (default 1 h): messages held by consumers that
+    /// keep no celeriac lease (Python workers) are restored after this long.
+    pub visibility_timeout: Duration,
+    /// How often a handle runs that visibility-timeout scan from
+    /// [`Broker::restore_expired`] (default 60 s; always at its first call).
+    pub visibility_scan_interval: Duration,
+    /// How long a command may take (default 10 s).
+    pub response_timeout: Duration,
+    /// How long connecting may take (default 5 s).
+    pub connection_timeout: Duration,
+}
+
+impl Default for RedisBrokerOptions {
+    fn default() -> Self {
+        RedisBrokerOptions {
+            visibility_timeout: Duration::from_secs(3600),
+            visibility_scan_interval: Duration::from_secs(60),
+            response_timeout: Duration::from_secs(10),
+            connection_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+/// The Redis broker. See the [module docs](self) for the keys, the scripts and the
+/// lease scheme. Cloning is cheap and shares the connections.
+#[derive(Clone)]
+pub struct RedisBroker {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    target: RedisTarget,
+    keys: BrokerKeys,
+    options: RedisBrokerOptions,
+    commands: ConnectionManager,
+    waiters: Waiters,
+    scripts: Scripts,
+    /// Where the next multi-queue fetch starts.
+    next_queue: AtomicUsize,
+    /// When the visibility-timeout scan is due next (`None`: at the next call).
+    next_visibility_scan: Mutex<Option<Instant>>,
+}
+
+impl std::fmt::Debug for RedisBroker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisBroker")
+            .field("url", &self.inner.target.display)
+            .field("options", &self.inner.options)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What one fetch takes from.
+struct ClaimRequest {
+    /// Queue lists in consume order, each with the index of its queue.
+    lists: Vec<(String, usize)>,
+    queues: Vec<String>,
+    max: usize,
+    lease: Duration,
+}
+
+impl RedisBroker {
+    /// Opens a Redis URL (see [`RedisTarget::parse`]).
+    pub async fn open_url(
+        url: &str,
+        options: RedisBrokerOptions,
+    ) -> Result<RedisBroker, BrokerError> {
+        let target = RedisTarget::parse(url).map_err(|e| client_error(e, url))?;
+        RedisBroker::open(target, options).await
+    }
+
+    /// Connects to `target`. Fails if Redis does not answer within
+    /// [`RedisBrokerOptions::connection_timeout`]; afterwards lost connections are
+    /// re-established by themselves.
+    pub async fn open(
+        target: RedisTarget,
+        options: RedisBrokerOptions,
+    ) -> Result<RedisBroker, BrokerError> {
+        let timeouts = Timeouts {
+            response: options.response_timeout,
+            connect: options.connection_timeout,
+        };
+        let commands = connection::commands(&target, timeouts)
+            .await
+            .map_err(|e| client_error(e, &target.display))?;
+        Ok(RedisBroker {
+            inner: Arc::new(Inner {
+                keys: BrokerKeys::new(&target.global_keyprefix),
+                waiters: Waiters::new(target.clone(), options.connection_timeout),
+                scripts: Scripts::new(),
+                next_queue: AtomicUsize::new(0),
+                next_visibility_scan: Mutex::new(None),
+                commands,
+                target,
+                options,
+            }),
+        })
+    }
+
+    /// The key names of this broker.
+    pub fn keys(&self) -> &BrokerKeys {
+        &self.inner.keys
+    }
+
+    /// The parsed URL.
+    pub fn target(&self) -> &RedisTarget {
+        &self.inner.target
+    }
+
+    /// Pushes raw bytes to `queue`'s priority-0 list as a message, bypassing the
+    /// envelope codec (for tests of malformed payloads and for tools importing
+    /// foreign messages).
+    pub async fn push_raw(&self, queue: &str, payload: &[u8]) -> Result<(), BrokerError> {
+        let mut conn = self.inner.conn();
+        ::redis::pipe()
+            .atomic()
+            .cmd("LPUSH")
+            .arg(self.inner.keys.queue(queue, 0))
+            .arg(payload)
+            .ignore()
+            .cmd("SADD")
+            .arg(&self.inner.keys.queues)
+            .arg(queue)
+            .ignore()
+            .query_async::<()>(&mut conn)
+            .await
+            .map_err(redis_error)
+    }
+}
+
+impl Inner {
+    fn conn(&self) -> ConnectionManager {
+        self.commands.clone()
+    }
+
+    /// Redis's clock, in Unix ms.
+    async fn server_time_ms(&self) -> Result<i64, BrokerError> {
+        let (seconds, micros): (i64, i64) = ::redis::cmd("TIME")
+            .query_async(&mut self.conn())
+            .await
+            .map_err(redis_error)?;
+        Ok(seconds * 1000 + micros / 1000)
+    }
+
+    /// Runs `claim.lua`; `popped` is an element `BRPOP` already took from the list
+    /// with that 1-based index.
+    async fn claim(
+        &self,
+        request: &ClaimRequest,
+        popped: Option<(usize, &[u8])>,
+    ) -> Result<Vec<Delivery>, BrokerError> {
+        let k = &self.keys;
+        let mut invocation = self.scripts.claim.prepare_invoke();
+        invocation
+            .key(&k.unacked)
+            .key(&k.unacked_index)
+            .key(&k.leases)
+            .key(&k.holders)
+            .key(&k.deliveries)
+            .key(&k.tokens)
+            .key(&k.dead_letters)
+            .key(&k.dead_letter_counts);
+        for (list, _) in &request.lists {
+            invocation.key(list);
+        }
+        invocation
+            .arg(request.max)
+            .arg(millis(request.lease))
+            .arg(uuid::Uuid::new_v4().to_string());
+        match popped {
+            Some((index, element)) => invocation.arg(index).arg(element),
+            None => invocation.arg(0).arg(""),
+        };
+        for (_, queue) in &request.lists {
+            invocation.arg(&request.queues[*queue]);
+        }
+        let rows: Vec<(usize, Vec<u8>, String, String, u32)> = invocation
+            .invoke_async(&mut self.conn())
+            .await
+            .map_err(redis_error)?;
+        let mut deliveries = Vec::with_capacity(rows.len());
+        for (index, raw, tag, token, delivery_count) in rows {
+            let queue = request
+                .lists
+                .get(index.wrapping_sub(1))
+                .map(|(_, q)| request.queues[*q].clone())
+                .unwrap_or_default();
+            match Envelope::from_kombu_json(&raw) {
+                Ok(envelope) => deliveries.push(Delivery {
+                    tag: wire::delivery_tag(&token, &tag),
+                    queue,
+                    envelope,
+                    delivery_count,
+                }),
+                Err(error) => {
+                    let reason = format!("undecodable envelope: {error}");
+                    tracing::warn!(%queue, %tag, %reason, "dead-lettering a message that does not decode");
+                    let record = DeadLetterRecord::new(&queue, &reason, Some(&tag), &raw);
+                    if let Err(error) = self.dead_letter(&tag, &token, &queue, &record).await {
+                        // Still held under its lease: restored and tried again later.
+                        tracing::warn!(%error, %tag, "dead-lettering failed; the message stays held until its lease lapses");
+                    }
+                }
+            }
+        }
+        Ok(deliveries)
+    }
+
+    /// Waits up to `timeout` with `BRPOP`, then records what arrived (see the module
+    /// docs, "Waiting").
+    async fn wait_and_claim(
+        &self,
+        request: &ClaimRequest,
+        timeout: Duration,
+    ) -> Result<Vec<Delivery>, BrokerError> {
+        let lists: Vec<String> = request.lists.iter().map(|(l, _)| l.clone()).collect();
+        let Some((list, element)) = self.waiters.brpop(&lists, timeout).await? else {
+            return Ok(Vec::new());
+        };
+        let Some(index) = lists.iter().position(|l| l.as_bytes() == list.as_slice()) else {
+            let list = String::from_utf8_lossy(&list).into_owned();
+            self.recover_popped(&list, &element).await;
+            return Ok(Vec::new());
+        };
+        match self.claim(request, Some((index + 1, &element))).await {
+            Ok(deliveries) => Ok(deliveries),
+            Err(error) => {
+                self.recover_popped(&lists[index], &element).await;
+                Err(error)
+            }
+        }
+    }
+
+    /// After `claim.lua` failed for an element `BRPOP` took: unless the claim did
+    /// record it (its tag is in `unacked`), push it back to the front of its list.
+    async fn recover_popped(&self, list: &str, element: &[u8]) {
+        let tag = serde_json::from_slice::<serde_json::Value>(element)
+            .ok()
+            .and_then(|v| v["properties"]["delivery_tag"].as_str().map(String::from));
+        let started = Instant::now();
+        let mut backoff = Duration::from_millis(50);
+        loop {
+            let attempt = async {
+                let mut conn = self.conn();
+                if let Some(tag) = &tag {
+                    let recorded: bool = ::redis::cmd("HEXISTS")
+                        .arg(&self.keys.unacked)
+                        .arg(tag)
+                        .query_async(&mut conn)
+                        .await?;
+                    if recorded {
+                        return Ok(());
+                    }
+                }
+                ::redis::cmd("RPUSH")
+                    .arg(list)
+                    .arg(element)
+                    .query_async::<()>(&mut conn)
+                    .await
+            };
+            match attempt.await {
+                Ok(()) => return,
+                Err(error) if started.elapsed() < RECOVER_FOR => {
+                    tracing::warn!(%error, list, "putting back a popped message failed; retrying");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(2));
+                }
+                Err(error) => {
+                    tracing::error!(
+                        %error,
+                        list,
+                        payload = %String::from_utf8_lossy(element),
+                        "a message popped by BRPOP could be neither recorded nor put back: it is lost"
+                    );
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Puts deliveries nobody will process (their fetch was dropped) back at the
+    /// front of their queues. On failure their leases lapse and they come back anyway.
+    async fn give_back(&self, deliveries: Vec<Delivery>) {
+        for delivery in deliveries {
+            if let Err(error) = self.reject(&delivery.tag, RejectAction::Release).await {
+                tracing::warn!(%error, tag = %delivery.tag, "releasing an unwanted delivery failed; it comes back when its lease lapses");
+            }
+        }
+    }
+
+    /// Moves a held message to the dead letters (`dead_letter.lua`).
+    async fn dead_letter(
+        &self,
+        tag: &str,
+        token: &str,
+        queue: &str,
+        record: &DeadLetterRecord,
+    ) -> Result<bool, BrokerError> {
+        let k = &self.keys;
+        let done: i64 = self
+            .scripts
+            .dead_letter
+            .key(&k.unacked)
+            .key(&k.unacked_index)
+            .key(&k.leases)
+            .key(&k.holders)
+            .key(&k.deliveries)
+            .key(&k.dead_letters)
+            .key(&k.dead_letter_counts)
+            .arg(tag)
+            .arg(token)
+            .arg(record.to_json())
+            .arg(queue)
+            .invoke_async(&mut self.conn())
+            .await
+            .map_err(redis_error)?;
+        Ok(done == 1)
+    }
+
+    async fn reject(&self, tag: &DeliveryTag, action: RejectAction) -> Result<(), BrokerError> {
+        let Some((token, kombu_tag)) = wire::parse_delivery_tag(tag) else {
+            tracing::warn!(tag = %tag, "reject with a tag this broker never issued; ignored");
+            return Ok(());
+        };
+        let k = &self.keys;
+        let (holder, entry): (Option<String>, Option<Vec<u8>>) = ::redis::pipe()
+            .cmd("HGET")
+            .arg(&k.holders)
+            .arg(kombu_tag)
+            .cmd("HGET")
+            .arg(&k.unacked)
+            .arg(kombu_tag)
+            .query_async(&mut self.conn())
+            .await
+            .map_err(redis_error)?;
+        let holder = holder.as_deref().and_then(wire::parse_holder);
+        let (Some((held_token, _, queue)), Some(entry)) = (holder, entry) else {
+            tracing::debug!(tag = %tag, "reject of a delivery that holds nothing; ignored");
+            return Ok(());
+        };
+        if held_token != token {
+            tracing::debug!(tag = %tag, "reject with a stale tag; ignored");
+            return Ok(());
+        }
+        let parsed = wire::parse_unacked(&entry);
+        let (mode, marked) = match action {
+            RejectAction::Requeue => (
+                "requeue",
+                parsed
+                    .as_ref()
+                    .map_err(String::clone)
+                    .and_then(|e| wire::mark_redelivered(&e.envelope)),
+            ),
+            RejectAction::Release => (
+                "release",
+                parsed
+                    .as_ref()
+                    .map_err(String::clone)
+                    .and_then(|e| wire::mark_redelivered(&e.envelope)),
+            ),
+            RejectAction::DeadLetter { reason } => {
+                let payload = held_payload(&parsed, &entry);
+                let record = DeadLetterRecord::new(queue, &reason, Some(kombu_tag), payload);
+                if !self.dead_letter(kombu_tag, token, queue, &record).await? {
+                    tracing::debug!(tag = %tag, "dead-letter with a stale tag; ignored");
+                }
+                return Ok(());
+            }
+        };
+        let (envelope, priority) = match marked {
+            Ok(marked) => marked,
+            Err(reason) => {
+                let reason = format!("cannot put the message back: {reason}");
+                let record = DeadLetterRecord::new(
+                    queue,
+                    &reason,
+                    Some(kombu_tag),
+                    held_payload(&parsed, &entry),
+                );
+                self.dead_letter(kombu_tag, token, queue, &record).await?;
+                return Ok(());
+            }
+        };
+        let done: i64 = self
+            .scripts
+            .requeue
+            .key(&k.unacked)
+            .key(&k.unacked_index)
+            .key(&k.leases)
+            .key(&k.holders)
+            .key(&k.deliveries)
+            .key(k.queue(queue, priority))
+            .arg(kombu_tag)
+            .arg(token)
+            .arg(envelope)
+            .arg(mode)
+            .invoke_async(&mut self.conn())
+            .await
+            .map_err(redis_error)?;
+        if done == 0 {
+            tracing::debug!(tag = %tag, "reject with a stale tag; ignored");
+        }
+        Ok(())
+    }
+
+    /// Runs `ack.lua` or `renew.lua` over `tags` in batches; returns how many acted.
+    async fn per_tag(
+        &self,
+        script: &::redis::Script,
+        keys: &[&str],
+        first_arg: Option<i64>,
+        tags: &[DeliveryTag],
+    ) -> Result<u64, BrokerError> {
+        let mut acted = 0;
+        let parsed: Vec<(&str, &str)> = tags
+            .iter()
+            .filter_map(|tag| {
+                let parsed = wire::parse_delivery_tag(tag);
+                if parsed.is_none() {
+                    tracing::warn!(tag = %tag, "a tag this broker never issued; ignored");
+                }
+                parsed
+            })
+            .collect();
+        for chunk in parsed.chunks(TAG_BATCH) {
+            let mut invocation = script.prepare_invoke();
+            for key in keys {
+                invocation.key(*key);
+            }
+            if let Some(arg) = first_arg {
+                invocation.arg(arg);
+            }
+            for (token, tag) in chunk {
+                invocation.arg(*tag).arg(*token);
+            }
+            let done: u64 = invocation
+                .invoke_async(&mut self.conn())
+                .await
+                .map_err(redis_error)?;
+            acted += done;
+        }
+        Ok(acted)
+    }
+
+    /// [`Broker::restore_expired`] part 1: messages whose celeriac lease lapsed.
+    async fn restore_lapsed(&self) -> Result<u64, BrokerError> {
+        let k = &self.keys;
+        let mut restored = 0;
+        for _ in 0..RESTORE_ROUNDS {
+            let now = self.server_time_ms().await?;
+            let tags: Vec<String> = ::redis::cmd("ZRANGEBYSCORE")
+                .arg(&k.leases)
+                .arg("-inf")
+                .arg(now)
+                .arg("LIMIT")
+                .arg(0)
+                .arg(RESTORE_BATCH)
+                .query_async(&mut self.conn())
+                .await
+                .map_err(redis_error)?;
+            if tags.is_empty() {
+                break;
+            }
+            let (holders, entries): (Vec<Option<String>>, Vec<Option<Vec<u8>>>) = ::redis::pipe()
+                .cmd("HMGET")
+                .arg(&k.holders)
+                .arg(&tags)
+                .cmd("HMGET")
+                .arg(&k.unacked)
+                .arg(&tags)
+                .query_async(&mut self.conn())
+                .await
+                .map_err(redis_error)?;
+            let mut invocation = self.scripts.restore_expired.prepare_invoke();
+            invocation
+                .key(&k.unacked)
+                .key(&k.unacked_index)
+                .key(&k.leases)
+                .key(&k.holders)
+                .key(&k.deliveries)
+                .key(&k.dead_letters)
+                .key(&k.dead_letter_counts);
+            for ((tag, holder), entry) in tags.iter().zip(&holders).zip(&entries) {
+                let holder = holder.clone().unwrap_or_default();
+                let queue = wire::parse_holder(&holder).map(|(_, _, q)| q.to_string());
+                let (mode, payload, target) = match (entry, queue) {
+                    (Some(entry), Some(queue)) => {
+                        let parsed = wire::parse_unacked(entry);
+                        match parsed
+                            .as_ref()
+                            .map_err(String::clone)
+                            .and_then(|e| wire::mark_redelivered(&e.envelope))
+                        {
+                            Ok((envelope, priority)) => {
+                                ("push", envelope, k.queue(&queue, priority))
+                            }
+                            Err(reason) => {
+                                let reason = format!("cannot restore the message: {reason}");
+                                let payload = held_payload(&parsed, entry);
+                                let record =
+                                    DeadLetterRecord::new(&queue, &reason, Some(tag), payload);
+                                ("dead", record.to_json(), k.leases.clone())
+                            }
+                        }
+                    }
+                    _ => ("drop", Vec::new(), k.leases.clone()),
+                };
+                invocation.key(target);
+                invocation.arg(tag).arg(holder).arg(mode).arg(payload);
+            }
+            let done: u64 = invocation
+                .invoke_async(&mut self.conn())
+                .await
+                .map_err(redis_error)?;
+            restored += done;
+            if tags.len() < RESTORE_BATCH {
+                break;
+            }
+        }
+        Ok(restored)
+    }
+
+    /// Whether the visibility-timeout scan is due (and marks it done if so).
+    fn visibility_scan_due(&self) -> bool {
+        let mut next = self.next_visibility_scan.lock();
+        let now = Instant::now();
+        if next.is_some_and(|at| now < at) {
+            return false;
+        }
+        *next = Some(now + self.options.visibility_scan_interval);
+        true
+    }
+
+    /// [`Broker::restore_expired`] part 2: kombu's `restore_visible` under
+    /// `unacked_mutex`.
+    async fn restore_visible(&self) -> Result<u64, BrokerError> {
+        let token = uuid::Uuid::new_v4().to_string();
+        let locked: Option<String> = ::redis::cmd("SET")
+            .arg(&self.keys.unacked_mutex)
+            .arg(&token)
+            .arg("NX")
+            .arg("PX")
+            .arg(millis(UNACKED_MUTEX_EXPIRE))
+            .query_async(&mut self.conn())
+            .await
+            .map_err(redis_error)?;
+        if locked.is_none() {
+            return Ok(0);
+        }
+        let result = self.restore_visible_locked().await;
+        let unlocked: Result<i64, _> = self
+            .scripts
+            .unlock
+            .key(&self.keys.unacked_mutex)
+            .arg(&token)
+            .invoke_async(&mut self.conn())
+            .await;
+        if let Err(error) = unlocked {
+            tracing::warn!(%error, "releasing unacked_mutex failed; it expires by itself");
+        }
+        result
+    }
+
+    async fn restore_visible_locked(&self) -> Result<u64, BrokerError> {
+        let k = &self.keys;
+        let timeout_ms = millis(self.options.visibility_timeout);
+        let mut bindings = Bindings::default();
+        let mut restored = 0;
+        let mut offset = 0;
+        for _ in 0..RESTORE_ROUNDS {
+            let now = self.server_time_ms().await?;
+            let cutoff = (now - timeout_ms) as f64 / 1000.0;
+            let tags: Vec<String> = ::redis::cmd("ZRANGEBYSCORE")
+                .arg(&k.unacked_index)
+                .arg("-inf")
+                .arg(cutoff)
+                .arg("LIMIT")
+                .arg(offset)
+                .arg(RESTORE_BATCH)
+                .query_async(&mut self.conn())
+                .await
+                .map_err(redis_error)?;
+            if tags.is_empty() {
+                break;
+            }
+            let (entries, leases): (Vec<Option<Vec<u8>>>, Vec<Option<f64>>) = ::redis::pipe()
+                .cmd("HMGET")
+                .arg(&k.unacked)
+                .arg(&tags)
+                .cmd("ZMSCORE")
+                .arg(&k.leases)
+                .arg(&tags)
+                .query_async(&mut self.conn())
+                .await
+                .map_err(redis_error)?;
+            let mut invocation = self.scripts.restore_visible.prepare_invoke();
+            invocation
+                .key(&k.unacked)
+                .key(&k.unacked_index)
+                .key(&k.leases)
+                .key(&k.dead_letters)
+                .key(&k.dead_letter_counts);
+            invocation.arg(timeout_ms);
+            let mut sent = 0;
+            for ((tag, entry), lease) in tags.iter().zip(&entries).zip(&leases) {
+                if lease.is_some() {
+                    // A celeriac delivery: restored by its lease, not by this scan.
+                    offset += 1;
+                    continue;
+                }
+                let (mode, payload, queue, target) = match entry {
+                    None => ("drop", Vec::new(), String::new(), k.leases.clone()),
+                    Some(value) => {
+                        let routed = match wire::parse_unacked(value) {
+                            Ok(entry) => self.route_entry(&entry, &mut bindings).await?,
+                            Err(reason) => Err((reason, String::new())),
+                        };
+                        match routed {
+                            Ok((queue, envelope, priority)) => {
+                                let target = k.queue(&queue, priority);
+                                ("push", envelope, queue, target)
+                            }
+                            Err((reason, queue)) => {
+                                let parsed = wire::parse_unacked(value);
+                                let record = DeadLetterRecord::new(
+                                    &queue,
+                                    &format!("cannot restore the message: {reason}"),
+                                    Some(tag),
+                                    held_payload(&parsed, value),
+                                );
+                                ("dead", record.to_json(), queue, k.leases.clone())
+                            }
+                        }
+                    }
+                };
+                sent += 1;
+                invocation.key(target);
+                let expected: &[u8] = entry.as_deref().unwrap_or_default();
+                invocation
+                    .arg(tag)
+                    .arg(expected)
+                    .arg(mode)
+                    .arg(payload)
+                    .arg(queue);
+            }
+            if sent > 0 {
+                let (done, acted): (u64, u64) = invocation
+                    .invoke_async(&mut self.conn())
+                    .await
+                    .map_err(redis_error)?;
+                restored += done;
+                offset += sent - acted.min(sent);
+            }
+            if tags.len() < RESTORE_BATCH {
+                break;
+            }
+        }
+        if restored > 0 {
+            tracing::info!(
+                restored,
+                "restored messages past the visibility timeout (held by consumers without a lease)"
+            );
+        }
+        Ok(restored)
+    }
+
+    /// Where a restored message goes, as kombu's restore routes it: its queue, the
+    /// envelope marked redelivered and its priority; or why it cannot go anywhere
+    /// (with the queue to count the dead letter for).
+    async fn route_entry(
+        &self,
+        entry: &UnackedEntry,
+        bindings: &mut Bindings,
+    ) -> Result<Result<(String, Vec<u8>, i64), (String, String)>, BrokerError> {
+        let Some(queue) = self
+            .route(&entry.exchange, &entry.routing_key, bindings)
+            .await?
+        else {
+            return Ok(Err((
+                format!(
+                    "no queue is bound to exchange {:?} with routing key {:?}",
+                    entry.exchange, entry.routing_key
+                ),
+                entry.routing_key.clone(),
+            )));
+        };
+        Ok(match wire::mark_redelivered(&entry.envelope) {
+            Ok((envelope, priority)) => Ok((queue, envelope, priority)),
+            Err(reason) => Err((reason, queue)),
+        })
+    }
+
+    /// The queue of `(exchange, routing_key)` as kombu's `_lookup` finds it: the
+    /// routing key for the anonymous exchange; else the first binding of the exchange
+    /// whose key equals the routing key, or matches it as a topic pattern.
+    async fn route(
+        &self,
+        exchange: &str,
+        routing_key: &str,
+        bindings: &mut Bindings,
+    ) -> Result<Option<String>, BrokerError> {
+        if exchange.is_empty() {
+            return Ok((!routing_key.is_empty()).then(|| routing_key.to_string()));
+        }
+        if !bindings.0.contains_key(exchange) {
+            let members: Vec<String> = ::redis::cmd("SMEMBERS")
+                .arg(self.keys.binding(exchange))
+                .query_async(&mut self.conn())
+                .await
+                .map_err(redis_error)?;
+            let table = members
+                .iter()
+                .filter_map(|m| keys::parse_binding_member(m))
+                .map(|(key, _, queue)| (key.to_string(), queue.to_string()))
+                .collect();
+            bindings.0.insert(exchange.to_string(), table);
+        }
+        let table = &bindings.0[exchange];
+        Ok(table
+            .iter()
+            .find(|(key, _)| key == routing_key)
+            .or_else(|| {
+                table
+                    .iter()
+                    .find(|(key, _)| topic_matches(key, routing_key))
+            })
+            .map(|(_, queue)| queue.clone()))
+    }
+
+    /// Queue names known to this store: `celeriac.queues` and the binding tables.
+    async fn known_queues(&self) -> Result<Vec<String>, BrokerError> {
+        let mut conn = self.conn();
+        let mut names: BTreeSet<String> = ::redis::cmd("SMEMBERS")
+            .arg(&self.keys.queues)
+            .query_async::<Vec<String>>(&mut conn)
+            .await
+            .map_err(redis_error)?
+            .into_iter()
+            .collect();
+        let mut cursor: u64 = 0;
+        let mut tables = Vec::new();
+        loop {
+            let (next, found): (u64, Vec<String>) = ::redis::cmd("SCAN")
+                .arg(cursor)
+                .arg("MATCH")
+                .arg(self.keys.binding_pattern())
+                .arg("COUNT")
+                .arg(1000)
+                .query_async(&mut conn)
+                .await
+                .map_err(redis_error)?;
+            tables.extend(found);
+            cursor = next;
+            if cursor == 0 {
+                break;
+            }
+        }
+        for table in tables {
+            let Some(exchange) = self.keys.exchange_of_binding(&table) else {
+                continue;
+            };
+            if keys::FANOUT_EXCHANGES.contains(&exchange) {
+                continue;
+            }
+            let members: Vec<String> = ::redis::cmd("SMEMBERS")
+                .arg(&table)
+                .query_async(&mut conn)
+                .await
+                .map_err(redis_error)?;
+            names.extend(
+                members
+                    .iter()
+                    .filter_map(|m| keys::parse_binding_member(m))
+                    .map(|(_, _, queue)| queue.to_string()),
+            );
+        }
+        Ok(names.into_iter().collect())
+    }
+
+    /// Held messages per queue among `queues`: every `unacked` entry, routed.
+    async fn held_counts(
+        &self,
+        queues: &HashSet<&str>,
+    ) -> Result<HashMap<String, u64>, BrokerError> {
+        let mut conn = self.conn();
+        let mut bindings = Bindings::default();
+        let mut counts: HashMap<String, u64> = HashMap::new();
+        let mut cursor: u64 = 0;
+        loop {
+            let (next, fields): (u64, Vec<Vec<u8>>) = ::redis::cmd("HSCAN")
+                .arg(&self.keys.unacked)
+                .arg(cursor)
+                .arg("COUNT")
+                .arg(1000)
+                .query_async(&mut conn)
+                .await
+                .map_err(redis_error)?;
+            for value in fields.iter().skip(1).step_by(2) {
+                let Some((exchange, routing_key)) = wire::unacked_route(value) else {
+                    continue;
+                };
+                if let Some(queue) = self.route(&exchange, &routing_key, &mut bindings).await? {
+                    if queues.contains(queue.as_str()) {
+                        *counts.entry(queue).or_default() += 1;
+                    }
+                }
+            }
+            cursor = next;
+            if cursor == 0 {
+                break;
+            }
+        }
+        Ok(counts)
+    }
+}
+
+/// Binding tables read during one scan: exchange → `(binding key, queue)`.
+#[derive(Default)]
+struct Bindings(HashMap<String, Vec<(String, String)>>);
+
+/// The envelope of an `unacked` entry for a dead letter (the whole entry when it
+/// does not parse).
+fn held_payload<'a>(parsed: &'a Result<UnackedEntry, String>, entry: &'a [u8]) -> &'a [u8] {
+    match parsed {
+        Ok(parsed) => parsed.envelope.get().as_bytes(),
+        Err(_) => entry,
+    }
+}
+
+#[async_trait]
+impl Broker for RedisBroker {
+    fn capabilities(&self) -> Capabilities {
+        Capabilities {
+            delayed_delivery: false,
+            leases: true,
+            priority: PriorityOrder::LowerFirst,
+            dead_letters: true,
+        }
+    }
+
+    fn describe(&self) -> String {
+        self.inner.target.display.clone()
+    }
+
+    async fn declare_queue(&self, queue: &Queue) -> Result<(), BrokerError> {
+        let exchange = if queue.exchange.name.is_empty() {
+            "celery"
+        } else {
+            queue.exchange.name.as_str()
+        };
+        let member = keys::binding_member(&queue.routing_key, "", &queue.name);
+        let k = &self.inner.keys;
+        ::redis::pipe()
+            .cmd("SADD")
+            .arg(k.binding(exchange))
+            .arg(&member)
+            .ignore()
+            .cmd("SADD")
+            .arg(k.binding_permanent(exchange))
+            .arg(&member)
+            .ignore()
+            .cmd("SADD")
+            .arg(&k.queues)
+            .arg(&queue.name)
+            .ignore()
+            .query_async::<()>(&mut self.inner.conn())
+            .await
+            .map_err(redis_error)
+    }
+
+    async fn publish(&self, messages: Vec<Publish>) -> Result<(), BrokerError> {
+        if messages.is_empty() {
+            return Ok(());
+        }
+        let k = &self.inner.keys;
+        let mut pipe = ::redis::pipe();
+        pipe.atomic();
+        let mut queues = BTreeSet::new();
+        let mut run: Option<(String, Vec<Vec<u8>>)> = None;
+        for message in &messages {
+            let (element, priority) = wire::publish_element(&message.envelope, &message.queue);
+            let list = k.queue(&message.queue, priority);
+            match &mut run {
+                Some((current, elements)) if *current == list => elements.push(element),
+                _ => {
+                    if let Some((current, elements)) = run.take() {
+                        pipe.cmd("LPUSH").arg(current).arg(elements).ignore();
+                    }
+                    run = Some((list, vec![element]));
+                }
+            }
+            queues.insert(message.queue.as_str());
+        }
+        if let Some((current, elements)) = run {
+            pipe.cmd("LPUSH").arg(current).arg(elements).ignore();
+        }
+        pipe.cmd("SADD").arg(&k.queues).arg(queues).ignore();
+        pipe.query_async::<()>(&mut self.inner.conn())
+            .await
+            .map_err(redis_error)
+    }
+
+    async fn fetch(&self, params: &FetchParams) -> Result<Vec<Delivery>, BrokerError> {
+        if params.max == 0 || params.queues.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut queues = params.queues.clone();
+        let start = self.inner.next_queue.fetch_add(1, Ordering::Relaxed) % queues.len();
+        queues.rotate_left(start);
+        let request = Arc::new(ClaimRequest {
+            lists: self.inner.keys.consume_order(&queues),
+            queues,
+            max: params.max,
+            lease: params.lease,
+        });
+        let claimed = self.inner.claim(&request, None).await?;
+        if !claimed.is_empty() || params.wait.is_zero() {
+            return Ok(claimed);
+        }
+        let deadline = Instant::now()
+            .checked_add(params.wait)
+            .unwrap_or_else(|| Instant::now() + Duration::from_secs(100 * 365 * 24 * 3600));
+        loop {
+            let remaining = deadline.saturating_duration_since(Instant::now());
+            if remaining < Duration::from_millis(1) {
+                return Ok(Vec::new());
+            }
+            // The pop and its record run in a task of their own: if this future is
+            // dropped meanwhile, the task still records what it popped, then gives
+            // it back (see the module docs, "Waiting").
+            let (sender, receiver) = tokio::sync::oneshot::channel();
+            let inner = Arc::clone(&self.inner);
+            let waiting = Arc::clone(&request);
+            tokio::spawn(async move {
+                let result = inner.wait_and_claim(&waiting, remaining).await;
+                if let Err(Ok(deliveries)) = sender.send(result) {
+                    inner.give_back(deliveries).await;
+                }
+            });
+            match receiver.await {
+                Ok(Ok(deliveries)) if !deliveries.is_empty() => return Ok(deliveries),
+                Ok(Ok(_)) => continue,
+                Ok(Err(error)) => return Err(error),
+                Err(_) => {
+                    return Err(BrokerError::Storage(
+                        "the task waiting for messages ended without a result".into(),
+                    ))
+                }
+            }
+        }
+    }
+
+    async fn ack(&self, tags: &[DeliveryTag]) -> Result<(), BrokerError> {
+        let k = &self.inner.keys;
+        let keys = [
+            k.unacked.as_str(),
+            &k.unacked_index,
+            &k.leases,
+            &k.holders,
+            &k.deliveries,
+        ];
+        self.inner
+            .per_tag(&self.inner.scripts.ack, &keys, None, tags)
+            .await?;
+        Ok(())
+    }
+
+    async fn reject(&self, tag: &DeliveryTag, action: RejectAction) -> Result<(), BrokerError> {
+        self.inner.reject(tag, action).await
+    }
+
+    async fn renew_leases(&self, tags: &[DeliveryTag], lease: Duration) -> Result<(), BrokerError> {
+        let k = &self.inner.keys;
+        let keys = [k.unacked_index.as_str(), &k.leases, &k.holders];
+        self.inner
+            .per_tag(&self.inner.scripts.renew, &keys, Some(millis(lease)), tags)
+            .await?;
+        Ok(())
+    }
+
+    async fn restore_expired(&self) -> Result<u64, BrokerError> {
+        let mut restored = self.inner.restore_lapsed().await?;
+        if restored > 0 {
+            tracing::info!(restored, "restored messages whose lease lapsed");
+        }
+        if self.inner.visibility_scan_due() {
+            restored += self.inner.restore_visible().await?;
+        }
+        Ok(restored)
+    }
+
+    async fn purge(&self, queue: &str) -> Result<u64, BrokerError> {
+        let mut invocation = self.inner.scripts.purge.prepare_invoke();
+        for list in self.inner.keys.queue_lists(queue) {
+            invocation.key(list);
+        }
+        invocation
+            .invoke_async(&mut self.inner.conn())
+            .await
+            .map_err(redis_error)
+    }
+
+    async fn queue_stats(&self, queues: &[String]) -> Result<Vec<QueueStats>, BrokerError> {
+        let names = if queues.is_empty() {
+            self.inner.known_queues().await?
+        } else {
+            queues.to_vec()
+        };
+        if names.is_empty() {
+            return Ok(Vec::new());
+        }
+        let k = &self.inner.keys;
+        let mut pipe = ::redis::pipe();
+        for name in &names {
+            for list in k.queue_lists(name) {
+                pipe.cmd("LLEN").arg(list);
+            }
+        }
+        let lengths: Vec<u64> = pipe
+            .query_async(&mut self.inner.conn())
+            .await
+            .map_err(redis_error)?;
+        let dead: Vec<Option<u64>> = ::redis::cmd("HMGET")
+            .arg(&k.dead_letter_counts)
+            .arg(&names)
+            .query_async(&mut self.inner.conn())
+            .await
+            .map_err(redis_error)?;
+        let wanted: HashSet<&str> = names.iter().map(String::as_str).collect();
+        let held = self.inner.held_counts(&wanted).await?;
+        let per_queue = keys::PRIORITY_STEPS.len();
+        Ok(names
+            .iter()
+            .enumerate()
+            .map(|(i, name)| QueueStats {
+                name: name.clone(),
+                ready: lengths[i * per_queue..(i + 1) * per_queue].iter().sum(),
+                scheduled: 0,
+                held: held.get(name).copied().unwrap_or(0),
+                dead_letters: dead.get(i).copied().flatten().unwrap_or(0),
+            })
+            .collect())
+    }
+
+    async fn dead_letters(&self, query: &DeadLetterQuery) -> Result<Vec<DeadLetter>, BrokerError> {
+        const PAGE: isize = 500;
+        let limit = if query.limit == 0 { 100 } else { query.limit };
+        let mut found = Vec::new();
+        let mut start: isize = 0;
+        loop {
+            let page: Vec<Vec<u8>> = ::redis::cmd("LRANGE")
+                .arg(&self.inner.keys.dead_letters)
+                .arg(start)
+                .arg(start + PAGE - 1)
+                .query_async(&mut self.inner.conn())
+                .await
+                .map_err(redis_error)?;
+            for raw in &page {
+                match serde_json::from_slice::<DeadLetterRecord>(raw) {
+                    Ok(record) if query.queue.as_ref().is_none_or(|q| *q == record.queue) => {
+                        found.push(record.into_dead_letter());
+                        if found.len() >= limit {
+                            return Ok(found);
+                        }
+                    }
+                    Ok(_) => {}
+                    Err(error) => tracing::warn!(%error, "unreadable dead-letter record skipped"),
+                }
+            }
+            if page.len() < PAGE as usize {
+                return Ok(found);
+            }
+            start += PAGE;
+        }
+    }
+
+    async fn worker_heartbeat(&self, info: &WorkerInfo) -> Result<(), BrokerError> {
+        let json = serde_json::to_string(info).map_err(BrokerError::storage)?;
+        ::redis::cmd("HSET")
+            .arg(&self.inner.keys.workers)
+            .arg(&info.hostname)
+            .arg(json)
+            .query_async::<()>(&mut self.inner.conn())
+            .await
+            .map_err(redis_error)
+    }
+
+    async fn workers(&self) -> Result<Vec<WorkerInfo>, BrokerError> {
+        let rows: Vec<(String, String)> = ::redis::cmd("HGETALL")
+            .arg(&self.inner.keys.workers)
+            .query_async(&mut self.inner.conn())
+            .await
+            .map_err(redis_error)?;
+        let mut workers: Vec<WorkerInfo> = rows
+            .into_iter()
+            .filter_map(
+                |(hostname, json)| match serde_json::from_str::<WorkerInfo>(&json) {
+                    Ok(info) => Some(info),
+                    Err(error) => {
+                        tracing::warn!(%hostname, %error, "unreadable worker entry ignored");
+                        None
+                    }
+                },
+            )
+            .collect();
+        workers.sort_by_key(|w| std::cmp::Reverse(w.last_heartbeat));
+        Ok(workers)
+    }
+}
+
+/// A broker error for a `redis` error: [`BrokerError::Connection`] when the
+/// connection failed, [`BrokerError::Storage`] otherwise.
+fn redis_error(error: ::redis::RedisError) -> BrokerError {
+    if connection::is_connection_error(&error) {
+        BrokerError::Connection(Box::new(error))
+    } else {
+        BrokerError::storage(error)
+    }
+}
+
+/// A broker error for a URL or connect error (`url` for messages, password hidden).
+fn client_error(error: celeriac_redis::RedisError, url: &str) -> BrokerError {
+    match error {
+        celeriac_redis::RedisError::InvalidUrl { url, reason } => {
+            BrokerError::InvalidUrl { url, reason }
+        }
+        celeriac_redis::RedisError::Client(error)
+            if error.kind() == ::redis::ErrorKind::InvalidClientConfig =>
+        {
+            BrokerError::InvalidUrl {
+                url: crate::redact(url),
+                reason: error.to_string(),
+            }
+        }
+        celeriac_redis::RedisError::Client(error) => redis_error(error),
+        other => BrokerError::Connection(Box::new(other)),
+    }
+}
+
+fn millis(duration: Duration) -> i64 {
+    i64::try_from(duration.as_millis()).unwrap_or(i64::MAX)
+}

@@ -1,0 +1,272 @@
+//! What the Redis broker reads and writes beside the envelope codec: the envelope as
+//! kombu publishes it, the `unacked` entry, the redelivered marks of a restore, the
+//! message priority as kombu reads it, dead-letter records, and delivery tags.
+
+use base64::Engine as _;
+use celeriac_core::message::DeliveryInfo;
+use celeriac_core::Envelope;
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+use serde_json::Value;
+
+use crate::{DeadLetter, DeliveryTag};
+
+/// The list element for `envelope` published to `queue`, as kombu's `basic_publish`
+/// writes it: a fresh uuid4 `delivery_tag`, `delivery_info` naming the anonymous
+/// exchange with the queue as routing key (where a restore puts it back, kombu's or
+/// ours), and an explicit priority (0 when unset). Returns the JSON and the priority.
+pub(crate) fn publish_element(envelope: &Envelope, queue: &str) -> (Vec<u8>, i64) {
+    let mut envelope = envelope.clone();
+    let properties = &mut envelope.properties;
+    properties.delivery_tag = Some(uuid::Uuid::new_v4().to_string());
+    properties.delivery_info = Some(DeliveryInfo {
+        exchange: String::new(),
+        routing_key: queue.to_string(),
+        redelivered: None,
+    });
+    let priority = *properties.priority.get_or_insert(0);
+    (envelope.to_kombu_json(), i64::from(priority))
+}
+
+/// An `unacked` value, `[envelope, exchange, routing_key]`, taken apart; the
+/// envelope is kept verbatim.
+pub(crate) struct UnackedEntry {
+    pub envelope: Box<RawValue>,
+    pub exchange: String,
+    pub routing_key: String,
+}
+
+/// Reads an `unacked` value.
+pub(crate) fn parse_unacked(value: &[u8]) -> Result<UnackedEntry, String> {
+    let (envelope, exchange, routing_key): (Box<RawValue>, Value, Value) =
+        serde_json::from_slice(value).map_err(|e| {
+            format!("unreadable unacked entry (expected [envelope, exchange, routing_key]): {e}")
+        })?;
+    let text = |v: Value| match v {
+        Value::String(s) => s,
+        Value::Null => String::new(),
+        other => other.to_string(),
+    };
+    Ok(UnackedEntry {
+        envelope,
+        exchange: text(exchange),
+        routing_key: text(routing_key),
+    })
+}
+
+/// The exchange and routing key of an `unacked` value, without reading the envelope
+/// (for counting held messages per queue).
+pub(crate) fn unacked_route(value: &[u8]) -> Option<(String, String)> {
+    let (_, exchange, routing_key): (serde::de::IgnoredAny, String, String) =
+        serde_json::from_slice(value).ok()?;
+    Some((exchange, routing_key))
+}
+
+/// The envelope to put back in a queue, as kombu's `_do_restore_message` writes it:
+/// `headers.redelivered = true` and `properties.delivery_info.redelivered = true`
+/// (neither when the envelope has no `headers`, as kombu's `KeyError` skips both),
+/// everything else kept, the delivery tag included. Returns the JSON and the
+/// message's priority.
+pub(crate) fn mark_redelivered(envelope: &RawValue) -> Result<(Vec<u8>, i64), String> {
+    let mut value: Value =
+        serde_json::from_str(envelope.get()).map_err(|e| format!("unreadable envelope: {e}"))?;
+    let Value::Object(map) = &mut value else {
+        return Err("the envelope is not a JSON object".into());
+    };
+    if let Some(Value::Object(headers)) = map.get_mut("headers") {
+        headers.insert("redelivered".into(), Value::Bool(true));
+        if let Some(Value::Object(info)) = map
+            .get_mut("properties")
+            .and_then(|p| p.get_mut("delivery_info"))
+        {
+            info.insert("redelivered".into(), Value::Bool(true));
+        }
+    }
+    let priority = message_priority(&value);
+    let json = serde_json::to_vec(&value).map_err(|e| e.to_string())?;
+    Ok((json, priority))
+}
+
+/// `properties.priority` as kombu's `_get_message_priority` reads it: `int(...)` of a
+/// number or numeric string, 0 otherwise (the caller clamps it to 0..=9).
+pub(crate) fn message_priority(envelope: &Value) -> i64 {
+    match envelope.get("properties").and_then(|p| p.get("priority")) {
+        Some(Value::Number(n)) => n
+            .as_i64()
+            .or_else(|| n.as_f64().map(|f| f.trunc() as i64))
+            .unwrap_or(0),
+        Some(Value::String(s)) => s.trim().parse().unwrap_or(0),
+        _ => 0,
+    }
+}
+
+/// One entry of `celeriac.dead_letters`.
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) struct DeadLetterRecord {
+    pub id: String,
+    pub queue: String,
+    pub reason: String,
+    /// Unix ms.
+    pub at: i64,
+    /// The kombu delivery tag, when the message had one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tag: Option<String>,
+    /// The payload, when it is UTF-8 text (an envelope).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub payload: Option<String>,
+    /// The payload in base64, when it is not text (or written by `claim.lua`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub payload_base64: Option<String>,
+}
+
+impl DeadLetterRecord {
+    /// A record of `payload` from `queue`, now.
+    pub fn new(queue: &str, reason: &str, tag: Option<&str>, payload: &[u8]) -> DeadLetterRecord {
+        let (payload, payload_base64) = match std::str::from_utf8(payload) {
+            Ok(text) => (Some(text.to_string()), None),
+            Err(_) => (
+                None,
+                Some(base64::engine::general_purpose::STANDARD.encode(payload)),
+            ),
+        };
+        DeadLetterRecord {
+            id: uuid::Uuid::new_v4().to_string(),
+            queue: queue.to_string(),
+            reason: reason.to_string(),
+            at: chrono::Utc::now().timestamp_millis(),
+            tag: tag.map(str::to_string),
+            payload,
+            payload_base64,
+        }
+    }
+
+    pub fn to_json(&self) -> Vec<u8> {
+        serde_json::to_vec(self).unwrap_or_default()
+    }
+
+    pub fn into_dead_letter(self) -> DeadLetter {
+        let payload = match (self.payload, self.payload_base64) {
+            (Some(text), _) => text.into_bytes(),
+            (None, Some(encoded)) => base64::engine::general_purpose::STANDARD
+                .decode(encoded.as_bytes())
+                .unwrap_or_else(|_| encoded.into_bytes()),
+            (None, None) => Vec::new(),
+        };
+        DeadLetter {
+            id: self.id,
+            queue: self.queue,
+            reason: self.reason,
+            at: chrono::DateTime::from_timestamp_millis(self.at).unwrap_or_default(),
+            payload,
+        }
+    }
+}
+
+/// The celeriac delivery tag of one delivery: `"<token>:<kombu delivery tag>"`. The
+/// kombu tag names the message (kept across restores, as kombu does); the token
+/// names this delivery of it, so a tag of an ended delivery is recognisably stale.
+pub(crate) fn delivery_tag(token: &str, tag: &str) -> DeliveryTag {
+    DeliveryTag(format!("{token}:{tag}"))
+}
+
+/// `(token, kombu tag)` of a tag made by [`delivery_tag`].
+pub(crate) fn parse_delivery_tag(tag: &DeliveryTag) -> Option<(&str, &str)> {
+    let (token, tag) = tag.0.split_once(':')?;
+    (!token.is_empty() && token.bytes().all(|b| b.is_ascii_digit()) && !tag.is_empty())
+        .then_some((token, tag))
+}
+
+/// `(token, delivery count, queue)` of a `celeriac.holders` value.
+pub(crate) fn parse_holder(value: &str) -> Option<(&str, u32, &str)> {
+    let mut parts = value.splitn(3, ' ');
+    let token = parts.next()?;
+    let count = parts.next()?.parse().ok()?;
+    Some((token, count, parts.next()?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn published_elements_look_like_kombu() {
+        let envelope = celeriac_core::TaskMessage::new(
+            "tasks.add",
+            "id-1",
+            vec![1.into(), 2.into()],
+            Default::default(),
+        )
+        .encode();
+        let (json, priority) = publish_element(&envelope, "short");
+        assert_eq!(priority, 0);
+        let value: Value = serde_json::from_slice(&json).expect("json");
+        let properties = &value["properties"];
+        assert_eq!(
+            properties["delivery_info"],
+            serde_json::json!({"exchange": "", "routing_key": "short"})
+        );
+        assert_eq!(properties["priority"], 0);
+        assert_eq!(properties["body_encoding"], "base64");
+        let tag = properties["delivery_tag"].as_str().expect("tag");
+        assert_eq!(
+            uuid::Uuid::parse_str(tag).map(|u| u.get_version_num()),
+            Ok(4)
+        );
+    }
+
+    #[test]
+    fn restores_mark_both_redelivered_flags() {
+        let raw = RawValue::from_string(
+            r#"{"body":"e30=","headers":{"id":"x"},"properties":{"priority":"7","delivery_info":{"exchange":"","routing_key":"q"},"delivery_tag":"t"}}"#.into(),
+        )
+        .expect("raw");
+        let (json, priority) = mark_redelivered(&raw).expect("mark");
+        assert_eq!(priority, 7);
+        let value: Value = serde_json::from_slice(&json).expect("json");
+        assert_eq!(value["headers"]["redelivered"], true);
+        assert_eq!(value["properties"]["delivery_info"]["redelivered"], true);
+        assert_eq!(value["properties"]["delivery_tag"], "t");
+
+        let headless =
+            RawValue::from_string(r#"{"body":"","properties":{"delivery_info":{}}}"#.into())
+                .expect("raw");
+        let (json, priority) = mark_redelivered(&headless).expect("mark");
+        assert_eq!(priority, 0);
+        assert_eq!(
+            serde_json::from_slice::<Value>(&json).expect("json")["properties"]["delivery_info"],
+            serde_json::json!({})
+        );
+    }
+
+    #[test]
+    fn unacked_entries_and_tags_parse() {
+        let entry = parse_unacked(br#"[{"body": "x"}, "", "celery"]"#).expect("entry");
+        assert_eq!(entry.envelope.get(), r#"{"body": "x"}"#);
+        assert_eq!(
+            (entry.exchange.as_str(), entry.routing_key.as_str()),
+            ("", "celery")
+        );
+        assert!(parse_unacked(b"{}").is_err());
+        assert_eq!(
+            unacked_route(br#"[{"a": [1, {"b": 2}]}, "tasks", "short.x"]"#),
+            Some(("tasks".into(), "short.x".into()))
+        );
+
+        let tag = delivery_tag("42", "53bd-fb83:x");
+        assert_eq!(parse_delivery_tag(&tag), Some(("42", "53bd-fb83:x")));
+        assert_eq!(parse_delivery_tag(&DeliveryTag("x:y".into())), None);
+        assert_eq!(parse_delivery_tag(&DeliveryTag("12:".into())), None);
+        assert_eq!(parse_holder("7 2 my queue"), Some(("7", 2, "my queue")));
+        assert_eq!(parse_holder("7 x q"), None);
+    }
+
+    #[test]
+    fn dead_letter_records_keep_the_bytes() {
+        let text = DeadLetterRecord::new("q", "why", Some("t"), b"{\"a\":1}");
+        assert_eq!(text.payload.as_deref(), Some("{\"a\":1}"));
+        let binary = DeadLetterRecord::new("q", "why", None, &[0xff, 0x00, 0x80]);
+        let parsed: DeadLetterRecord =
+            serde_json::from_slice(&binary.to_json()).expect("round trip");
+        assert_eq!(parsed.into_dead_letter().payload, vec![0xff, 0x00, 0x80]);
+    }
+}
