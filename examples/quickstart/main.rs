@@ -7,7 +7,10 @@
 //!
 //! One worker process serves both queues with their own settings, so the slow
 //! file tasks never hold back notifications. The example sends a mixed workload,
-//! shows a progress bar and prints a summary.
+//! shows a progress bar and prints a summary. Meanwhile beat sends a periodic
+//! `notify.digest` every 2 s (a single-instance task: a slow digest is never
+//! overlapped by the next one); its entry lives in the same SQLite file
+//! (`celeriac schedule list`).
 //!
 //! ```text
 //! cargo run --release --example quickstart                     # serve until Ctrl-C
@@ -16,8 +19,10 @@
 //! ```
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use celeriac::beat::{Beat, Entry, Interval, SystemClock};
 use celeriac::prelude::*;
 use celeriac::Route;
 use clap::Parser;
@@ -36,6 +41,14 @@ async fn send_notification(ctx: TaskContext, user_id: u64, text: String) -> Task
     }
     tokio::time::sleep(Duration::from_millis(2)).await;
     Ok(format!("sent {text:?} to user {user_id}"))
+}
+
+/// Sends the digest of recent notifications; beat runs it every 2 s. At most one runs
+/// at a time (a run that finds another one running is skipped).
+#[task(name = "notify.digest", queue = "short-task", single_instance)]
+async fn send_digest() -> TaskResult<String> {
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    Ok("digest sent".to_string())
 }
 
 /// Processes an uploaded file (a long, blocking task).
@@ -100,6 +113,7 @@ async fn main() -> anyhow::Result<()> {
         .route(Route::to_routing_key("files.*", "long.files"))
         .task(send_notification)
         .task(process_large_file)
+        .task(send_digest)
         .build()
         .await?;
     println!(
@@ -117,6 +131,32 @@ async fn main() -> anyhow::Result<()> {
             _ = celeriac::cli::shutdown_signal() => {}
         }
     }));
+
+    // Beat, in this process too: the digest entry is stored in the broker's file
+    // (edit it at runtime with `celeriac schedule ...`; run more beats anywhere).
+    let (beat_stop_tx, beat_stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let beat_task = match celeriac::beat::connect(&app.settings().broker_url).await {
+        Ok(schedules) => {
+            let every = Interval::new(Duration::from_secs(2))?;
+            schedules
+                .upsert(
+                    &Entry::new("digest", "notify.digest", every)
+                        .description("the quickstart's periodic digest"),
+                )
+                .await?;
+            let beat = Beat::new(schedules, Arc::new(app.clone()), Arc::new(SystemClock));
+            Some(tokio::spawn(beat.run_until(async move {
+                tokio::select! {
+                    _ = beat_stop_rx => {}
+                    _ = celeriac::cli::shutdown_signal() => {}
+                }
+            })))
+        }
+        Err(error) => {
+            println!("beat not started: {error}");
+            None
+        }
+    };
 
     // The workload: files first (so long-task slots are busy), then notifications.
     let started = Instant::now();
@@ -204,9 +244,14 @@ async fn main() -> anyhow::Result<()> {
     }
     println!("summary: {succeeded} succeeded, {failed} failed");
     if args.exit_when_done {
+        let _ = beat_stop_tx.send(());
         let _ = stop_tx.send(());
     } else {
         println!("worker still serving on {} — send tasks with `celeriac call notify.send --args '[1, \"hi\"]'`; Ctrl-C to stop", app.broker().describe());
+    }
+    if let Some(beat_task) = beat_task {
+        let report = beat_task.await?;
+        println!("beat stopped after sending {} digest runs", report.sent);
     }
     let report = worker_task.await?;
     println!("worker stopped after {} tasks", report.processed);
