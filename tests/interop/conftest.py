@@ -124,8 +124,24 @@ def queue_name(redis_client):
     """A queue no other test uses; its kombu keys are deleted after the test."""
     name = f"interop-{uuid.uuid4().hex[:12]}"
     yield name
-    keys = [name, f"_kombu.binding.{name}"] + [f"{name}\x06\x16{p}" for p in (1, 2, 3, 4, 5, 6, 7, 8, 9)]
-    redis_client.delete(*keys)
+    forget_queue(redis_client, name)
+
+
+def forget_queue(redis_client, name):
+    """Deletes what kombu and celeriac keep about queue `name`: its lists, its
+    binding tables, its members in other exchanges' binding tables (kombu's member
+    `routing_key\x06\x16pattern\x06\x16queue`) and celeriac's queue registry entry."""
+    sep = "\x06\x16"
+    lists = [name] + [f"{name}{sep}{p}" for p in range(1, 10)]
+    tables = [f"_kombu.binding.{name}", f"_kombu.binding_permanent.{name}"]
+    redis_client.delete(*lists, *tables)
+    for table in redis_client.scan_iter(match="_kombu.binding*", count=1000):
+        if redis_client.type(table) != b"set":
+            continue
+        members = [m for m in redis_client.smembers(table) if m.decode(errors="replace").endswith(f"{sep}{name}")]
+        if members:
+            redis_client.srem(table, *members)
+    redis_client.srem("celeriac.queues", name)
 
 
 def run_interop(interop_bin, *args, env=None, cwd=None, timeout=60):
