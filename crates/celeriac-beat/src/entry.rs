@@ -259,19 +259,33 @@ impl Entry {
         Ok(())
     }
 
-    /// The exclusive lower bound of the next due time: the last run, else the
-    /// creation (a clocked entry that never ran is due at its time even when that was
-    /// before its creation), and never before `start_time`.
-    fn after(&self, now: DateTime<Utc>) -> DateTime<Utc> {
+    /// The schedule as a fixed set of due instants, and the exclusive lower bound of
+    /// the next due time.
+    ///
+    /// The bound is the last run, else the creation (a clocked entry that never ran is
+    /// due at its time even when that was before its creation), and never before
+    /// `start_time`. A relative interval (no anchor) becomes a grid anchored at that
+    /// bound, so every beat process computes the same due times whatever its `now`:
+    /// its first run is one period after the creation (or the start), each next one
+    /// a period after the previous run, and after a downtime the grid keeps its phase.
+    fn plan(&self, now: DateTime<Utc>) -> (Schedule, DateTime<Utc>) {
+        if let Schedule::Interval(interval) = &self.schedule {
+            if interval.anchor.is_none() {
+                let base = self.last_run_at.or(self.created_at).unwrap_or(now);
+                let base = self.start_time.map_or(base, |start| base.max(start));
+                return (interval.anchored(base).into(), base);
+            }
+        }
         let base = match (self.last_run_at, &self.schedule) {
             (Some(last), _) => last,
             (None, Schedule::Clocked(clocked)) => clocked.at - chrono::Duration::nanoseconds(1),
             (None, _) => self.created_at.unwrap_or(now),
         };
-        match self.start_time {
+        let after = match self.start_time {
             Some(start) => base.max(start - chrono::Duration::nanoseconds(1)),
             None => base,
-        }
+        };
+        (self.schedule.clone(), after)
     }
 
     fn within_end(&self, at: DateTime<Utc>) -> bool {
@@ -294,18 +308,18 @@ impl Entry {
         if !self.enabled || limit == 0 {
             return due;
         }
-        let after = self.after(now);
+        let (schedule, after) = self.plan(now);
         let grace = chrono::Duration::from_std(grace).unwrap_or(chrono::Duration::MAX);
         let missed_until = now.checked_sub_signed(grace).unwrap_or(after).max(after);
         match self.catch_up {
             CatchUp::Once => {
-                if let Some(latest) = self.schedule.last_due_between(after, missed_until) {
+                if let Some(latest) = schedule.last_due_between(after, missed_until) {
                     due.push(latest);
                 }
             }
             CatchUp::All => {
                 let mut cursor = after;
-                while let Some(next) = self.schedule.next_after(cursor) {
+                while let Some(next) = schedule.next_after(cursor) {
                     if next > missed_until || due.len() >= limit {
                         break;
                     }
@@ -317,7 +331,7 @@ impl Entry {
         }
         let mut cursor = due.last().copied().unwrap_or(missed_until);
         while due.len() < limit {
-            match self.schedule.next_after(cursor) {
+            match schedule.next_after(cursor) {
                 Some(next) if next <= now => {
                     due.push(next);
                     cursor = next;
@@ -335,13 +349,13 @@ impl Entry {
         if !self.enabled {
             return None;
         }
-        let after = self.after(now);
+        let (schedule, after) = self.plan(now);
         let grace = chrono::Duration::from_std(grace).unwrap_or(chrono::Duration::MAX);
         let from = now.checked_sub_signed(grace).unwrap_or(after).max(after);
         let next = if self.catch_up == CatchUp::Skip {
-            self.schedule.next_after(from)
+            schedule.next_after(from)
         } else {
-            self.schedule.next_after(after)
+            schedule.next_after(after)
         }?;
         self.within_end(next).then_some(next)
     }
@@ -526,6 +540,70 @@ mod tests {
         assert_eq!(
             cron.next_due(at("2026-01-01T00:30:01Z"), GRACE),
             Some(at("2026-01-01T01:00:00Z"))
+        );
+    }
+
+    #[test]
+    fn relative_intervals_are_due_on_a_grid_from_the_last_run_whatever_now_is() {
+        let grace = Duration::from_secs(5);
+        for policy in [CatchUp::Once, CatchUp::All, CatchUp::Skip] {
+            let mut entry = Entry::new(
+                "r",
+                "t",
+                Interval::new(Duration::from_secs(60)).expect("1m"),
+            )
+            .catch_up(policy)
+            .created_at(at("2026-01-01T00:00:00.250Z"));
+            // Never run: one period after creation, on time at any `now` around it.
+            assert_eq!(
+                entry.next_due(at("2026-01-01T00:00:30Z"), grace),
+                Some(at("2026-01-01T00:01:00.250Z")),
+                "{policy}"
+            );
+            for now in ["2026-01-01T00:01:00.250Z", "2026-01-01T00:01:03Z"] {
+                assert_eq!(
+                    entry.due_runs(at(now), grace, 10),
+                    vec![at("2026-01-01T00:01:00.250Z")],
+                    "{policy} at {now}"
+                );
+            }
+            // After a run, the next one is a period later.
+            entry.last_run_at = Some(at("2026-01-01T00:01:00.250Z"));
+            assert!(entry
+                .due_runs(at("2026-01-01T00:01:59Z"), grace, 10)
+                .is_empty());
+            assert_eq!(
+                entry.next_due(at("2026-01-01T00:01:59Z"), grace),
+                Some(at("2026-01-01T00:02:00.250Z")),
+                "{policy}"
+            );
+        }
+        // After downtime, the catch-up runs stay on the grid (so replicas agree).
+        let mut once = Entry::new(
+            "r",
+            "t",
+            Interval::new(Duration::from_secs(60)).expect("1m"),
+        )
+        .created_at(at("2026-01-01T00:00:00Z"));
+        once.last_run_at = Some(at("2026-01-01T00:01:00Z"));
+        for now in ["2026-01-01T00:10:30Z", "2026-01-01T00:10:31.5Z"] {
+            assert_eq!(
+                once.due_runs(at(now), grace, 10),
+                vec![at("2026-01-01T00:10:00Z")],
+                "at {now}"
+            );
+        }
+        // A start time after the creation: one period after the start.
+        let started = Entry::new(
+            "r",
+            "t",
+            Interval::new(Duration::from_secs(60)).expect("1m"),
+        )
+        .created_at(at("2026-01-01T00:00:00Z"))
+        .start_time(at("2026-01-01T06:00:00Z"));
+        assert_eq!(
+            started.next_due(at("2026-01-01T00:00:01Z"), grace),
+            Some(at("2026-01-01T06:01:00Z"))
         );
     }
 

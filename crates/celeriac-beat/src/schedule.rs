@@ -52,8 +52,10 @@
 //!
 //! An [`Interval`] with an anchor is due at `anchor + k × every` for every integer `k`:
 //! a grid in absolute time, which daylight saving time does not touch. Without an
-//! anchor it is due `every` after the previous run (Celery's `schedule`), which is a
-//! grid anchored at the first run.
+//! anchor it is due `every` after the previous run (Celery's `schedule`): beat
+//! evaluates it as a grid anchored at the entry's last run (or its creation), so every
+//! beat process computes the same due times, and a run coalesced after a downtime
+//! keeps the phase (Celery restarts the period from the late run).
 
 use std::fmt;
 use std::time::Duration;

@@ -510,3 +510,42 @@ async fn a_failed_publish_is_retried_with_the_same_task_id_after_the_lease() {
         "published once, when the broker was back"
     );
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_relative_interval_runs_every_period_after_the_previous_run() {
+    let fx = Fixture::new();
+    let created = base() + chrono::Duration::milliseconds(250);
+    fx.store()
+        .await
+        .upsert(
+            &Entry::new(
+                "every-30s",
+                "tests.tick",
+                Interval::new(Duration::from_secs(30)).expect("30s"),
+            )
+            .created_at(created),
+        )
+        .await
+        .expect("upsert");
+    let beat = fx.beat(config("b1")).await;
+    let mut events = beat.subscribe();
+    let running = start(beat);
+    let sent = wait_for(&mut events, 3, is_sent).await;
+    let report = stop(running).await;
+    let dues: Vec<_> = sent
+        .iter()
+        .map(|e| match e {
+            BeatEvent::Sent { due_at, .. } => *due_at,
+            _ => unreachable!(),
+        })
+        .collect();
+    let expected: Vec<_> = (1..=3)
+        .map(|k| created + chrono::Duration::seconds(30 * k))
+        .collect();
+    assert_eq!(dues, expected);
+    assert!(
+        fx.clock.now() - expected[2] < chrono::Duration::milliseconds(300),
+        "sent on time"
+    );
+    assert_eq!(report.errors, 0);
+}
