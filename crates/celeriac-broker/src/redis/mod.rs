@@ -188,8 +188,10 @@ use scripts::Scripts;
 use wait::Waiters;
 use wire::{DeadLetterRecord, UnackedEntry};
 
-/// Most tags per ack / renew script call.
+/// Most tags per ack / renew script call (the scripts take up to 1000).
 const TAG_BATCH: usize = 512;
+/// Most messages one fetch takes (`claim.lua` takes up to 1000).
+const MAX_FETCH: usize = 1000;
 /// Most messages restored per script call.
 const RESTORE_BATCH: usize = 256;
 /// Most restore script calls per [`Broker::restore_expired`] part.
@@ -1116,7 +1118,7 @@ impl Broker for RedisBroker {
         let request = Arc::new(ClaimRequest {
             lists: self.inner.keys.consume_order(&queues),
             queues,
-            max: params.max,
+            max: params.max.min(MAX_FETCH),
             lease: params.lease,
         });
         let claimed = self.inner.claim(&request, None).await?;

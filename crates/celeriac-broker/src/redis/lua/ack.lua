@@ -7,7 +7,7 @@
 -- KEYS[4] celeriac.holders     HASH  tag -> "<token> <delivery count> <queue>"
 -- KEYS[5] celeriac.deliveries  HASH  tag -> delivery count of its last ended delivery
 --
--- ARGV    pairs: tag, token (the delivery being acknowledged)
+-- ARGV    pairs: tag, token (the delivery being acknowledged); at most 1000 pairs
 --
 -- A pair acts only while that delivery holds the message: holders[tag] carries the
 -- token, and the message is still in unacked_index no later than its lease (a later
@@ -18,27 +18,33 @@
 
 local UNACKED, INDEX, LEASES, HOLDERS, DELIVERIES = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 
-local function held(tag, token)
-  local holder = redis.call('HGET', HOLDERS, tag)
-  if not holder then return nil end
-  local t, count, queue = string.match(holder, '^(%d+) (%d+) (.*)$')
-  if t ~= token then return nil end
-  local since = tonumber(redis.call('ZSCORE', INDEX, tag))
-  local lease = tonumber(redis.call('ZSCORE', LEASES, tag))
-  if not since or not lease or since * 1000 > lease + 1 then return nil end
-  return tonumber(count), queue
+-- Whether the delivery with `token` holds the message (see above).
+local function holds(holder, token, since, lease)
+  if not holder or string.match(holder, '^(%d+) ') ~= token then return false end
+  since, lease = tonumber(since), tonumber(lease)
+  return since ~= nil and lease ~= nil and since * 1000 <= lease + 1
 end
 
-local acked = 0
+local tags, tokens = {}, {}
 for i = 1, #ARGV, 2 do
-  local tag = ARGV[i]
-  if held(tag, ARGV[i + 1]) then
-    redis.call('HDEL', UNACKED, tag)
-    redis.call('ZREM', INDEX, tag)
-    redis.call('ZREM', LEASES, tag)
-    redis.call('HDEL', HOLDERS, tag)
-    redis.call('HDEL', DELIVERIES, tag)
-    acked = acked + 1
+  tags[#tags + 1] = ARGV[i]
+  tokens[#tokens + 1] = ARGV[i + 1]
+end
+if #tags == 0 then return 0 end
+local holders = redis.call('HMGET', HOLDERS, unpack(tags))
+local since = redis.call('ZMSCORE', INDEX, unpack(tags))
+local leases = redis.call('ZMSCORE', LEASES, unpack(tags))
+local done = {}
+for n = 1, #tags do
+  if holds(holders[n], tokens[n], since[n], leases[n]) then
+    done[#done + 1] = tags[n]
   end
 end
-return acked
+if #done > 0 then
+  redis.call('HDEL', UNACKED, unpack(done))
+  redis.call('ZREM', INDEX, unpack(done))
+  redis.call('ZREM', LEASES, unpack(done))
+  redis.call('HDEL', HOLDERS, unpack(done))
+  redis.call('HDEL', DELIVERIES, unpack(done))
+end
+return #done

@@ -11,7 +11,7 @@
 -- KEYS[8]   celeriac.dead_letter_counts  HASH   queue -> number of dead letters
 -- KEYS[9..] the queue lists, in the order to take from them
 --
--- ARGV[1]   most messages to hold
+-- ARGV[1]   most messages to hold (at most 1000: Lua's unpack limits a batch)
 -- ARGV[2]   lease, ms
 -- ARGV[3]   a prefix unique to this call, for the ids of dead letters
 -- ARGV[4]   0, or i when the caller already popped ARGV[5] from KEYS[8 + i] (BRPOP);
@@ -100,18 +100,10 @@ local function take(i, raw)
     if type(info.routing_key) == 'string' then routing_key = info.routing_key end
     redelivered = info.redelivered == true
   end
-  redis.call('HSET', UNACKED, tag,
-    '[' .. raw .. ',' .. cjson.encode(exchange) .. ',' .. cjson.encode(routing_key) .. ']')
-  redis.call('ZADD', INDEX, now_s, tag)
-  redis.call('ZADD', LEASES, deadline, tag)
-  local previous = tonumber(redis.call('HGET', DELIVERIES, tag))
-  local count = 1
-  if previous then
-    count = previous + 1
-  elseif redelivered then
-    count = 2
-  end
-  held[#held + 1] = { i, raw, tag, count, queue }
+  held[#held + 1] = {
+    index = i, raw = raw, tag = tag, queue = queue, redelivered = redelivered,
+    entry = '[' .. raw .. ',' .. cjson.encode(exchange) .. ',' .. cjson.encode(routing_key) .. ']',
+  }
 end
 
 if popped > 0 then
@@ -130,17 +122,42 @@ for i = 1, #KEYS - LISTS do
   if #held >= max or dead >= MAX_DEAD then break end
 end
 
-local out = {}
-if #held > 0 then
-  local first = redis.call('INCRBY', TOKENS, #held) - #held
-  for n, h in ipairs(held) do
-    local token = string.format('%d', first + n)
-    redis.call('HSET', HOLDERS, h[3], token .. ' ' .. h[4] .. ' ' .. h[5])
-    out[#out + 1] = h[1]
-    out[#out + 1] = h[2]
-    out[#out + 1] = h[3]
-    out[#out + 1] = token
-    out[#out + 1] = h[4]
-  end
+if #held == 0 then
+  return {}
 end
+
+-- One command per structure for the whole batch.
+local tags = {}
+for n, h in ipairs(held) do
+  tags[n] = h.tag
+end
+local previous = redis.call('HMGET', DELIVERIES, unpack(tags))
+local first = redis.call('INCRBY', TOKENS, #held) - #held
+local unacked, index, leases, holders, out = {}, {}, {}, {}, {}
+for n, h in ipairs(held) do
+  local count = 1
+  if previous[n] then
+    count = tonumber(previous[n]) + 1
+  elseif h.redelivered then
+    count = 2
+  end
+  local token = string.format('%d', first + n)
+  unacked[#unacked + 1] = h.tag
+  unacked[#unacked + 1] = h.entry
+  index[#index + 1] = now_s
+  index[#index + 1] = h.tag
+  leases[#leases + 1] = deadline
+  leases[#leases + 1] = h.tag
+  holders[#holders + 1] = h.tag
+  holders[#holders + 1] = token .. ' ' .. count .. ' ' .. h.queue
+  out[#out + 1] = h.index
+  out[#out + 1] = h.raw
+  out[#out + 1] = h.tag
+  out[#out + 1] = token
+  out[#out + 1] = count
+end
+redis.call('HSET', UNACKED, unpack(unacked))
+redis.call('ZADD', INDEX, unpack(index))
+redis.call('ZADD', LEASES, unpack(leases))
+redis.call('HSET', HOLDERS, unpack(holders))
 return out
