@@ -2,7 +2,8 @@
 //! scan nor by kombu's visibility-timeout scan, however small the timeout), a dead
 //! consumer's message is back within its lease, a Python worker's hold (no lease) is
 //! restored only after the visibility timeout, and a fetch dropped while waiting
-//! loses nothing. Each test on its own key prefix; skipped without Redis.
+//! loses nothing, and a killed waiting connection is replaced. Each test on its own
+//! key prefix; skipped without Redis.
 
 use std::time::Duration;
 
@@ -254,4 +255,66 @@ async fn a_fetch_dropped_while_waiting_loses_nothing() {
     };
     assert_eq!(delivery.envelope.task_id_hint(), Some("kept"));
     producer.ack(&[delivery.tag]).await.expect("ack");
+}
+
+#[tokio::test]
+async fn a_killed_waiting_connection_is_replaced() {
+    let Some(h) = harness(
+        "a_killed_waiting_connection_is_replaced",
+        Duration::from_secs(3600),
+    ) else {
+        return;
+    };
+    let consumer = h.redis_broker().await;
+    let producer = h.redis_broker().await;
+    let lease = Duration::from_secs(60);
+    // A first wait leaves an idle waiting connection in the pool.
+    let got = consumer
+        .fetch(&params("killed", Duration::from_millis(50), lease))
+        .await
+        .expect("fetch");
+    assert!(got.is_empty());
+    let mut admin = h.connection().await;
+    let name = celeriac_broker::redis::waiting_client_name(h.prefix());
+    let clients: String = redis::cmd("CLIENT")
+        .arg("LIST")
+        .query_async(&mut admin)
+        .await
+        .expect("CLIENT LIST");
+    let ids: Vec<String> = clients
+        .lines()
+        .filter(|line| line.split(' ').any(|field| field == format!("name={name}")))
+        .filter_map(|line| line.split(' ').find_map(|f| f.strip_prefix("id=")))
+        .map(str::to_string)
+        .collect();
+    assert_eq!(ids.len(), 1, "one idle waiting connection named {name}");
+    let _: () = redis::cmd("CLIENT")
+        .arg("KILL")
+        .arg("ID")
+        .arg(&ids[0])
+        .query_async(&mut admin)
+        .await
+        .expect("CLIENT KILL");
+
+    let waiting = tokio::spawn({
+        let consumer = consumer.clone();
+        async move {
+            consumer
+                .fetch(&params("killed", Duration::from_secs(5), lease))
+                .await
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    producer
+        .publish(vec![publish("killed", "after-kill")])
+        .await
+        .expect("publish");
+    let got = tokio::time::timeout(Duration::from_secs(3), waiting)
+        .await
+        .expect("the wait returns soon after the publish")
+        .expect("no panic")
+        .expect("the dead idle connection is replaced, not reported");
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].envelope.task_id_hint(), Some("after-kill"));
+    consumer.ack(&[got[0].tag.clone()]).await.expect("ack");
 }

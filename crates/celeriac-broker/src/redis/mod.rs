@@ -165,6 +165,8 @@ pub mod testing;
 mod wait;
 mod wire;
 
+pub use wait::client_name as waiting_client_name;
+
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;

@@ -25,6 +25,16 @@ const BRPOP_MIN: Duration = Duration::from_millis(10);
 /// Idle dedicated connections kept for the next waits.
 const MAX_IDLE: usize = 32;
 
+/// The `CLIENT SETNAME` of the waiting connections of a broker with this key
+/// prefix: `celeriac-wait` plus the prefix, non-graphic characters as `_`.
+pub fn client_name(global_keyprefix: &str) -> String {
+    let prefix: String = global_keyprefix
+        .chars()
+        .map(|c| if c.is_ascii_graphic() { c } else { '_' })
+        .collect();
+    format!("celeriac-wait:{prefix}")
+}
+
 /// Dedicated connections for blocking pops.
 pub(crate) struct Waiters {
     target: RedisTarget,
@@ -45,26 +55,63 @@ impl Waiters {
     }
 
     /// `BRPOP lists... timeout` (timeout capped at [`BRPOP_MAX`]): the list and the
-    /// element popped, or `None` when the timeout passed.
+    /// element popped, or `None` when the timeout passed. An idle connection that
+    /// turns out dead (Redis restarted, the connection was killed) is replaced once:
+    /// its command never reached Redis, so nothing was popped.
     pub async fn brpop(
         &self,
         lists: &[String],
         timeout: Duration,
     ) -> Result<Option<(Vec<u8>, Vec<u8>)>, BrokerError> {
         let idle = self.idle.lock().pop();
-        let mut conn = match idle {
+        let reused = idle.is_some();
+        let conn = match idle {
             Some(conn) => conn,
-            None => connection::dedicated(&self.target, self.timeouts)
-                .await
-                .map_err(|e| client_error(e, &self.target.display))?,
+            None => self.open().await?,
         };
+        match self.brpop_on(conn, lists, timeout).await {
+            Err(error)
+                if reused && connection::is_connection_error(&error) && !error.is_timeout() =>
+            {
+                tracing::debug!(%error, "an idle BRPOP connection was dead; opening another");
+                let conn = self.open().await?;
+                self.brpop_on(conn, lists, timeout)
+                    .await
+                    .map_err(redis_error)
+            }
+            other => other.map_err(redis_error),
+        }
+    }
+
+    async fn open(&self) -> Result<MultiplexedConnection, BrokerError> {
+        let mut conn = connection::dedicated(&self.target, self.timeouts)
+            .await
+            .map_err(|e| client_error(e, &self.target.display))?;
+        // Named for CLIENT LIST (best effort: some managed servers refuse it).
+        let named = ::redis::cmd("CLIENT")
+            .arg("SETNAME")
+            .arg(client_name(&self.target.global_keyprefix))
+            .query_async::<()>(&mut conn)
+            .await;
+        if let Err(error) = named {
+            tracing::debug!(%error, "CLIENT SETNAME refused");
+        }
+        Ok(conn)
+    }
+
+    /// One `BRPOP` on `conn`, which goes back to the idle pool if it worked.
+    async fn brpop_on(
+        &self,
+        mut conn: MultiplexedConnection,
+        lists: &[String],
+        timeout: Duration,
+    ) -> Result<Option<(Vec<u8>, Vec<u8>)>, ::redis::RedisError> {
         let seconds = timeout.clamp(BRPOP_MIN, BRPOP_MAX).as_secs_f64();
         let popped = ::redis::cmd("BRPOP")
             .arg(lists)
             .arg(format!("{seconds:.3}"))
             .query_async::<Option<(Vec<u8>, Vec<u8>)>>(&mut conn)
-            .await
-            .map_err(redis_error)?;
+            .await?;
         let mut idle = self.idle.lock();
         if idle.len() < MAX_IDLE {
             idle.push(conn);
