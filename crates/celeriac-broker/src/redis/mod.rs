@@ -149,8 +149,10 @@
 //!
 //! One self-reconnecting multiplexed connection per handle for every command and
 //! script ([`celeriac_redis::connection::commands`]); dedicated connections for
-//! `BRPOP`, pooled per handle. Errors of the connection surface as
-//! [`BrokerError::Connection`]; the worker's fetch loop retries them with backoff.
+//! `BRPOP`, pooled per handle and named `celeriac-wait:<prefix>` in `CLIENT LIST`
+//! ([`waiting_client_name`]); an idle one found dead is replaced at once. Errors of
+//! the connection surface as [`BrokerError::Connection`]; the worker's fetch loop
+//! retries them with backoff.
 //! Pub/sub (events, remote control, §2.7) will add a third kind of connection from
 //! the same [`RedisTarget`]; its channel prefix is
 //! [`BrokerKeys::fanout_prefix`](celeriac_redis::keys::BrokerKeys::fanout_prefix).

@@ -106,7 +106,8 @@ pub(crate) struct DeadLetterRecord {
     pub id: String,
     pub queue: String,
     pub reason: String,
-    /// Unix ms.
+    /// Unix ms (`claim.lua` writes a Lua number, which a float reader must accept).
+    #[serde(deserialize_with = "lenient_millis")]
     pub at: i64,
     /// The kombu delivery tag, when the message had one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -117,6 +118,14 @@ pub(crate) struct DeadLetterRecord {
     /// The payload in base64, when it is not text (or written by `claim.lua`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub payload_base64: Option<String>,
+}
+
+fn lenient_millis<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<i64, D::Error> {
+    let number = serde_json::Number::deserialize(deserializer)?;
+    Ok(number
+        .as_i64()
+        .or_else(|| number.as_f64().map(|f| f as i64))
+        .unwrap_or_default())
 }
 
 impl DeadLetterRecord {
@@ -268,5 +277,10 @@ mod tests {
         let parsed: DeadLetterRecord =
             serde_json::from_slice(&binary.to_json()).expect("round trip");
         assert_eq!(parsed.into_dead_letter().payload, vec![0xff, 0x00, 0x80]);
+        let from_lua: DeadLetterRecord = serde_json::from_str(
+            r#"{"id":"x-1","queue":"q","reason":"r","at":1.795708916251e+12,"payload_base64":"AA=="}"#,
+        )
+        .expect("a record written by claim.lua");
+        assert_eq!(from_lua.at, 1_795_708_916_251);
     }
 }
