@@ -318,3 +318,73 @@ async fn a_killed_waiting_connection_is_replaced() {
     assert_eq!(got[0].envelope.task_id_hint(), Some("after-kill"));
     consumer.ack(&[got[0].tag.clone()]).await.expect("ack");
 }
+
+#[tokio::test]
+async fn python_holds_are_routed_back_through_the_bindings() {
+    let visibility = Duration::from_millis(100);
+    let Some(h) = harness(
+        "python_holds_are_routed_back_through_the_bindings",
+        visibility,
+    ) else {
+        return;
+    };
+    let broker = h.redis_broker().await;
+    let mut conn = h.connection().await;
+    let keys = h.keys();
+    broker
+        .declare_queue(&celeriac_core::Queue::new("short-task").routing_key("short.#"))
+        .await
+        .expect("declare");
+    let entry = |tag: &str, exchange: &str, routing_key: &str| {
+        let mut value: serde_json::Value = serde_json::from_slice(
+            &TaskMessage::new("tasks.x", tag, vec![], Default::default())
+                .encode()
+                .to_kombu_json(),
+        )
+        .expect("JSON");
+        value["properties"]["delivery_tag"] = tag.into();
+        value["properties"]["priority"] = 4.into();
+        value["properties"]["delivery_info"] =
+            serde_json::json!({"exchange": exchange, "routing_key": routing_key});
+        serde_json::json!([value, exchange, routing_key]).to_string()
+    };
+    let old = now_s(&mut conn).await - 10.0;
+    for (tag, exchange, routing_key) in [
+        ("routed", "tasks", "short.notify"),
+        ("nowhere", "tasks", "long.report"),
+    ] {
+        let _: () = redis::pipe()
+            .zadd(&keys.unacked_index, tag, old)
+            .hset(&keys.unacked, tag, entry(tag, exchange, routing_key))
+            .query_async(&mut conn)
+            .await
+            .expect("seed");
+    }
+    assert_eq!(broker.restore_expired().await.expect("restore"), 1);
+    let routed: Vec<String> = conn
+        .lrange(keys.queue("short-task", 4), 0, -1)
+        .await
+        .expect("LRANGE");
+    assert_eq!(
+        routed.len(),
+        1,
+        "topic binding short.# → short-task, priority 4 → step 3"
+    );
+    let dead = broker
+        .dead_letters(&celeriac_broker::DeadLetterQuery::default())
+        .await
+        .expect("dead letters");
+    assert_eq!(
+        dead.len(),
+        1,
+        "an unroutable hold is dead-lettered, not dropped"
+    );
+    assert!(
+        dead[0].reason.contains("no queue is bound"),
+        "{}",
+        dead[0].reason
+    );
+    assert_eq!(dead[0].queue, "long.report");
+    let left: usize = conn.hlen(&keys.unacked).await.expect("HLEN");
+    assert_eq!(left, 0);
+}
