@@ -66,3 +66,25 @@ def test_celeriac_sends_to_a_python_worker(interop_bin, python_worker, queue_nam
     lines = done.stdout.split("\n", 1)
     assert lines[0].strip() == task_id
     assert json.loads(lines[1]) == 42
+
+
+def test_a_mixed_fleet_runs_each_task_once(rust_worker, python_worker, queue_name, task_ids, tmp_path):
+    """A celeriac and a Python worker on one queue: every `interop.record` and
+    `interop.record_late` runs exactly once, on one of the two."""
+    log = tmp_path / "records.log"
+    log.touch()
+    rust = rust_worker(queue=queue_name, CELERIAC_INTEROP_LOG=log)
+    python = python_worker(queue=queue_name, CELERIAC_INTEROP_LOG=log)
+    tokens = [f"tok-{i}" for i in range(60)]
+    results = [
+        tasks.app.send_task("interop.record_late" if i % 2 else "interop.record", (token,),
+                            queue=queue_name, task_id=task_ids("fleet"))
+        for i, token in enumerate(tokens)
+    ]
+    assert [r.get(timeout=60) for r in results] == tokens
+    lines = [line.split() for line in log.read_text().splitlines()]
+    ran = sorted(token for token, _ in lines)
+    assert ran == sorted(tokens), "each task ran exactly once"
+    hosts = {host for _, host in lines}
+    assert hosts <= {rust.name, python.name}, hosts
+    print(f"records by worker: { {h: sum(1 for _, x in lines if x == h) for h in hosts} }")
