@@ -23,8 +23,9 @@ pub struct TaskMeta {
     /// Traceback or error chain, if any.
     #[serde(default)]
     pub traceback: Option<String>,
-    /// Result tuples of tasks sent from inside this task.
-    #[serde(default)]
+    /// Result tuples of tasks sent from inside this task (Celery writes `null` when a
+    /// result is stored outside a task; that reads as empty).
+    #[serde(default, deserialize_with = "null_as_empty")]
     pub children: Vec<Value>,
     /// ISO-8601 UTC completion time, for ready states.
     #[serde(default)]
@@ -100,6 +101,12 @@ impl Serialize for TaskMeta {
         map.serialize_entry("task_id", &self.task_id)?;
         map.end()
     }
+}
+
+fn null_as_empty<'de, D: serde::Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Vec<Value>, D::Error> {
+    Ok(Option::<Vec<Value>>::deserialize(deserializer)?.unwrap_or_default())
 }
 
 impl TaskMeta {
@@ -266,6 +273,16 @@ mod tests {
             serde_json::from_value::<TaskMeta>(written).expect("parses"),
             meta
         );
+    }
+
+    #[test]
+    fn null_children_read_as_empty() {
+        let meta: TaskMeta = serde_json::from_value(serde_json::json!({
+            "status": "SUCCESS", "result": 1, "traceback": null, "children": null,
+            "date_done": null, "task_id": "t"
+        }))
+        .expect("Celery's store_result outside a task writes children: null");
+        assert!(meta.children.is_empty());
     }
 
     #[test]

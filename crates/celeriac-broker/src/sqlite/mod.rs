@@ -202,13 +202,32 @@ impl SqliteBroker {
             let path = path.clone();
             let options = options.clone();
             tokio::task::spawn_blocking(move || -> Result<_, StoreError> {
-                let mut writer = open_connection(&path, &options)?;
-                let applied = migrate::migrate(&mut writer)?;
-                if !applied.is_empty() {
-                    tracing::info!(path = %path.display(), versions = ?applied, "applied broker migrations");
+                // Two processes creating a new file at once can see SQLITE_BUSY while
+                // one switches it to WAL (that step does not wait on busy_timeout):
+                // retry the whole open for up to the busy timeout.
+                let deadline = std::time::Instant::now() + options.busy_timeout;
+                let mut pause = Duration::from_millis(5);
+                loop {
+                    let attempt = (|| -> Result<_, StoreError> {
+                        let mut writer = open_connection(&path, &options)?;
+                        let applied = migrate::migrate(&mut writer)?;
+                        if !applied.is_empty() {
+                            tracing::info!(path = %path.display(), versions = ?applied, "applied broker migrations");
+                        }
+                        let reader = open_connection(&path, &options)?;
+                        Ok((writer, reader))
+                    })();
+                    match attempt {
+                        Err(error)
+                            if error.to_string().contains("locked")
+                                && std::time::Instant::now() < deadline =>
+                        {
+                            std::thread::sleep(pause);
+                            pause = (pause * 2).min(Duration::from_millis(200));
+                        }
+                        other => return other,
+                    }
                 }
-                let reader = open_connection(&path, &options)?;
-                Ok((writer, reader))
             })
             .await
             .map_err(BrokerError::storage)?

@@ -600,3 +600,24 @@ async fn extreme_parameters_do_not_panic() {
         .expect("renew");
     assert_eq!(broker.restore_expired().await.expect("restore"), 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn many_handles_creating_one_new_file_at_once_all_open() {
+    for round in 0..5 {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join(format!("race-{round}.db"));
+        let opens: Vec<_> = (0..6)
+            .map(|_| {
+                let path = path.clone();
+                tokio::spawn(async move {
+                    SqliteBroker::open(path, SqliteBrokerOptions::default()).await
+                })
+            })
+            .collect();
+        for open in opens {
+            open.await
+                .expect("join")
+                .expect("every concurrent open succeeds");
+        }
+    }
+}
