@@ -267,3 +267,42 @@ async fn declared_queues_are_bound_as_kombu_binds_them() {
         .expect("SMEMBERS");
     assert_eq!(topic, ["short.#\x06\x16\x06\x16short-task"]);
 }
+
+#[tokio::test]
+async fn redis_urls_reach_the_redis_broker_or_say_why_not() {
+    use celeriac_broker::{connect_with, BrokerError, ConnectOptions};
+    let options = ConnectOptions::default();
+    match connect_with("rediss://u:secret@127.0.0.1:6390/0", &options).await {
+        Err(BrokerError::InvalidUrl { url, reason }) => {
+            assert!(reason.contains("TLS"), "{reason}");
+            assert!(!url.contains("secret"), "{url}");
+        }
+        other => panic!(
+            "rediss:// without TLS support: {:?}",
+            other.map(|b| b.describe())
+        ),
+    }
+    match connect_with("redis+socket:///nonexistent/celeriac.sock", &options).await {
+        Err(BrokerError::Connection(_)) => {}
+        other => panic!("a missing socket: {:?}", other.map(|b| b.describe())),
+    }
+    assert!(matches!(
+        connect_with("redis://h/notadb", &options).await,
+        Err(BrokerError::InvalidUrl { .. })
+    ));
+    let Some(url) = celeriac_redis::testing::redis_url_or_skip("redis_urls_reach_the_redis_broker")
+    else {
+        return;
+    };
+    let broker = connect_with(
+        &format!("{url}/0?global_keyprefix=celeriac-url-test:"),
+        &options,
+    )
+    .await
+    .expect("connect");
+    assert!(broker.describe().starts_with("redis://"));
+    assert_eq!(
+        broker.capabilities().priority,
+        celeriac_broker::PriorityOrder::LowerFirst
+    );
+}
