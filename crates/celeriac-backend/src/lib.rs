@@ -7,7 +7,7 @@
 //!   broker's file.
 //! - [`redis`] (feature `redis`, default): results in Redis, exactly as
 //!   Celery's Redis result backend stores them.
-//! - [`testing`] (feature `testing`): the conformance suite.
+//! - `testing` (feature `testing`): the conformance suite.
 //!
 //! # Contract
 //!

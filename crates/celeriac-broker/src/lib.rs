@@ -8,7 +8,7 @@
 //!   in WAL mode, safe for several worker processes on one machine.
 //! - [`redis`] (feature `redis`, on by default): kombu's Redis transport, shared with
 //!   Python Celery clients and workers, with leases that end duplicate runs.
-//! - [`testing`] (feature `testing`): the conformance suite every implementation runs
+//! - `testing` (feature `testing`): the conformance suite every implementation runs
 //!   from its own `tests/`.
 //!
 //! # Semantics every broker keeps
