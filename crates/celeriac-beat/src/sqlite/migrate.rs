@@ -1,6 +1,6 @@
 //! Numbered schema migrations of the schedule store, recorded in `celeriac_schema`.
 
-use rusqlite::{Connection, TransactionBehavior};
+use rusqlite::Connection;
 
 use super::StoreError;
 
@@ -12,49 +12,23 @@ pub(super) const COMPONENT: &str = "beat";
 pub(super) const MIGRATIONS: &[(i64, &str)] =
     &[(1, include_str!("../../migrations/0001_beat.sql"))];
 
-/// Shared by every celeriac component that stores its schema in the file.
-const SCHEMA_TABLE: &str = "CREATE TABLE IF NOT EXISTS celeriac_schema (
-    component TEXT    NOT NULL,
-    version   INTEGER NOT NULL,
-    PRIMARY KEY (component, version)
-)";
+use celeriac_sqlite::MigrateError;
 
-/// Applies the migrations not yet recorded for the schedule store, in one
-/// `BEGIN IMMEDIATE` transaction (so processes opening the file at the same time apply
-/// each once). Returns the versions applied now.
+/// Applies the migrations not yet recorded for this component (see
+/// [`celeriac_sqlite::migrate`]). Returns the versions applied now.
 pub(super) fn migrate(conn: &mut Connection) -> Result<Vec<i64>, StoreError> {
-    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-    tx.execute_batch(SCHEMA_TABLE)?;
-    let applied: Vec<i64> = {
-        let mut stmt = tx.prepare("SELECT version FROM celeriac_schema WHERE component = ?1")?;
-        let rows = stmt.query_map([COMPONENT], |row| row.get(0))?;
-        rows.collect::<Result<_, _>>()?
-    };
-    let known = MIGRATIONS.last().map_or(0, |(version, _)| *version);
-    if let Some(&found) = applied.iter().max() {
-        if found > known {
-            return Err(StoreError::SchemaTooNew { found, known });
+    celeriac_sqlite::migrate(conn, COMPONENT, MIGRATIONS).map_err(|error| match error {
+        MigrateError::SchemaTooNew { found, known, .. } => {
+            StoreError::SchemaTooNew { found, known }
         }
-    }
-    let mut now_applied = Vec::new();
-    for &(version, sql) in MIGRATIONS {
-        if applied.contains(&version) {
-            continue;
-        }
-        tx.execute_batch(sql)?;
-        tx.execute(
-            "INSERT INTO celeriac_schema (component, version) VALUES (?1, ?2)",
-            rusqlite::params![COMPONENT, version],
-        )?;
-        now_applied.push(version);
-    }
-    tx.commit()?;
-    Ok(now_applied)
+        MigrateError::Sqlite(error) => StoreError::Sqlite(error),
+    })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use celeriac_sqlite::SCHEMA_TABLE;
 
     #[test]
     fn migrations_are_numbered_from_one_and_leave_other_components_alone() {
