@@ -2,12 +2,19 @@
 //!
 //! # Layout
 //!
+//! - [`open_connection`]: one connection with the settings every store uses (WAL,
+//!   `synchronous=NORMAL`, a busy timeout).
+//! - [`open_migrated`]: a connection with the component's migrations applied, retried
+//!   while another process is creating the same file.
 //! - [`migrate`]: applies a component's numbered migrations, recorded in the
 //!   `celeriac_schema(component, version)` table that every component sharing the file
 //!   uses, in one `BEGIN IMMEDIATE` transaction so processes opening the file at the
 //!   same time apply each migration once.
 
-use rusqlite::{Connection, TransactionBehavior};
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use rusqlite::{Connection, OpenFlags, TransactionBehavior};
 
 /// The ledger of applied migrations, shared by every component of the file.
 pub const SCHEMA_TABLE: &str = "CREATE TABLE IF NOT EXISTS celeriac_schema (
@@ -32,6 +39,58 @@ pub enum MigrateError {
         /// Highest version this build knows.
         known: i64,
     },
+}
+
+/// Opens one connection to `path` (creating the file) in WAL mode with
+/// `synchronous=NORMAL` and `busy_timeout`.
+pub fn open_connection(path: &Path, busy_timeout: Duration) -> rusqlite::Result<Connection> {
+    let flags = OpenFlags::SQLITE_OPEN_READ_WRITE
+        | OpenFlags::SQLITE_OPEN_CREATE
+        | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+    let conn = Connection::open_with_flags(path, flags)?;
+    conn.busy_timeout(busy_timeout)?;
+    let mode: String = conn.query_row("PRAGMA journal_mode = WAL", [], |row| row.get(0))?;
+    if !mode.eq_ignore_ascii_case("wal") {
+        tracing::warn!(path = %path.display(), %mode, "SQLite refused WAL mode; writers will block readers");
+    }
+    conn.pragma_update(None, "synchronous", "NORMAL")?;
+    conn.set_prepared_statement_cache_capacity(16);
+    Ok(conn)
+}
+
+/// Opens `path` with [`open_connection`] and applies `component`'s migrations. Two
+/// processes creating a new file at once can get `SQLITE_BUSY` while one switches it
+/// to WAL (that step does not wait on the busy timeout), so the whole open is retried
+/// until `busy_timeout` has passed.
+pub fn open_migrated(
+    path: &Path,
+    busy_timeout: Duration,
+    component: &'static str,
+    migrations: &[(i64, &str)],
+) -> Result<Connection, MigrateError> {
+    let deadline = Instant::now() + busy_timeout;
+    let mut pause = Duration::from_millis(5);
+    loop {
+        let attempt = open_connection(path, busy_timeout)
+            .map_err(MigrateError::from)
+            .and_then(|mut conn| {
+                let applied = migrate(&mut conn, component, migrations)?;
+                if !applied.is_empty() {
+                    tracing::info!(path = %path.display(), component, versions = ?applied, "applied migrations");
+                }
+                Ok(conn)
+            });
+        match attempt {
+            Err(MigrateError::Sqlite(error))
+                if error.sqlite_error_code() == Some(rusqlite::ErrorCode::DatabaseBusy)
+                    && Instant::now() < deadline =>
+            {
+                std::thread::sleep(pause);
+                pause = (pause * 2).min(Duration::from_millis(200));
+            }
+            other => return other,
+        }
+    }
 }
 
 /// Applies `migrations` (`(version, sql)`, numbered from 1, never edited once applied)

@@ -1,5 +1,8 @@
 //! Numbered schema migrations of the schedule store, recorded in `celeriac_schema`.
 
+use std::path::Path;
+use std::time::Duration;
+
 use rusqlite::Connection;
 
 use super::StoreError;
@@ -16,13 +19,24 @@ use celeriac_sqlite::MigrateError;
 
 /// Applies the migrations not yet recorded for this component (see
 /// [`celeriac_sqlite::migrate`]). Returns the versions applied now.
+#[cfg(test)]
 pub(super) fn migrate(conn: &mut Connection) -> Result<Vec<i64>, StoreError> {
-    celeriac_sqlite::migrate(conn, COMPONENT, MIGRATIONS).map_err(|error| match error {
+    celeriac_sqlite::migrate(conn, COMPONENT, MIGRATIONS).map_err(store_error)
+}
+
+/// Opens the file with this component's migrations applied (see
+/// [`celeriac_sqlite::open_migrated`]).
+pub(super) fn open(path: &Path, busy_timeout: Duration) -> Result<Connection, StoreError> {
+    celeriac_sqlite::open_migrated(path, busy_timeout, COMPONENT, MIGRATIONS).map_err(store_error)
+}
+
+fn store_error(error: MigrateError) -> StoreError {
+    match error {
         MigrateError::SchemaTooNew { found, known, .. } => {
             StoreError::SchemaTooNew { found, known }
         }
         MigrateError::Sqlite(error) => StoreError::Sqlite(error),
-    })
+    }
 }
 
 #[cfg(test)]

@@ -32,7 +32,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use parking_lot::Mutex;
-use rusqlite::{params, Connection, OpenFlags, OptionalExtension, Row, TransactionBehavior};
+use rusqlite::{params, Connection, OptionalExtension, Row, TransactionBehavior};
 
 use crate::entry::{CatchUp, Entry};
 use crate::store::{
@@ -145,12 +145,7 @@ impl SqliteScheduleStore {
         let conn = {
             let path = path.clone();
             tokio::task::spawn_blocking(move || -> Result<Connection, StoreError> {
-                let mut conn = open_connection(&path, &options)?;
-                let applied = migrate::migrate(&mut conn)?;
-                if !applied.is_empty() {
-                    tracing::info!(path = %path.display(), versions = ?applied, "applied schedule store migrations");
-                }
-                Ok(conn)
+                migrate::open(&path, options.busy_timeout)
             })
             .await
             .map_err(BeatError::storage)??
@@ -459,23 +454,6 @@ fn ns(at: DateTime<Utc>) -> Result<i64, StoreError> {
 
 fn from_ns(ns: i64) -> DateTime<Utc> {
     DateTime::from_timestamp_nanos(ns)
-}
-
-/// Opens one connection: busy timeout, WAL (shared with the broker), `synchronous =
-/// NORMAL` (durable across process crashes; a power loss may lose the last commits).
-fn open_connection(path: &Path, options: &SqliteStoreOptions) -> Result<Connection, StoreError> {
-    let flags = OpenFlags::SQLITE_OPEN_READ_WRITE
-        | OpenFlags::SQLITE_OPEN_CREATE
-        | OpenFlags::SQLITE_OPEN_NO_MUTEX;
-    let conn = Connection::open_with_flags(path, flags)?;
-    conn.busy_timeout(options.busy_timeout)?;
-    let mode: String = conn.query_row("PRAGMA journal_mode = WAL", [], |row| row.get(0))?;
-    if !mode.eq_ignore_ascii_case("wal") {
-        tracing::warn!(path = %path.display(), %mode, "SQLite refused WAL mode; writers will block readers");
-    }
-    conn.pragma_update(None, "synchronous", "NORMAL")?;
-    conn.set_prepared_statement_cache_capacity(16);
-    Ok(conn)
 }
 
 #[cfg(test)]

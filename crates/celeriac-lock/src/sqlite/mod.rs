@@ -36,7 +36,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use chrono::{DateTime, TimeZone, Utc};
 use parking_lot::Mutex;
-use rusqlite::{params, Connection, OpenFlags, OptionalExtension, TransactionBehavior};
+use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 
 use crate::{AcquireParams, Lease, LockError, LockInfo, LockManager};
 
@@ -133,12 +133,7 @@ impl SqliteLockManager {
         let conn = {
             let path = path.clone();
             tokio::task::spawn_blocking(move || -> Result<Connection, StoreError> {
-                let mut conn = open_connection(&path, &options)?;
-                let applied = migrate::migrate(&mut conn)?;
-                if !applied.is_empty() {
-                    tracing::info!(path = %path.display(), versions = ?applied, "applied lock store migrations");
-                }
-                Ok(conn)
+                migrate::open(&path, options.busy_timeout)
             })
             .await
             .map_err(LockError::storage)??
@@ -274,23 +269,6 @@ impl LockManager for SqliteLockManager {
     fn describe(&self) -> String {
         format!("sqlite://{}", self.inner.path.display())
     }
-}
-
-/// Opens one connection: busy timeout, WAL (shared with the broker), `synchronous =
-/// NORMAL` (durable across process crashes; a power loss may lose the last commits).
-fn open_connection(path: &Path, options: &SqliteLockOptions) -> Result<Connection, StoreError> {
-    let flags = OpenFlags::SQLITE_OPEN_READ_WRITE
-        | OpenFlags::SQLITE_OPEN_CREATE
-        | OpenFlags::SQLITE_OPEN_NO_MUTEX;
-    let conn = Connection::open_with_flags(path, flags)?;
-    conn.busy_timeout(options.busy_timeout)?;
-    let mode: String = conn.query_row("PRAGMA journal_mode = WAL", [], |row| row.get(0))?;
-    if !mode.eq_ignore_ascii_case("wal") {
-        tracing::warn!(path = %path.display(), %mode, "SQLite refused WAL mode; writers will block readers");
-    }
-    conn.pragma_update(None, "synchronous", "NORMAL")?;
-    conn.set_prepared_statement_cache_capacity(16);
-    Ok(conn)
 }
 
 fn now_ms() -> i64 {
