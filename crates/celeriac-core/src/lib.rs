@@ -15,11 +15,13 @@
 //! - [`task`]: the [`Task`] trait implemented by `#[task]`, [`TaskOptions`],
 //!   [`TaskContext`] and the typed outcomes a task can return ([`TaskError`]).
 //! - [`routing`]: queues, exchanges, topic patterns and `task_routes`.
+//! - [`canvas`]: signatures as sends (chain steps, `link`, `link_error`).
 //! - [`config`]: [`Settings`] with Celery's names, loaded from `celeriac.toml`, the
 //!   `CELERIAC_*` environment and overrides.
 //! - [`options`]: per-call send options (`queue`, `countdown`, `eta`, ...).
 //! - [`limits`]: rate limits (`"100/m"`), durations (`"30m"`) and retry backoff.
 
+pub mod canvas;
 pub mod config;
 pub mod limits;
 pub mod message;

@@ -15,6 +15,7 @@ use serde_json::json;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 
+use crate::canvas;
 use crate::completer::Completion;
 use crate::config::QueueSettings;
 use crate::locks::{self, release_unique, Admission};
@@ -391,8 +392,13 @@ async fn settle(
         Ok(value) => {
             release_unique(shared, message).await;
             WorkerStats::bump(&shared.stats.succeeded);
+            // Callbacks and the next chain step are sent before the result is stored,
+            // as Celery does, so the result can list them as children.
+            let children = canvas::on_success(shared, message, &value).await;
             if !ignore {
-                let meta = base_meta(shared, message, &delivery.queue, TaskState::Success, value);
+                let mut meta =
+                    base_meta(shared, message, &delivery.queue, TaskState::Success, value);
+                meta.children = children;
                 shared.complete(Completion::Store(Box::new(meta)));
             }
             ack_if_late(shared);
@@ -407,15 +413,19 @@ async fn settle(
             }
             WorkerStats::bump(&shared.stats.failed);
             tracing::warn!(id = %message.headers.id, task = %message.headers.task, error = %failure, "task failed");
+            let exception = failure.to_exception();
             if !ignore {
                 let meta = failure_meta(
                     shared,
                     message,
                     &delivery.queue,
-                    failure.to_exception(),
+                    exception.clone(),
                     failure.traceback.clone(),
                 );
                 shared.complete(Completion::Store(Box::new(meta)));
+            }
+            if !requeue {
+                canvas::on_failure(shared, message, &exception, failure.traceback.as_deref()).await;
             }
             if requeue {
                 reject(shared, &delivery.tag, RejectAction::Requeue).await;
@@ -448,14 +458,10 @@ async fn settle(
         Err(TaskError::InvalidArguments(reason)) => {
             release_unique(shared, message).await;
             WorkerStats::bump(&shared.stats.failed);
-            let meta = failure_meta(
-                shared,
-                message,
-                &delivery.queue,
-                ExceptionInfo::new("TypeError", "builtins", reason.clone()),
-                None,
-            );
+            let exception = ExceptionInfo::new("TypeError", "builtins", reason.clone());
+            let meta = failure_meta(shared, message, &delivery.queue, exception.clone(), None);
             shared.complete(Completion::Store(Box::new(meta)));
+            canvas::on_failure(shared, message, &exception, None).await;
             if acks_late {
                 dead_letter(
                     shared,
@@ -494,11 +500,18 @@ async fn retry(
         };
         release_unique(shared, message).await;
         WorkerStats::bump(&shared.stats.failed);
+        let traceback = request.cause.as_ref().and_then(|c| c.traceback.clone());
         if !ignores_result(message, task) {
-            let traceback = request.cause.as_ref().and_then(|c| c.traceback.clone());
-            let meta = failure_meta(shared, message, &delivery.queue, exception, traceback);
+            let meta = failure_meta(
+                shared,
+                message,
+                &delivery.queue,
+                exception.clone(),
+                traceback.clone(),
+            );
             shared.complete(Completion::Store(Box::new(meta)));
         }
+        canvas::on_failure(shared, message, &exception, traceback.as_deref()).await;
         if acks_late {
             shared.complete(Completion::Ack(delivery.tag.clone()));
         }

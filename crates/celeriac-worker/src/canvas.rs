@@ -1,0 +1,198 @@
+//! Workflow continuations after a task's outcome: `link` callbacks and the next
+//! chain step on success, the remaining chain steps' failures and `link_error`
+//! errbacks on failure (PROTOCOL.md §4, in the order of Celery's `trace_task`).
+//!
+//! Continuations are sent through the worker's [`TaskSender`] (the `App`, so its
+//! routes apply). A worker built without one cannot continue a workflow: it logs
+//! that, and stores FAILURE for the chain steps that will never run, so a client
+//! waiting on them does not hang.
+//!
+//! Errbacks are sent as messages with the failed task's id prepended to their
+//! arguments (unless immutable). A Python worker calls an errback that takes
+//! `(request, exc, traceback)` inline instead; celeriac cannot introspect Python
+//! signatures, so such an errback, run by a Python worker, must accept `task_id`.
+
+use std::sync::Arc;
+
+use celeriac_core::canvas::group_members;
+use celeriac_core::{
+    Embed, ExceptionInfo, Signature, TaskMessage, TaskMeta, TaskSender, TaskState,
+};
+use serde_json::{json, Value};
+
+use crate::completer::Completion;
+use crate::worker::Shared;
+
+/// Sends the continuations of a successful task: its callbacks with the result
+/// prepended, then the next chain step. Returns the result tuples of what was sent,
+/// for the task's `children`.
+pub(crate) async fn on_success(
+    shared: &Arc<Shared>,
+    message: &TaskMessage,
+    value: &Value,
+) -> Vec<Value> {
+    let callbacks = message.embed.callbacks.as_deref().unwrap_or_default();
+    let chain = message.embed.chain.as_deref().unwrap_or_default();
+    if callbacks.is_empty() && chain.is_empty() {
+        return Vec::new();
+    }
+    let Some(sender) = shared.sender.as_ref() else {
+        let exception = no_sender_exception();
+        tracing::error!(id = %message.headers.id, "the task has callbacks or chain steps but this worker has no sender; they fail");
+        fail_chain(shared, message, &exception, None);
+        return Vec::new();
+    };
+    let mut children = Vec::new();
+    for callback in callbacks {
+        match send(sender.as_ref(), message, callback, Some(value), None).await {
+            Ok(child) => children.push(child),
+            Err(error) => {
+                tracing::error!(id = %message.headers.id, callback = %callback.task, %error, "sending a link callback failed")
+            }
+        }
+    }
+    if let Some((next, rest)) = chain.split_last() {
+        match send(
+            sender.as_ref(),
+            message,
+            next,
+            Some(value),
+            Some(rest.to_vec()),
+        )
+        .await
+        {
+            Ok(child) => children.push(child),
+            Err(error) => {
+                tracing::error!(id = %message.headers.id, next = %next.task, %error, "sending the next chain step failed; the rest of the chain fails");
+                let exception = ExceptionInfo::new(
+                    "ChainError",
+                    "celery.exceptions",
+                    format!("sending chain step {} failed: {error}", next.task),
+                );
+                fail_chain(shared, message, &exception, None);
+            }
+        }
+    }
+    children
+}
+
+/// After a failure: stores the same FAILURE for every remaining chain step (so
+/// waiting clients do not hang) and sends the errbacks with the failed task's id.
+pub(crate) async fn on_failure(
+    shared: &Arc<Shared>,
+    message: &TaskMessage,
+    exception: &ExceptionInfo,
+    traceback: Option<&str>,
+) {
+    fail_chain(shared, message, exception, traceback);
+    let errbacks = message.embed.errbacks.as_deref().unwrap_or_default();
+    if errbacks.is_empty() {
+        return;
+    }
+    let Some(sender) = shared.sender.as_ref() else {
+        tracing::error!(id = %message.headers.id, "the task has errbacks but this worker has no sender; they are not called");
+        return;
+    };
+    let failed_id = Value::String(message.headers.id.clone());
+    for errback in errbacks {
+        if let Err(error) = send(sender.as_ref(), message, errback, Some(&failed_id), None).await {
+            tracing::error!(id = %message.headers.id, errback = %errback.task, %error, "sending an errback failed");
+        }
+    }
+}
+
+/// Stores FAILURE for each remaining chain step that has a preassigned id.
+fn fail_chain(
+    shared: &Arc<Shared>,
+    message: &TaskMessage,
+    exception: &ExceptionInfo,
+    traceback: Option<&str>,
+) {
+    for step in message.embed.chain.as_deref().unwrap_or_default() {
+        let Some(id) = step.task_id() else { continue };
+        let mut meta = TaskMeta::new(id.to_string(), TaskState::Failure, exception.to_value());
+        meta.traceback = traceback.map(str::to_string);
+        meta.parent_id = Some(message.headers.id.clone());
+        shared.complete(Completion::Store(Box::new(meta)));
+    }
+}
+
+fn no_sender_exception() -> ExceptionInfo {
+    ExceptionInfo::new(
+        "ChainError",
+        "celery.exceptions",
+        "the worker that ran the previous step cannot send tasks (no sender configured)",
+    )
+}
+
+/// Sends one signature as a child of `parent`: a plain task, or a group's members.
+/// Returns the child's result tuple as Celery lists it in `children`.
+async fn send(
+    sender: &dyn TaskSender,
+    parent: &TaskMessage,
+    signature: &Signature,
+    parent_result: Option<&Value>,
+    chain_rest: Option<Vec<Signature>>,
+) -> Result<Value, String> {
+    match signature.subtask_type.as_deref() {
+        None => {
+            let id = send_plain(sender, parent, signature, parent_result, chain_rest).await?;
+            Ok(json!([[id, null], null]))
+        }
+        Some("group") => {
+            let group_id = signature
+                .task_id()
+                .map(str::to_string)
+                .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+            let mut members = Vec::new();
+            for (index, member) in group_members(signature).iter().enumerate() {
+                let mut member = member.clone();
+                member
+                    .options
+                    .insert("group_id".into(), Value::String(group_id.clone()));
+                member
+                    .options
+                    .insert("group_index".into(), Value::from(index));
+                let id = send_plain(sender, parent, &member, parent_result, None).await?;
+                members.push(json!([[id, null], null]));
+            }
+            if chain_rest.as_ref().is_some_and(|rest| !rest.is_empty()) {
+                return Err("a group followed by more chain steps needs chord support, which this worker does not have yet".into());
+            }
+            Ok(json!([[group_id, null], members]))
+        }
+        Some(other) => Err(format!(
+            "{other} signatures are not supported as continuations yet"
+        )),
+    }
+}
+
+async fn send_plain(
+    sender: &dyn TaskSender,
+    parent: &TaskMessage,
+    signature: &Signature,
+    parent_result: Option<&Value>,
+    chain_rest: Option<Vec<Signature>>,
+) -> Result<String, String> {
+    let mut options = signature.send_options();
+    options.parent_id = Some(parent.headers.id.clone());
+    options.root_id = Some(
+        parent
+            .headers
+            .root_id
+            .clone()
+            .unwrap_or_else(|| parent.headers.id.clone()),
+    );
+    if let Some(rest) = chain_rest {
+        let embed = options.embed.get_or_insert_with(Embed::default);
+        embed.chain = Some(rest);
+    }
+    sender
+        .send_task(
+            &signature.task,
+            signature.args_after(parent_result),
+            signature.kwargs.clone(),
+            options,
+        )
+        .await
+}

@@ -1,0 +1,237 @@
+//! Workflow continuations run by a celeriac worker, encoded as Celery encodes them
+//! (PROTOCOL.md §4): chain steps in `embed.chain` (reversed), `link` callbacks and
+//! `link_error` errbacks. Embedded SQLite broker and backend.
+
+mod support;
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use celeriac::core::{Embed, Map, SendOptions, Signature, TaskOptions, TaskState, Value};
+use celeriac::App;
+use serde_json::json;
+use support::{task, wait_for, RunningWorker, TestApp};
+
+const WAIT: Duration = Duration::from_secs(20);
+
+/// A signature with a preassigned id, as Python's chain builds them.
+fn step(name: &str, args: Vec<Value>, id: &str) -> Signature {
+    let mut sig = Signature::new(name, args);
+    sig.options.insert("task_id".into(), json!(id));
+    sig
+}
+
+async fn app_with_tasks(t: &TestApp, seen: Arc<Mutex<Vec<(String, Vec<Value>)>>>) -> App {
+    let add = task("t.add", TaskOptions::default(), |_c, args, _k| async move {
+        Ok(json!(args.iter().filter_map(Value::as_i64).sum::<i64>()))
+    });
+    let mul = task("t.mul", TaskOptions::default(), |_c, args, _k| async move {
+        Ok(json!(args
+            .iter()
+            .filter_map(Value::as_i64)
+            .product::<i64>()))
+    });
+    let fail = task(
+        "t.fail",
+        TaskOptions::default(),
+        |_c, args, _k| async move {
+            let message = args.first().and_then(Value::as_str).unwrap_or("boom");
+            Err(celeriac::core::TaskError::Failed(
+                celeriac::core::TaskFailure::new("ValueError", message),
+            ))
+        },
+    );
+    let record = task("t.record", TaskOptions::default(), move |ctx, args, _k| {
+        let seen = seen.clone();
+        async move {
+            seen.lock()
+                .expect("lock")
+                .push((ctx.parent_id().unwrap_or_default().to_string(), args));
+            Ok(Value::Null)
+        }
+    });
+    t.builder()
+        .task(add)
+        .task(mul)
+        .task(fail)
+        .task(record)
+        .build()
+        .await
+        .expect("app")
+}
+
+fn with_embed(embed: Embed) -> SendOptions {
+    let mut options = SendOptions::new();
+    options.embed = Some(embed);
+    options
+}
+
+#[tokio::test]
+async fn a_chain_passes_each_result_to_the_next_step() {
+    let t = TestApp::new();
+    let app = app_with_tasks(&t, Arc::default()).await;
+    let worker = RunningWorker::start_default(&app);
+    // add(1, 2) | mul(10) | add(5): the chain is carried reversed, next step last.
+    let embed = Embed {
+        chain: Some(vec![
+            step("t.add", vec![json!(5)], "chain-3"),
+            step("t.mul", vec![json!(10)], "chain-2"),
+        ]),
+        ..Embed::default()
+    };
+    let first = app
+        .send_task(
+            "t.add",
+            vec![json!(1), json!(2)],
+            Map::new(),
+            with_embed(embed),
+        )
+        .await
+        .expect("sent");
+    let last = app.result::<Value>("chain-3");
+    assert_eq!(last.get(WAIT).await.expect("last step"), json!(35));
+    let middle = app
+        .result::<Value>("chain-2")
+        .meta()
+        .await
+        .expect("middle meta");
+    assert_eq!(middle.result, json!(30));
+    assert_eq!(middle.parent_id.as_deref(), Some(first.id()));
+    let head = first.meta().await.expect("first meta");
+    assert_eq!(
+        head.children,
+        vec![json!([["chain-2", null], null])],
+        "the first step lists the step it sent"
+    );
+    worker.stop().await;
+}
+
+#[tokio::test]
+async fn link_callbacks_get_the_result_unless_immutable() {
+    let t = TestApp::new();
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let app = app_with_tasks(&t, seen.clone()).await;
+    let worker = RunningWorker::start_default(&app);
+    let mut immutable = Signature::new("t.record", vec![json!("fixed")]);
+    immutable.immutable = true;
+    let embed = Embed {
+        callbacks: Some(vec![
+            Signature::new("t.record", vec![json!("extra")]),
+            immutable,
+        ]),
+        ..Embed::default()
+    };
+    let sent = app
+        .send_task(
+            "t.add",
+            vec![json!(4), json!(4)],
+            Map::new(),
+            with_embed(embed),
+        )
+        .await
+        .expect("sent");
+    assert_eq!(sent.get(WAIT).await.expect("result"), json!(8));
+    wait_for("both callbacks", WAIT, || {
+        let seen = seen.clone();
+        async move { seen.lock().expect("lock").len() == 2 }
+    })
+    .await;
+    let mut calls = seen.lock().expect("lock").clone();
+    calls.sort_by(|a, b| a.1.len().cmp(&b.1.len()));
+    assert_eq!(calls[0], (sent.id().to_string(), vec![json!("fixed")]));
+    assert_eq!(
+        calls[1],
+        (sent.id().to_string(), vec![json!(8), json!("extra")])
+    );
+    assert_eq!(sent.meta().await.expect("meta").children.len(), 2);
+    worker.stop().await;
+}
+
+#[tokio::test]
+async fn a_failed_step_fails_the_rest_of_the_chain_and_calls_errbacks() {
+    let t = TestApp::new();
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let app = app_with_tasks(&t, seen.clone()).await;
+    let worker = RunningWorker::start_default(&app);
+    let embed = Embed {
+        chain: Some(vec![
+            step("t.add", vec![json!(1)], "broken-3"),
+            step("t.add", vec![json!(1)], "broken-2"),
+        ]),
+        errbacks: Some(vec![Signature::new("t.record", vec![json!("cleanup")])]),
+        ..Embed::default()
+    };
+    let first = app
+        .send_task(
+            "t.fail",
+            vec![json!("no luck")],
+            Map::new(),
+            with_embed(embed),
+        )
+        .await
+        .expect("sent");
+    for id in ["broken-2", "broken-3"] {
+        let result = app.result::<Value>(id);
+        let error = result.get(WAIT).await.expect_err("the step never runs");
+        assert!(error.to_string().contains("no luck"), "{id}: {error}");
+        let meta = result.meta().await.expect("meta");
+        assert_eq!(meta.status, TaskState::Failure);
+    }
+    wait_for("the errback", WAIT, || {
+        let seen = seen.clone();
+        async move { !seen.lock().expect("lock").is_empty() }
+    })
+    .await;
+    let calls = seen.lock().expect("lock").clone();
+    assert_eq!(
+        calls,
+        vec![(
+            first.id().to_string(),
+            vec![json!(first.id()), json!("cleanup")]
+        )],
+        "the errback gets the failed task's id first"
+    );
+    worker.stop().await;
+}
+
+#[tokio::test]
+async fn a_group_callback_sends_every_member_with_the_group_id() {
+    let t = TestApp::new();
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let app = app_with_tasks(&t, seen.clone()).await;
+    let worker = RunningWorker::start_default(&app);
+    let mut group = Signature::new("celery.group", vec![]);
+    group.subtask_type = Some("group".into());
+    group.options.insert("task_id".into(), json!("group-1"));
+    group.kwargs.insert(
+        "tasks".into(),
+        json!([
+            {"task": "t.mul", "args": [2], "kwargs": {}, "options": {"task_id": "member-0"}},
+            {"task": "t.mul", "args": [3], "kwargs": {}, "options": {"task_id": "member-1"}},
+        ]),
+    );
+    let embed = Embed {
+        callbacks: Some(vec![group]),
+        ..Embed::default()
+    };
+    let sent = app
+        .send_task("t.add", vec![json!(5)], Map::new(), with_embed(embed))
+        .await
+        .expect("sent");
+    assert_eq!(sent.get(WAIT).await.expect("result"), json!(5));
+    for (id, value) in [("member-0", 10), ("member-1", 15)] {
+        let member = app.result::<Value>(id);
+        assert_eq!(member.get(WAIT).await.expect("member"), json!(value));
+        let meta = member.meta().await.expect("meta");
+        assert_eq!(meta.group_id.as_deref(), Some("group-1"));
+    }
+    let children = sent.meta().await.expect("meta").children;
+    assert_eq!(
+        children,
+        vec![json!([
+            ["group-1", null],
+            [[["member-0", null], null], [["member-1", null], null]]
+        ])]
+    );
+    worker.stop().await;
+}
