@@ -538,6 +538,34 @@ impl fmt::Debug for TaskContext {
     }
 }
 
+/// Python's built-in exception classes a task may name as its failure kind.
+const PYTHON_BUILTIN_EXCEPTIONS: &[&str] = &[
+    "ArithmeticError",
+    "AssertionError",
+    "AttributeError",
+    "BufferError",
+    "ConnectionError",
+    "EOFError",
+    "Exception",
+    "FileExistsError",
+    "FileNotFoundError",
+    "IndexError",
+    "KeyError",
+    "LookupError",
+    "MemoryError",
+    "NotImplementedError",
+    "OSError",
+    "OverflowError",
+    "PermissionError",
+    "RecursionError",
+    "RuntimeError",
+    "TimeoutError",
+    "TypeError",
+    "UnicodeError",
+    "ValueError",
+    "ZeroDivisionError",
+];
+
 /// A task's failure: an error kind (`exc_type`) and a message, with the original error
 /// kept for `autoretry_for` matching.
 #[derive(Clone)]
@@ -554,11 +582,20 @@ pub struct TaskFailure {
 }
 
 impl TaskFailure {
-    /// A failure of kind `exc_type` with `message`.
+    /// A failure of kind `exc_type` with `message`. A Python built-in exception name
+    /// (`ValueError`, `KeyError`, ...) gets the module `builtins`, so a Python client
+    /// re-raises the real built-in class (`except ValueError` works); any other kind
+    /// gets the module `rust`.
     pub fn new(exc_type: impl Into<String>, message: impl Into<String>) -> TaskFailure {
+        let exc_type = exc_type.into();
+        let exc_module = if PYTHON_BUILTIN_EXCEPTIONS.contains(&exc_type.as_str()) {
+            "builtins"
+        } else {
+            "rust"
+        };
         TaskFailure {
-            exc_type: exc_type.into(),
-            exc_module: "rust".into(),
+            exc_type,
+            exc_module: exc_module.into(),
             message: message.into(),
             traceback: None,
             source: None,
@@ -850,6 +887,13 @@ where
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn python_builtin_kinds_travel_as_builtins() {
+        assert_eq!(TaskFailure::new("ValueError", "x").exc_module, "builtins");
+        assert_eq!(TaskFailure::new("KeyError", "x").exc_module, "builtins");
+        assert_eq!(TaskFailure::new("PaymentDeclined", "x").exc_module, "rust");
+    }
 
     #[test]
     fn binder_takes_positional_then_keyword() {

@@ -1,0 +1,92 @@
+"""Workflows built by Python Celery (chain, link, link_error, a group callback) and
+run by celeriac workers on Redis, alone and hand in hand with a Python worker: each
+step's result is passed on exactly as a Python worker would pass it (PROTOCOL.md §4).
+"""
+
+import time
+import uuid
+
+import pytest
+from celery import chain, group
+from celery.result import AsyncResult
+
+import tasks
+from conftest import forget_queue
+
+pytestmark = pytest.mark.usefixtures("needs_redis_broker")
+
+
+def wait_until(check, timeout=20):
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.05)
+
+
+@pytest.fixture
+def celeriac_queue(rust_worker, queue_name):
+    rust_worker(queue=queue_name)
+    return queue_name
+
+
+def test_a_python_chain_runs_on_celeriac(celeriac_queue):
+    q = celeriac_queue
+    workflow = chain(
+        tasks.add.s(1, 2).set(queue=q),
+        tasks.add.s(10).set(queue=q),
+        tasks.add.s(100).set(queue=q),
+    )
+    result = workflow.apply_async()
+    assert result.get(timeout=30) == 113
+    # Every step's meta is readable, and each points at the one before.
+    assert result.parent.get(timeout=5) == 13
+    assert result.parent.parent.get(timeout=5) == 3
+    assert result.parent.parent.state == "SUCCESS"
+
+
+def test_a_chain_alternates_between_celeriac_and_python_workers(rust_worker, python_worker, queue_name, redis_client):
+    rust_q, python_q = f"{queue_name}-rust", f"{queue_name}-py"
+    rust_worker(queue=rust_q)
+    python_worker(queue=python_q)
+    try:
+        workflow = chain(
+            tasks.add.s(1, 1).set(queue=rust_q),
+            tasks.add.s(2).set(queue=python_q),
+            tasks.add.s(3).set(queue=rust_q),
+            tasks.add.s(4).set(queue=python_q),
+        )
+        assert workflow.apply_async().get(timeout=45) == 11
+    finally:
+        forget_queue(redis_client, rust_q)
+        forget_queue(redis_client, python_q)
+
+
+def test_a_failing_step_fails_the_chain_and_calls_the_errback(celeriac_queue, tmp_path, rust_worker):
+    q = celeriac_queue
+    log = tmp_path / "errback.log"
+    log.touch()
+    # A second worker on the same queue whose record tasks write to the log.
+    rust_worker(queue=q, CELERIAC_INTEROP_LOG=log)
+    token = f"errback-{uuid.uuid4().hex[:8]}"
+    failing = tasks.fail.s("chain broke").set(queue=q)
+    failing.link_error(tasks.record.si(token).set(queue=q))
+    workflow = chain(failing, tasks.add.s(1).set(queue=q))
+    result = workflow.apply_async()
+    with pytest.raises(ValueError, match="chain broke"):
+        result.get(timeout=30)
+    assert result.state == "FAILURE", "the step after the failure is failed too"
+    wait_until(lambda: token in log.read_text())
+    assert [line.split()[0] for line in log.read_text().splitlines()] == [token], "the errback ran once"
+
+
+def test_a_link_to_a_group_runs_every_member_on_celeriac(celeriac_queue):
+    q = celeriac_queue
+    head = tasks.add.s(2, 3).set(queue=q)
+    members = group(tasks.add.s(10).set(queue=q), tasks.add.s(20).set(queue=q))
+    head.link(members)
+    result = head.apply_async()
+    assert result.get(timeout=30) == 5
+    # The head's children name the group and its members, as a Python worker writes them.
+    wait_until(lambda: AsyncResult(result.id, app=tasks.app).children)
+    (child,) = AsyncResult(result.id, app=tasks.app).children
+    assert sorted(r.get(timeout=30) for r in child.results) == [15, 25]
