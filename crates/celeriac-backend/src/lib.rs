@@ -23,6 +23,9 @@ use std::time::Duration;
 use async_trait::async_trait;
 use celeriac_core::{TaskMeta, TaskState};
 
+pub use chord::{ChordPart, ChordPartResult, ChordProgress};
+
+pub mod chord;
 #[cfg(feature = "redis")]
 pub mod redis;
 #[cfg(feature = "sqlite")]
@@ -166,6 +169,72 @@ pub trait ResultBackend: Send + Sync + 'static {
         Err(BackendError::Unsupported {
             backend: self.describe(),
             operation: "count_by_state",
+        })
+    }
+
+    /// Records the size of chord `group_id` (the number of header tasks) before its
+    /// header is published, and forgets a finished earlier run of the same group id.
+    /// Expires after `expires` (`None` or zero = never).
+    ///
+    /// The default implementation returns [`BackendError::Unsupported`].
+    async fn chord_set_size(
+        &self,
+        group_id: &str,
+        size: u64,
+        expires: Option<Duration>,
+    ) -> Result<(), BackendError> {
+        let _ = (group_id, size, expires);
+        Err(BackendError::Unsupported {
+            backend: self.describe(),
+            operation: "chords",
+        })
+    }
+
+    /// Records a header task's outcome, once per task id and header index however
+    /// often it is reported, and tells whether this call completed the chord (it then
+    /// holds the dispatch claim for `claim_ttl`). See [`chord`].
+    ///
+    /// The default implementation returns [`BackendError::Unsupported`].
+    async fn chord_part_return(
+        &self,
+        part: &ChordPart,
+        expires: Option<Duration>,
+        claim_ttl: Duration,
+    ) -> Result<ChordProgress, BackendError> {
+        let _ = (part, expires, claim_ttl);
+        Err(BackendError::Unsupported {
+            backend: self.describe(),
+            operation: "chords",
+        })
+    }
+
+    /// Extends the dispatch claim of chord `group_id` to `ttl` from now if `claim`
+    /// still holds it; `false` when it was lost (then the body is not published).
+    ///
+    /// The default implementation returns [`BackendError::Unsupported`].
+    async fn chord_extend_claim(
+        &self,
+        group_id: &str,
+        claim: &str,
+        ttl: Duration,
+    ) -> Result<bool, BackendError> {
+        let _ = (group_id, claim, ttl);
+        Err(BackendError::Unsupported {
+            backend: self.describe(),
+            operation: "chords",
+        })
+    }
+
+    /// After the body was dispatched (or failed): deletes the chord's bookkeeping if
+    /// `claim` still holds it and leaves a `done` marker so late duplicates of header
+    /// tasks do nothing. Returns whether the claim was still held.
+    ///
+    /// The default implementation returns [`BackendError::Unsupported`].
+    async fn chord_finish(&self, group_id: &str, claim: &str) -> Result<bool, BackendError> {
+        let _ = (group_id, claim);
+        Err(BackendError::Unsupported {
+            backend: self.describe(),
+            operation: "chords",
         })
     }
 }
