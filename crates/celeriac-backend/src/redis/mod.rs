@@ -46,8 +46,14 @@
 //!   anything but JSON likewise.
 //! - `rediss://` needs the `redis` crate's TLS support, which this build does not
 //!   enable; such URLs are refused with the client's reason.
-//! - Group results (`celery-taskset-meta-<gid>`) and chord counters.
+//! - Group results (`celery-taskset-meta-<gid>`).
+//!
+//! # Chords
+//!
+//! Celery 5.7's chord bookkeeping on Celery's keys, atomic in Lua: see `chord.rs`
+//! ([`CHORD_PART_RETURN_SCRIPT`] and its two companions).
 
+mod chord;
 mod keys;
 mod subscriber;
 
@@ -60,6 +66,7 @@ use celeriac_redis::RedisTarget;
 use tokio::time::Instant;
 
 use crate::{BackendError, ResultBackend, StoreOutcome};
+pub use chord::{CHORD_EXTEND_CLAIM_SCRIPT, CHORD_FINISH_SCRIPT, CHORD_PART_RETURN_SCRIPT};
 pub use keys::{Keys, TASK_KEYPREFIX};
 use subscriber::{Event, Subscriber};
 
@@ -436,6 +443,37 @@ impl ResultBackend for RedisBackend {
     async fn cleanup_expired(&self) -> Result<u64, BackendError> {
         // Redis deletes expired keys by itself.
         Ok(0)
+    }
+
+    async fn chord_set_size(
+        &self,
+        group_id: &str,
+        size: u64,
+        expires: Option<Duration>,
+    ) -> Result<(), BackendError> {
+        self.redis_chord_set_size(group_id, size, expires).await
+    }
+
+    async fn chord_part_return(
+        &self,
+        part: &crate::ChordPart,
+        expires: Option<Duration>,
+        claim_ttl: Duration,
+    ) -> Result<crate::ChordProgress, BackendError> {
+        self.redis_chord_part_return(part, expires, claim_ttl).await
+    }
+
+    async fn chord_extend_claim(
+        &self,
+        group_id: &str,
+        claim: &str,
+        ttl: Duration,
+    ) -> Result<bool, BackendError> {
+        self.redis_chord_extend_claim(group_id, claim, ttl).await
+    }
+
+    async fn chord_finish(&self, group_id: &str, claim: &str) -> Result<bool, BackendError> {
+        self.redis_chord_finish(group_id, claim).await
     }
 }
 
