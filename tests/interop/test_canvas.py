@@ -7,7 +7,7 @@ import time
 import uuid
 
 import pytest
-from celery import chain, group
+from celery import chain, chord, group
 from celery.result import AsyncResult
 
 import tasks
@@ -90,3 +90,40 @@ def test_a_link_to_a_group_runs_every_member_on_celeriac(celeriac_queue):
     wait_until(lambda: AsyncResult(result.id, app=tasks.app).children)
     (child,) = AsyncResult(result.id, app=tasks.app).children
     assert sorted(r.get(timeout=30) for r in child.results) == [15, 25]
+
+
+def test_a_python_chord_runs_on_celeriac_and_the_body_gets_results_in_order(celeriac_queue):
+    q = celeriac_queue
+    header = [tasks.add.s(i, i).set(queue=q) for i in range(10)]
+    result = chord(header, tasks.echo.s("tail").set(queue=q)).apply_async()
+    assert result.get(timeout=30) == {"args": [[2 * i for i in range(10)], "tail"], "kwargs": {}}
+
+
+def test_a_failed_header_task_fails_the_chord_body_with_chord_error(celeriac_queue):
+    q = celeriac_queue
+    header = [tasks.add.s(1, 1).set(queue=q), tasks.fail.s("header broke").set(queue=q)]
+    result = chord(header, tasks.echo.s().set(queue=q)).apply_async()
+    # Python's get() re-raises the failed header task's error first, as with Python workers.
+    with pytest.raises(ValueError, match="header broke"):
+        result.get(timeout=30)
+    # The body itself is failed with Celery's ChordError naming the dependency.
+    wait_until(lambda: result.state == "FAILURE")
+    meta = tasks.app.backend.get_task_meta(result.id)
+    assert type(meta["result"]).__name__ == "ChordError", meta
+    assert "raised ValueError('header broke')" in str(meta["result"])
+
+
+def test_a_chord_of_1000_split_between_python_and_celeriac_calls_its_body_once(
+    rust_worker, python_worker, queue_name, tmp_path
+):
+    log = tmp_path / "chord.log"
+    log.touch()
+    rust_worker(queue=queue_name, CELERIAC_INTEROP_LOG=log)
+    python_worker(queue=queue_name, CELERIAC_INTEROP_LOG=log)
+    token = f"chord-body-{uuid.uuid4().hex[:8]}"
+    header = [tasks.add.s(i, 1).set(queue=queue_name) for i in range(1000)]
+    result = chord(header, tasks.record.si(token).set(queue=queue_name)).apply_async()
+    assert result.get(timeout=120) == token
+    time.sleep(1)  # a second dispatch, if there were one, would land by now
+    lines = [line.split() for line in log.read_text().splitlines()]
+    assert [t for t, _ in lines] == [token], f"the body ran exactly once: {lines}"

@@ -1,6 +1,10 @@
 //! Workflow continuations after a task's outcome: `link` callbacks and the next
 //! chain step on success, the remaining chain steps' failures and `link_error`
-//! errbacks on failure (PROTOCOL.md §4, in the order of Celery's `trace_task`).
+//! errbacks on failure (PROTOCOL.md §4, in the order of Celery's `trace_task`), and
+//! chord accounting for header tasks: the backend counts the parts (on Redis with
+//! Celery's own algorithm, so Python and celeriac workers count together) and the
+//! worker whose part completes the chord sends the body with the header results in
+//! order, or fails it with Celery's `ChordError` when a header task failed.
 //!
 //! Continuations are sent through the worker's [`TaskSender`] (the `App`, so its
 //! routes apply). A worker built without one cannot continue a workflow: it logs
@@ -14,6 +18,7 @@
 
 use std::sync::Arc;
 
+use celeriac_backend::{ChordPart, ChordProgress};
 use celeriac_core::canvas::group_members;
 use celeriac_core::{
     Embed, ExceptionInfo, Signature, TaskMessage, TaskMeta, TaskSender, TaskState,
@@ -24,9 +29,19 @@ use crate::completer::Completion;
 use crate::worker::Shared;
 
 /// Sends the continuations of a successful task: its callbacks with the result
-/// prepended, then the next chain step. Returns the result tuples of what was sent,
-/// for the task's `children`.
+/// prepended, then the next chain step, then its chord part. Returns the result
+/// tuples of what was sent, for the task's `children`.
 pub(crate) async fn on_success(
+    shared: &Arc<Shared>,
+    message: &TaskMessage,
+    value: &Value,
+) -> Vec<Value> {
+    let children = send_continuations(shared, message, value).await;
+    on_chord_part(shared, message, TaskState::Success, value).await;
+    children
+}
+
+async fn send_continuations(
     shared: &Arc<Shared>,
     message: &TaskMessage,
     value: &Value,
@@ -77,7 +92,8 @@ pub(crate) async fn on_success(
 }
 
 /// After a failure: stores the same FAILURE for every remaining chain step (so
-/// waiting clients do not hang) and sends the errbacks with the failed task's id.
+/// waiting clients do not hang), reports the chord part, and sends the errbacks with
+/// the failed task's id.
 pub(crate) async fn on_failure(
     shared: &Arc<Shared>,
     message: &TaskMessage,
@@ -85,6 +101,7 @@ pub(crate) async fn on_failure(
     traceback: Option<&str>,
 ) {
     fail_chain(shared, message, exception, traceback);
+    on_chord_part(shared, message, TaskState::Failure, &exception.to_value()).await;
     let errbacks = message.embed.errbacks.as_deref().unwrap_or_default();
     if errbacks.is_empty() {
         return;
@@ -195,4 +212,149 @@ async fn send_plain(
             options,
         )
         .await
+}
+
+/// How long the chord dispatch claim is held before publishing (Celery: 10 s).
+const CHORD_CLAIM: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// After a chord header task reached a final state: reports its part to the
+/// backend and, when it completed the chord, dispatches the body (or fails it if a
+/// header task failed). Nothing for tasks that are not chord members.
+pub(crate) async fn on_chord_part(
+    shared: &Arc<Shared>,
+    message: &TaskMessage,
+    state: TaskState,
+    result: &Value,
+) {
+    let (Some(body), Some(group_id)) = (&message.embed.chord, &message.headers.group) else {
+        return;
+    };
+    let Some(backend) = shared.backend.as_ref() else {
+        tracing::error!(id = %message.headers.id, %group_id, "a chord header task ran on a worker without a result backend; the chord body never runs");
+        return;
+    };
+    let part = ChordPart::new(
+        group_id.clone(),
+        message.headers.id.clone(),
+        message.headers.group_index,
+        state,
+        result.clone(),
+    );
+    let progress = match backend
+        .chord_part_return(&part, shared.config.result_expires, CHORD_CLAIM)
+        .await
+    {
+        Ok(progress) => progress,
+        Err(error) => {
+            tracing::error!(id = %message.headers.id, %group_id, %error, "recording the chord part failed; the chord body may never run");
+            return;
+        }
+    };
+    let ChordProgress::Complete { claim, parts } = progress else {
+        return;
+    };
+    let failed = parts
+        .iter()
+        .find(|p| matches!(p.state, TaskState::Failure | TaskState::Revoked));
+    match failed {
+        Some(dependency) => {
+            let exception = ExceptionInfo::new(
+                "ChordError",
+                "celery.exceptions",
+                format!(
+                    "Dependency {} raised {}",
+                    dependency.task_id,
+                    python_repr_exception(&dependency.result)
+                ),
+            );
+            tracing::warn!(%group_id, dependency = %dependency.task_id, "a chord header task failed; the chord body fails");
+            fail_signature(shared, message, body, &exception).await;
+        }
+        None => {
+            let results = Value::Array(parts.into_iter().map(|p| p.result).collect());
+            match backend
+                .chord_extend_claim(group_id, &claim, CHORD_CLAIM)
+                .await
+            {
+                Ok(true) => {}
+                Ok(false) => {
+                    tracing::warn!(%group_id, "chord body not sent: the dispatch claim was lost to another worker");
+                    return;
+                }
+                Err(error) => {
+                    tracing::error!(%group_id, %error, "extending the chord claim failed; not sending the body");
+                    return;
+                }
+            }
+            let sent = match shared.sender.as_ref() {
+                Some(sender) => send(sender.as_ref(), message, body, Some(&results), None)
+                    .await
+                    .map(|_| ()),
+                None => Err("this worker has no sender".to_string()),
+            };
+            if let Err(error) = sent {
+                tracing::error!(%group_id, %error, "sending the chord body failed");
+                let exception = ExceptionInfo::new(
+                    "ChordError",
+                    "celery.exceptions",
+                    format!("Callback error: {error}"),
+                );
+                fail_signature(shared, message, body, &exception).await;
+            }
+        }
+    }
+    match backend.chord_finish(group_id, &claim).await {
+        Ok(true) => {}
+        Ok(false) => {
+            tracing::warn!(%group_id, "the chord claim was lost before cleanup; its data is left to expire")
+        }
+        Err(error) => tracing::warn!(%group_id, %error, "cleaning up the chord failed"),
+    }
+}
+
+/// Fails a signature that will not run: FAILURE stored under its preassigned id,
+/// and its `link_error` errbacks sent with that id.
+async fn fail_signature(
+    shared: &Arc<Shared>,
+    parent: &TaskMessage,
+    signature: &Signature,
+    exception: &ExceptionInfo,
+) {
+    let options = signature.send_options();
+    let Some(id) = options.task_id.clone() else {
+        return;
+    };
+    let mut meta = TaskMeta::new(id.clone(), TaskState::Failure, exception.to_value());
+    meta.group_id = options.group_id.clone();
+    meta.parent_id = Some(parent.headers.id.clone());
+    shared.complete(Completion::Store(Box::new(meta)));
+    let errbacks = options.embed.and_then(|e| e.errbacks).unwrap_or_default();
+    let Some(sender) = shared.sender.as_ref() else {
+        return;
+    };
+    let failed_id = Value::String(id);
+    for errback in &errbacks {
+        if let Err(error) = send(sender.as_ref(), parent, errback, Some(&failed_id), None).await {
+            tracing::error!(errback = %errback.task, %error, "sending an errback failed");
+        }
+    }
+}
+
+/// A Python-style repr of a stored exception dict (`ValueError('bad')`), for
+/// Celery's `ChordError` message.
+fn python_repr_exception(value: &Value) -> String {
+    match ExceptionInfo::from_value(value) {
+        Some(info) => {
+            let args: Vec<String> = info
+                .exc_message
+                .iter()
+                .map(|arg| match arg {
+                    Value::String(s) => format!("'{}'", s.replace('\'', "\\'")),
+                    other => other.to_string(),
+                })
+                .collect();
+            format!("{}({})", info.exc_type, args.join(", "))
+        }
+        None => value.to_string(),
+    }
 }
