@@ -28,7 +28,7 @@ use celeriac_core::{ExceptionInfo, TaskMeta, TaskState};
 use serde_json::json;
 use tokio::time::Instant;
 
-use crate::{BackendError, ResultBackend, ResultQuery, StoreOutcome};
+use crate::{BackendError, ChordPart, ChordProgress, ResultBackend, ResultQuery, StoreOutcome};
 
 /// Builds handles to one result store for the conformance suite.
 #[async_trait]
@@ -113,6 +113,9 @@ macro_rules! backend_conformance_tests {
             concurrent_stores_through_several_handles,
             recent_lists_newest_first_filtered_by_state,
             count_by_state_counts_live_results,
+            chord_completes_once_with_parts_in_header_order,
+            chord_racing_parts_elect_one_dispatcher,
+            chord_claim_is_owned_and_finish_marks_done,
         );
     };
     (@tests $harness:expr; $($name:ident),* $(,)?) => {
@@ -871,4 +874,144 @@ fn count_of(counts: &[(TaskState, u64)], state: &TaskState) -> u64 {
         .iter()
         .find(|(s, _)| s == state)
         .map_or(0, |(_, n)| *n)
+}
+
+const CHORD_EXPIRES: Option<Duration> = Some(Duration::from_secs(3600));
+const CHORD_CLAIM: Duration = Duration::from_secs(10);
+
+fn chord_part(group: &str, task: &str, index: i64, value: i64) -> ChordPart {
+    ChordPart::new(group, task, Some(index), TaskState::Success, json!(value))
+}
+
+/// A chord completes with its last part (redelivered parts count once), the parts
+/// come back in header order with each task's first result, and a late duplicate
+/// after dispatch does nothing. Parts are reported through different handles.
+pub async fn chord_completes_once_with_parts_in_header_order<H: BackendHarness>(harness: &H) {
+    let backend = harness.backend().await;
+    let group = unique_id("chord");
+    if supported(
+        backend.chord_set_size(&group, 3, CHORD_EXPIRES).await,
+        "chords",
+    )
+    .is_none()
+    {
+        return;
+    }
+    let parts = [
+        chord_part(&group, "c", 2, 30),
+        chord_part(&group, "a", 0, 10),
+        chord_part(&group, "a", 0, 99),
+    ];
+    for part in &parts {
+        let other = harness.backend().await;
+        let progress = other
+            .chord_part_return(part, CHORD_EXPIRES, CHORD_CLAIM)
+            .await
+            .expect("chord_part_return");
+        assert!(
+            matches!(progress, ChordProgress::Pending { .. }),
+            "{progress:?}"
+        );
+    }
+    let last = harness
+        .backend()
+        .await
+        .chord_part_return(&chord_part(&group, "b", 1, 20), CHORD_EXPIRES, CHORD_CLAIM)
+        .await
+        .expect("chord_part_return");
+    let ChordProgress::Complete { claim, parts } = last else {
+        panic!("the last part completes the chord: {last:?}");
+    };
+    let ids: Vec<&str> = parts.iter().map(|p| p.task_id.as_str()).collect();
+    assert_eq!(ids, ["a", "b", "c"]);
+    let values: Vec<_> = parts.iter().map(|p| p.result.clone()).collect();
+    assert_eq!(values, [json!(10), json!(20), json!(30)]);
+    assert!(parts.iter().all(|p| p.state == TaskState::Success));
+    assert!(backend.chord_finish(&group, &claim).await.expect("finish"));
+    let late = backend
+        .chord_part_return(&chord_part(&group, "b", 1, 20), CHORD_EXPIRES, CHORD_CLAIM)
+        .await
+        .expect("late part");
+    assert_eq!(late, ChordProgress::Done, "a late duplicate does nothing");
+}
+
+/// Of many parts reported at once through several handles, exactly one completes
+/// the chord.
+pub async fn chord_racing_parts_elect_one_dispatcher<H: BackendHarness>(harness: &H) {
+    let group = unique_id("chord-race");
+    let setup = harness.backend().await;
+    if supported(
+        setup.chord_set_size(&group, 20, CHORD_EXPIRES).await,
+        "chords",
+    )
+    .is_none()
+    {
+        return;
+    }
+    let mut handles = Vec::new();
+    for _ in 0..4 {
+        handles.push(harness.backend().await);
+    }
+    let mut calls = Vec::new();
+    for i in 0..20i64 {
+        let backend = Arc::clone(&handles[i as usize % handles.len()]);
+        let part = chord_part(&group, &format!("t{i}"), i, i);
+        calls.push(tokio::spawn(async move {
+            backend
+                .chord_part_return(&part, CHORD_EXPIRES, CHORD_CLAIM)
+                .await
+                .expect("chord_part_return")
+        }));
+    }
+    let mut complete = 0;
+    for call in calls {
+        if let ChordProgress::Complete { parts, .. } = call.await.expect("join") {
+            complete += 1;
+            assert_eq!(parts.len(), 20);
+        }
+    }
+    assert_eq!(complete, 1, "exactly one dispatcher");
+}
+
+/// Only the claim's holder extends it or finishes the chord; a failed header part is
+/// reported with its state and exception.
+pub async fn chord_claim_is_owned_and_finish_marks_done<H: BackendHarness>(harness: &H) {
+    let backend = harness.backend().await;
+    let group = unique_id("chord-claim");
+    if supported(
+        backend.chord_set_size(&group, 1, CHORD_EXPIRES).await,
+        "chords",
+    )
+    .is_none()
+    {
+        return;
+    }
+    let failure = ExceptionInfo::new("ValueError", "builtins", "bad").to_value();
+    let part = ChordPart::new(&group, "only", Some(0), TaskState::Failure, failure.clone());
+    let progress = backend
+        .chord_part_return(&part, CHORD_EXPIRES, CHORD_CLAIM)
+        .await
+        .expect("chord_part_return");
+    let ChordProgress::Complete { claim, parts } = progress else {
+        panic!("a one-part chord completes: {progress:?}");
+    };
+    assert_eq!(parts[0].state, TaskState::Failure);
+    assert_eq!(parts[0].result, failure);
+    assert!(!backend
+        .chord_extend_claim(&group, "not-the-holder", CHORD_CLAIM)
+        .await
+        .expect("extend"));
+    assert!(!backend
+        .chord_finish(&group, "not-the-holder")
+        .await
+        .expect("finish"));
+    assert!(backend
+        .chord_extend_claim(&group, &claim, CHORD_CLAIM)
+        .await
+        .expect("extend"));
+    assert!(backend.chord_finish(&group, &claim).await.expect("finish"));
+    assert!(!backend
+        .chord_finish(&group, &claim)
+        .await
+        .expect("finish twice"));
 }

@@ -71,7 +71,11 @@ async fn the_file_is_in_wal_mode_and_records_its_schema_version() {
         .expect("query")
         .collect::<Result<_, _>>()
         .expect("rows");
-    assert_eq!(rows, vec![("backend".to_string(), 1)], "migrated once");
+    assert_eq!(
+        rows,
+        vec![("backend".to_string(), 1), ("backend".to_string(), 2)],
+        "migrated once"
+    );
     let indexes: i64 = conn
         .query_row(
             "SELECT COUNT(*) FROM sqlite_master WHERE type = 'index' AND tbl_name = 'backend_results' AND name LIKE 'backend_%'",
@@ -118,6 +122,7 @@ async fn shares_a_file_with_the_broker_tables() {
         ledger,
         vec![
             ("backend".into(), 1),
+            ("backend".into(), 2),
             ("broker".into(), 1),
             ("broker".into(), 2)
         ]

@@ -55,6 +55,7 @@
 //! Opening the same file twice in one process gives two handles that do not share
 //! the in-process map; they see each other's results through the re-check.
 
+mod chord;
 mod conn;
 mod queries;
 mod schema;
@@ -503,9 +504,43 @@ impl ResultBackend for SqliteBackend {
                 .await?;
             total += deleted as u64;
             if (deleted as i64) < CLEANUP_BATCH {
-                return Ok(total);
+                break;
             }
         }
+        self.sqlite_chord_cleanup().await?;
+        Ok(total)
+    }
+
+    async fn chord_set_size(
+        &self,
+        group_id: &str,
+        size: u64,
+        expires: Option<Duration>,
+    ) -> Result<(), BackendError> {
+        self.sqlite_chord_set_size(group_id, size, expires).await
+    }
+
+    async fn chord_part_return(
+        &self,
+        part: &crate::ChordPart,
+        expires: Option<Duration>,
+        claim_ttl: Duration,
+    ) -> Result<crate::ChordProgress, BackendError> {
+        self.sqlite_chord_part_return(part, expires, claim_ttl)
+            .await
+    }
+
+    async fn chord_extend_claim(
+        &self,
+        group_id: &str,
+        claim: &str,
+        ttl: Duration,
+    ) -> Result<bool, BackendError> {
+        self.sqlite_chord_extend_claim(group_id, claim, ttl).await
+    }
+
+    async fn chord_finish(&self, group_id: &str, claim: &str) -> Result<bool, BackendError> {
+        self.sqlite_chord_finish(group_id, claim).await
     }
 
     async fn recent(&self, query: &ResultQuery) -> Result<Vec<TaskMeta>, BackendError> {

@@ -18,10 +18,16 @@ struct Migration {
 }
 
 /// Every migration, in version order.
-const MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    sql: include_str!("../../migrations/0001_results.sql"),
-}];
+const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        sql: include_str!("../../migrations/0001_results.sql"),
+    },
+    Migration {
+        version: 2,
+        sql: include_str!("../../migrations/0002_chords.sql"),
+    },
+];
 
 /// The shared migration ledger; created by whichever component opens the file first.
 const SCHEMA_TABLE: &str = "CREATE TABLE IF NOT EXISTS celeriac_schema (
@@ -102,7 +108,11 @@ mod tests {
             .expect("rows");
         assert_eq!(
             versions,
-            vec![("backend".to_string(), 1), ("broker".to_string(), 7)]
+            vec![
+                ("backend".to_string(), 1),
+                ("backend".to_string(), 2),
+                ("broker".to_string(), 7)
+            ]
         );
     }
 }
