@@ -19,12 +19,10 @@
 use std::sync::Arc;
 
 use celeriac_backend::{ChordPart, ChordProgress};
-use celeriac_core::canvas::group_members;
-use celeriac_core::{
-    Embed, ExceptionInfo, Signature, TaskMessage, TaskMeta, TaskSender, TaskState,
-};
-use serde_json::{json, Value};
+use celeriac_core::{ExceptionInfo, Signature, TaskMessage, TaskMeta, TaskSender, TaskState};
+use serde_json::Value;
 
+use crate::apply::{apply, ApplyContext};
 use crate::completer::Completion;
 use crate::worker::Shared;
 
@@ -59,7 +57,7 @@ async fn send_continuations(
     };
     let mut children = Vec::new();
     for callback in callbacks {
-        match send(sender.as_ref(), message, callback, Some(value), None).await {
+        match send(shared, sender.as_ref(), message, callback, Some(value), &[]).await {
             Ok(child) => children.push(child),
             Err(error) => {
                 tracing::error!(id = %message.headers.id, callback = %callback.task, %error, "sending a link callback failed")
@@ -67,15 +65,7 @@ async fn send_continuations(
         }
     }
     if let Some((next, rest)) = chain.split_last() {
-        match send(
-            sender.as_ref(),
-            message,
-            next,
-            Some(value),
-            Some(rest.to_vec()),
-        )
-        .await
-        {
+        match send(shared, sender.as_ref(), message, next, Some(value), rest).await {
             Ok(child) => children.push(child),
             Err(error) => {
                 tracing::error!(id = %message.headers.id, next = %next.task, %error, "sending the next chain step failed; the rest of the chain fails");
@@ -112,7 +102,16 @@ pub(crate) async fn on_failure(
     };
     let failed_id = Value::String(message.headers.id.clone());
     for errback in errbacks {
-        if let Err(error) = send(sender.as_ref(), message, errback, Some(&failed_id), None).await {
+        if let Err(error) = send(
+            shared,
+            sender.as_ref(),
+            message,
+            errback,
+            Some(&failed_id),
+            &[],
+        )
+        .await
+        {
             tracing::error!(id = %message.headers.id, errback = %errback.task, %error, "sending an errback failed");
         }
     }
@@ -142,76 +141,42 @@ fn no_sender_exception() -> ExceptionInfo {
     )
 }
 
-/// Sends one signature as a child of `parent`: a plain task, or a group's members.
-/// Returns the child's result tuple as Celery lists it in `children`.
-async fn send(
-    sender: &dyn TaskSender,
+/// The apply context of continuations sent by the task of `parent`.
+fn context<'a>(
+    shared: &'a Shared,
+    sender: &'a dyn TaskSender,
     parent: &TaskMessage,
-    signature: &Signature,
-    parent_result: Option<&Value>,
-    chain_rest: Option<Vec<Signature>>,
-) -> Result<Value, String> {
-    match signature.subtask_type.as_deref() {
-        None => {
-            let id = send_plain(sender, parent, signature, parent_result, chain_rest).await?;
-            Ok(json!([[id, null], null]))
-        }
-        Some("group") => {
-            let group_id = signature
-                .task_id()
-                .map(str::to_string)
-                .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
-            let mut members = Vec::new();
-            for (index, member) in group_members(signature).iter().enumerate() {
-                let mut member = member.clone();
-                member
-                    .options
-                    .insert("group_id".into(), Value::String(group_id.clone()));
-                member
-                    .options
-                    .insert("group_index".into(), Value::from(index));
-                let id = send_plain(sender, parent, &member, parent_result, None).await?;
-                members.push(json!([[id, null], null]));
-            }
-            if chain_rest.as_ref().is_some_and(|rest| !rest.is_empty()) {
-                return Err("a group followed by more chain steps needs chord support, which this worker does not have yet".into());
-            }
-            Ok(json!([[group_id, null], members]))
-        }
-        Some(other) => Err(format!(
-            "{other} signatures are not supported as continuations yet"
-        )),
+) -> ApplyContext<'a> {
+    ApplyContext {
+        sender,
+        backend: shared.backend.as_deref(),
+        parent_id: Some(parent.headers.id.clone()),
+        root_id: Some(
+            parent
+                .headers
+                .root_id
+                .clone()
+                .unwrap_or_else(|| parent.headers.id.clone()),
+        ),
+        chord_expires: shared.config.result_expires,
     }
 }
 
-async fn send_plain(
+/// Sends one signature (any type) as a child of `parent`, with `rest` (chain steps in
+/// embed order, next last) continuing after it. Returns its result tuple.
+async fn send(
+    shared: &Shared,
     sender: &dyn TaskSender,
     parent: &TaskMessage,
     signature: &Signature,
     parent_result: Option<&Value>,
-    chain_rest: Option<Vec<Signature>>,
-) -> Result<String, String> {
-    let mut options = signature.send_options();
-    options.parent_id = Some(parent.headers.id.clone());
-    options.root_id = Some(
-        parent
-            .headers
-            .root_id
-            .clone()
-            .unwrap_or_else(|| parent.headers.id.clone()),
-    );
-    if let Some(rest) = chain_rest {
-        let embed = options.embed.get_or_insert_with(Embed::default);
-        embed.chain = Some(rest);
-    }
-    sender
-        .send_task(
-            &signature.task,
-            signature.args_after(parent_result),
-            signature.kwargs.clone(),
-            options,
-        )
+    rest: &[Signature],
+) -> Result<Value, String> {
+    let forward: Vec<Signature> = rest.iter().rev().cloned().collect();
+    let ctx = context(shared, sender, parent);
+    apply(&ctx, signature, parent_result, forward)
         .await
+        .map(|applied| applied.tuple)
 }
 
 /// How long the chord dispatch claim is held before publishing (Celery: 10 s).
@@ -287,7 +252,7 @@ pub(crate) async fn on_chord_part(
                 }
             }
             let sent = match shared.sender.as_ref() {
-                Some(sender) => send(sender.as_ref(), message, body, Some(&results), None)
+                Some(sender) => send(shared, sender.as_ref(), message, body, Some(&results), &[])
                     .await
                     .map(|_| ()),
                 None => Err("this worker has no sender".to_string()),
@@ -334,7 +299,16 @@ async fn fail_signature(
     };
     let failed_id = Value::String(id);
     for errback in &errbacks {
-        if let Err(error) = send(sender.as_ref(), parent, errback, Some(&failed_id), None).await {
+        if let Err(error) = send(
+            shared,
+            sender.as_ref(),
+            parent,
+            errback,
+            Some(&failed_id),
+            &[],
+        )
+        .await
+        {
             tracing::error!(errback = %errback.task, %error, "sending an errback failed");
         }
     }

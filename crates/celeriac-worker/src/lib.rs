@@ -43,6 +43,7 @@
 //! in the background (its return value discarded). Blocking code that may hang should
 //! check `ctx.is_cancelled()`.
 
+pub mod apply;
 mod canvas;
 pub mod completer;
 pub mod config;
