@@ -11,15 +11,15 @@ use celeriac_backend::ResultBackend;
 use celeriac_broker::{Broker, Publish};
 use celeriac_core::routing::Route;
 use celeriac_core::{
-    Map, Queue, Router, SendOptions, Settings, Task, TaskMessage, TaskOptions, TaskRegistry,
-    TaskSender, Value,
+    Map, Queue, Router, SendOptions, Settings, Signature, Task, TaskMessage, TaskOptions,
+    TaskRegistry, TaskSender, Value,
 };
 use celeriac_lock::{keys, AcquireParams, Lease, LockError, LockManager};
 use chrono::Utc;
 use serde::de::DeserializeOwned;
 
 use crate::error::Error;
-use crate::result::AsyncResult;
+use crate::result::{AsyncResult, GroupResult};
 
 /// One task to send in a batch ([`App::send_batch`]).
 #[derive(Debug, Clone)]
@@ -319,6 +319,43 @@ impl App {
     /// A handle to the result of `task_id`.
     pub fn result<R: DeserializeOwned>(&self, task_id: impl Into<String>) -> AsyncResult<R> {
         AsyncResult::new(task_id.into(), self.inner.backend.clone())
+    }
+
+    /// Sends a workflow (see [`crate::canvas`]): a plain signature, a chain, a group
+    /// or a chord. Returns the handle of its result: the task's, the last chain
+    /// step's, or the chord body's (for a group, use [`App::apply_group`]).
+    pub async fn apply(&self, signature: Signature) -> Result<AsyncResult<Value>, Error> {
+        let applied = self.apply_signature(signature).await?;
+        Ok(self.result(applied.id))
+    }
+
+    /// Sends a group signature; returns its [`GroupResult`] (results in order).
+    pub async fn apply_group(&self, group: Signature) -> Result<GroupResult, Error> {
+        if group.subtask_type.as_deref() != Some("group") {
+            return Err(Error::Workflow(format!(
+                "apply_group needs a group signature, got {}",
+                group.subtask_type.as_deref().unwrap_or("a plain task")
+            )));
+        }
+        let applied = self.apply_signature(group).await?;
+        let results = applied.members.into_iter().map(|id| self.result(id));
+        Ok(GroupResult::new(applied.id, results.collect()))
+    }
+
+    async fn apply_signature(
+        &self,
+        signature: Signature,
+    ) -> Result<celeriac_worker::apply::Applied, Error> {
+        let ctx = celeriac_worker::apply::ApplyContext {
+            sender: self,
+            backend: self.inner.backend.as_deref(),
+            parent_id: None,
+            root_id: None,
+            chord_expires: self.inner.settings.result_expires(),
+        };
+        celeriac_worker::apply::apply(&ctx, &signature, None, Vec::new())
+            .await
+            .map_err(Error::Workflow)
     }
 
     /// Sends a task by name (it may be registered only in another process, Python

@@ -63,6 +63,9 @@ pub enum Error {
         /// Its traceback, if any.
         traceback: Option<String>,
     },
+    /// A workflow (chain, group, chord) could not be sent.
+    #[error("cannot send the workflow: {0}")]
+    Workflow(String),
     /// The task was revoked or expired.
     #[error("task {task_id} was revoked ({reason})")]
     Revoked {

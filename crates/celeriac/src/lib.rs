@@ -42,6 +42,7 @@
 #![doc(html_root_url = "https://docs.rs/celeriac")]
 
 pub mod app;
+pub mod canvas;
 pub mod cli;
 pub mod error;
 pub mod result;
@@ -55,7 +56,7 @@ pub use celeriac_lock as lock;
 pub use celeriac_macros::task;
 pub use celeriac_worker as worker;
 pub use error::Error;
-pub use result::AsyncResult;
+pub use result::{AsyncResult, GroupResult};
 
 pub use celeriac_core::options::Unique;
 pub use celeriac_core::task::{KeyArg, LockKey, OnConflict, SingleInstance};

@@ -119,3 +119,49 @@ impl<R: DeserializeOwned> AsyncResult<R> {
         Ok(())
     }
 }
+
+/// The results of a group's members, in member order (Celery's `GroupResult`).
+#[derive(Debug, Clone)]
+pub struct GroupResult {
+    id: String,
+    results: Vec<AsyncResult<Value>>,
+}
+
+impl GroupResult {
+    /// A group `id` of the member `results`, in order.
+    pub fn new(id: String, results: Vec<AsyncResult<Value>>) -> GroupResult {
+        GroupResult { id, results }
+    }
+
+    /// The group id.
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// The members' result handles, in order.
+    pub fn results(&self) -> &[AsyncResult<Value>] {
+        &self.results
+    }
+
+    /// Waits up to `timeout` in all for every member; returns their values in order,
+    /// or the first failure (in member order).
+    pub async fn get(&self, timeout: Duration) -> Result<Vec<Value>, Error> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        let mut values = Vec::with_capacity(self.results.len());
+        for result in &self.results {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            values.push(result.get(left).await?);
+        }
+        Ok(values)
+    }
+
+    /// Whether every member reached SUCCESS, FAILURE or REVOKED.
+    pub async fn ready(&self) -> Result<bool, Error> {
+        for result in &self.results {
+            if !result.ready().await? {
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    }
+}

@@ -7,6 +7,7 @@ mod support;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use celeriac::canvas::{chain, chord, group, si, sig, SignatureExt};
 use celeriac::core::{Embed, Map, SendOptions, Signature, TaskOptions, TaskState, Value};
 use celeriac::App;
 use serde_json::json;
@@ -21,7 +22,10 @@ fn step(name: &str, args: Vec<Value>, id: &str) -> Signature {
     sig
 }
 
-async fn app_with_tasks(t: &TestApp, seen: Arc<Mutex<Vec<(String, Vec<Value>)>>>) -> App {
+/// What `t.record` saw: (parent id, arguments) per call.
+type Seen = Arc<Mutex<Vec<(String, Vec<Value>)>>>;
+
+async fn app_with_tasks(t: &TestApp, seen: Seen) -> App {
     let add = task("t.add", TaskOptions::default(), |_c, args, _k| async move {
         Ok(json!(args.iter().filter_map(Value::as_i64).sum::<i64>()))
     });
@@ -50,9 +54,18 @@ async fn app_with_tasks(t: &TestApp, seen: Arc<Mutex<Vec<(String, Vec<Value>)>>>
             Ok(Value::Null)
         }
     });
+    let tsum = task("t.sum", TaskOptions::default(), |_c, args, _k| async move {
+        let list = args
+            .first()
+            .and_then(Value::as_array)
+            .cloned()
+            .unwrap_or_default();
+        Ok(json!(list.iter().filter_map(Value::as_i64).sum::<i64>()))
+    });
     t.builder()
         .task(add)
         .task(mul)
+        .task(tsum)
         .task(fail)
         .task(record)
         .build()
@@ -137,7 +150,7 @@ async fn link_callbacks_get_the_result_unless_immutable() {
     })
     .await;
     let mut calls = seen.lock().expect("lock").clone();
-    calls.sort_by(|a, b| a.1.len().cmp(&b.1.len()));
+    calls.sort_by_key(|call| call.1.len());
     assert_eq!(calls[0], (sent.id().to_string(), vec![json!("fixed")]));
     assert_eq!(
         calls[1],
@@ -234,4 +247,114 @@ async fn a_group_callback_sends_every_member_with_the_group_id() {
         ])]
     );
     worker.stop().await;
+}
+
+#[tokio::test]
+async fn a_rust_built_chain_group_and_chord_run_as_celery_would_run_them() {
+    let t = TestApp::new();
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let app = app_with_tasks(&t, seen.clone()).await;
+    let worker = RunningWorker::start_default(&app);
+
+    let total = app
+        .apply(chain([
+            sig("t.add", [json!(1), json!(2)]),
+            sig("t.mul", [json!(10)]),
+            sig("t.add", [json!(5)]),
+        ]))
+        .await
+        .expect("chain sent");
+    assert_eq!(total.get(WAIT).await.expect("chain"), json!(35));
+
+    let squares = app
+        .apply_group(group((1..=4).map(|i| sig("t.mul", [json!(i), json!(i)]))))
+        .await
+        .expect("group sent");
+    assert_eq!(squares.results().len(), 4);
+    assert_eq!(
+        squares.get(WAIT).await.expect("group"),
+        vec![json!(1), json!(4), json!(9), json!(16)]
+    );
+
+    let sum = app
+        .apply(chord(
+            (0..5).map(|i| sig("t.add", [json!(i), json!(i)])),
+            sig("t.sum", []),
+        ))
+        .await
+        .expect("chord sent");
+    assert_eq!(sum.get(WAIT).await.expect("chord"), json!(20));
+
+    // A group followed by a step is a chord; steps after a chord follow its body.
+    let upgraded = app
+        .apply(chain([
+            sig("t.add", [json!(1), json!(1)]),
+            group([sig("t.mul", [json!(3)]), sig("t.mul", [json!(4)])]),
+            sig("t.sum", []),
+            sig("t.mul", [json!(2)]),
+        ]))
+        .await
+        .expect("chain with a group sent");
+    // (2*3 + 2*4) * 2
+    assert_eq!(upgraded.get(WAIT).await.expect("upgraded chain"), json!(28));
+    worker.stop().await;
+}
+
+#[tokio::test]
+async fn a_failed_header_task_fails_the_chord_body_and_calls_its_errback() {
+    let t = TestApp::new();
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let app = app_with_tasks(&t, seen.clone()).await;
+    let worker = RunningWorker::start_default(&app);
+    let body = sig("t.sum", []).link_error(si("t.record", [json!("chord-errback")]));
+    let sum = app
+        .apply(chord(
+            [
+                sig("t.add", [json!(1)]),
+                sig("t.fail", [json!("header down")]),
+            ],
+            body,
+        ))
+        .await
+        .expect("chord sent");
+    let error = sum.get(WAIT).await.expect_err("the body fails");
+    let text = error.to_string();
+    assert!(
+        text.contains("ChordError") && text.contains("header down"),
+        "{text}"
+    );
+    wait_for("the body's errback", WAIT, || {
+        let seen = seen.clone();
+        async move { !seen.lock().expect("lock").is_empty() }
+    })
+    .await;
+    assert_eq!(
+        seen.lock().expect("lock")[0].1,
+        vec![json!("chord-errback")]
+    );
+    worker.stop().await;
+}
+
+#[tokio::test]
+async fn a_chord_of_1000_header_tasks_calls_its_body_exactly_once() {
+    let t = TestApp::new();
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let app = app_with_tasks(&t, seen.clone()).await;
+    let worker = RunningWorker::start_default(&app);
+    let body = si("t.record", [json!("chord-body")]);
+    let done = app
+        .apply(chord(
+            (0..1000).map(|i| sig("t.add", [json!(i), json!(1)])),
+            body,
+        ))
+        .await
+        .expect("chord sent");
+    done.get(Duration::from_secs(120))
+        .await
+        .expect("the body ran");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let calls = seen.lock().expect("lock").clone();
+    assert_eq!(calls.len(), 1, "the body ran exactly once: {calls:?}");
+    let stats = worker.stop().await;
+    assert_eq!(stats.succeeded, 1001);
 }

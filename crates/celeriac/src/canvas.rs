@@ -1,0 +1,156 @@
+//! Workflows from Rust: chains, groups and chords of signatures, encoded exactly as
+//! Celery encodes them (PROTOCOL.md §4), so any mix of celeriac and Python workers
+//! runs them.
+//!
+//! ```no_run
+//! # async fn demo(app: &celeriac::App) -> Result<(), celeriac::Error> {
+//! use celeriac::canvas::{chain, chord, group, sig};
+//! use serde_json::json;
+//! use std::time::Duration;
+//!
+//! // add(1, 2) | mul(10): the result of each step is prepended to the next one's args.
+//! let total = app
+//!     .apply(chain([sig("tasks.add", [json!(1), json!(2)]), sig("tasks.mul", [json!(10)])]))
+//!     .await?
+//!     .get(Duration::from_secs(10))
+//!     .await?;
+//! assert_eq!(total, json!(30));
+//!
+//! // Ten additions in parallel, then their sum.
+//! let header = (0..10).map(|i| sig("tasks.add", [json!(i), json!(i)]));
+//! let sum = app.apply(chord(header, sig("tasks.tsum", []))).await?;
+//!
+//! // A group: results in order.
+//! let squares = app
+//!     .apply_group(group((0..5).map(|i| sig("tasks.mul", [json!(i), json!(i)]))))
+//!     .await?
+//!     .get(Duration::from_secs(10))
+//!     .await?;
+//! # let _ = (sum, squares); Ok(()) }
+//! ```
+//!
+//! Typed tasks declared with `#[task]` give checked signatures:
+//! `add::signature(1, 2)?` fails to compile with wrong argument types.
+
+use celeriac_core::Signature;
+use serde_json::Value;
+
+pub use celeriac_worker::apply::{chain_signature, chord_signature, group_signature};
+
+/// A signature of task `name` with positional arguments.
+pub fn sig(name: &str, args: impl IntoIterator<Item = Value>) -> Signature {
+    Signature::new(name, args.into_iter().collect())
+}
+
+/// An immutable signature: the previous step's result is not prepended to its
+/// arguments (Celery's `.si()`).
+pub fn si(name: &str, args: impl IntoIterator<Item = Value>) -> Signature {
+    let mut signature = sig(name, args);
+    signature.immutable = true;
+    signature
+}
+
+/// A chain: each step receives the previous step's result as its first argument
+/// (unless immutable). A group followed by a step becomes a chord.
+pub fn chain(steps: impl IntoIterator<Item = Signature>) -> Signature {
+    chain_signature(steps.into_iter().collect())
+}
+
+/// A group: its members run in parallel; its result is their results in order.
+pub fn group(members: impl IntoIterator<Item = Signature>) -> Signature {
+    group_signature(members.into_iter().collect())
+}
+
+/// A chord: the header tasks run in parallel, then `body` runs once with the list of
+/// their results (in header order) as its first argument.
+pub fn chord(header: impl IntoIterator<Item = Signature>, body: Signature) -> Signature {
+    chord_signature(header.into_iter().collect(), body)
+}
+
+/// Options on any signature, builder style.
+pub trait SignatureExt: Sized {
+    /// Sends this step to `queue`.
+    fn queue(self, queue: &str) -> Self;
+    /// Calls `callback` with this task's result when it succeeds (`link`).
+    fn link(self, callback: Signature) -> Self;
+    /// Calls `errback` with this task's id when it fails (`link_error`).
+    fn link_error(self, errback: Signature) -> Self;
+    /// Makes the signature immutable (no parent result prepended).
+    fn immutable(self) -> Self;
+    /// Sets an `apply_async` option by its Celery name (`countdown`, `priority`, ...).
+    fn option(self, name: &str, value: Value) -> Self;
+}
+
+impl SignatureExt for Signature {
+    fn queue(self, queue: &str) -> Self {
+        self.option("queue", Value::String(queue.to_string()))
+    }
+
+    fn link(mut self, callback: Signature) -> Self {
+        push_link(&mut self, "link", callback);
+        self
+    }
+
+    fn link_error(mut self, errback: Signature) -> Self {
+        push_link(&mut self, "link_error", errback);
+        self
+    }
+
+    fn immutable(mut self) -> Self {
+        self.immutable = true;
+        self
+    }
+
+    fn option(mut self, name: &str, value: Value) -> Self {
+        self.options.insert(name.to_string(), value);
+        self
+    }
+}
+
+fn push_link(signature: &mut Signature, option: &str, linked: Signature) {
+    let linked = serde_json::to_value(linked).unwrap_or(Value::Null);
+    match signature.options.get_mut(option) {
+        Some(Value::Array(list)) => list.push(linked),
+        Some(single @ Value::Object(_)) => {
+            let first = single.take();
+            *single = Value::Array(vec![first, linked]);
+        }
+        _ => {
+            signature
+                .options
+                .insert(option.to_string(), Value::Array(vec![linked]));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn links_accumulate_and_become_the_embed() {
+        let s = sig("t.a", [json!(1)])
+            .link(sig("t.b", []))
+            .link(si("t.c", []))
+            .link_error(sig("t.err", []))
+            .queue("short-task");
+        let options = s.send_options();
+        let embed = options.embed.expect("embed");
+        let callbacks = embed.callbacks.expect("callbacks");
+        assert_eq!(callbacks.len(), 2);
+        assert!(callbacks[1].immutable);
+        assert_eq!(embed.errbacks.expect("errbacks")[0].task, "t.err");
+        assert_eq!(options.queue.as_deref(), Some("short-task"));
+    }
+
+    #[test]
+    fn builders_write_celery_subtask_types() {
+        let c = chord([sig("t.a", [])], sig("t.sum", []));
+        assert_eq!(c.subtask_type.as_deref(), Some("chord"));
+        assert_eq!(c.task, "celery.chord");
+        let g = group([sig("t.a", [])]);
+        assert_eq!(g.kwargs["tasks"][0]["task"], json!("t.a"));
+        assert_eq!(chain([g]).subtask_type.as_deref(), Some("chain"));
+    }
+}
