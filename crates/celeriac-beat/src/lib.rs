@@ -12,6 +12,8 @@
 //!   run) and [`connect`].
 //! - [`sqlite`] (feature `sqlite`, on by default): entries in a SQLite file, normally
 //!   the broker's.
+//! - `redis` (feature `redis`): entries in Redis under kombu's `global_keyprefix`,
+//!   claims as Lua scripts.
 //! - [`beat`]: the [`Beat`] service (`run_until(shutdown)`), its [`BeatConfig`], the
 //!   [`Clock`] it reads time from and the [`BeatEvent`]s it reports.
 //! - `testing` (feature `testing`): the conformance suite every store runs from its
@@ -43,6 +45,8 @@ use std::sync::Arc;
 
 pub mod beat;
 pub mod entry;
+#[cfg(feature = "redis")]
+pub mod redis;
 pub mod schedule;
 #[cfg(feature = "sqlite")]
 pub mod sqlite;
@@ -70,8 +74,9 @@ pub enum BeatError {
         /// What is wrong.
         reason: String,
     },
-    /// No schedule store of this kind exists yet.
-    #[error("the {what} schedule store is not supported yet (use sqlite://PATH)")]
+    /// No schedule store of this kind exists, or it is not built in (a cargo
+    /// feature).
+    #[error("the {what} schedule store is not supported by this build (stores: sqlite://PATH; redis://HOST[:PORT][/DB] with feature `redis`; django+postgres://... with feature `django`)")]
     Unsupported {
         /// The kind asked for, e.g. `redis`.
         what: String,
@@ -94,14 +99,22 @@ impl BeatError {
     }
 }
 
-/// Opens the schedule store named by `url`: `sqlite://PATH` (created if needed).
-/// Other schemes (`redis://`, `postgres://`) return [`BeatError::Unsupported`] until
-/// their stores exist.
+/// Opens the schedule store named by `url`:
+///
+/// - `sqlite://PATH` (feature `sqlite`): a SQLite file, created if needed;
+/// - `redis://`, `rediss://`, `redis+socket://` (feature `redis`): Redis, with kombu's
+///   `?global_keyprefix=P`.
+///
+/// A scheme whose store is not built in returns [`BeatError::Unsupported`].
 pub async fn connect(url: &str) -> Result<Arc<dyn ScheduleStore>, BeatError> {
     let scheme = url.split_once("://").map(|(s, _)| s).unwrap_or("");
     match scheme {
         #[cfg(feature = "sqlite")]
         "sqlite" => Ok(Arc::new(sqlite::SqliteScheduleStore::open_url(url).await?)),
+        #[cfg(feature = "redis")]
+        "redis" | "rediss" | "redis+socket" | "unix" => {
+            Ok(Arc::new(redis::RedisScheduleStore::open_url(url).await?))
+        }
         "" => Err(BeatError::InvalidUrl {
             url: url.to_string(),
             reason: "expected sqlite://PATH".into(),

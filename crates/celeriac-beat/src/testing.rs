@@ -84,6 +84,68 @@ impl StoreHarness for SqliteHarness {
     }
 }
 
+/// A Redis store under a key prefix of its own (`celeriac-test-<uuid>:`), so tests
+/// run in parallel on one server. Its keys are deleted on drop.
+#[cfg(feature = "redis")]
+#[derive(Debug)]
+pub struct RedisHarness {
+    url: String,
+}
+
+#[cfg(feature = "redis")]
+impl RedisHarness {
+    /// A harness on `base_url` (`redis://127.0.0.1:6379/0`) with a fresh key prefix.
+    pub fn new(base_url: &str) -> RedisHarness {
+        let prefix = format!("celeriac-test-{}:", uuid::Uuid::new_v4().simple());
+        let separator = if base_url.contains('?') { '&' } else { '?' };
+        RedisHarness {
+            url: format!("{base_url}{separator}global_keyprefix={prefix}"),
+        }
+    }
+
+    /// The store URL, with its key prefix.
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+}
+
+#[cfg(feature = "redis")]
+impl Drop for RedisHarness {
+    fn drop(&mut self) {
+        let Ok(target) = celeriac_redis::RedisTarget::parse(&self.url) else {
+            return;
+        };
+        let Ok(client) = target.client() else {
+            return;
+        };
+        if let Ok(mut conn) = client.get_connection_with_timeout(Duration::from_secs(2)) {
+            let pattern = format!(
+                "{}*",
+                celeriac_redis::keys::glob_escape(&target.global_keyprefix)
+            );
+            let keys: Vec<String> = ::redis::cmd("KEYS")
+                .arg(pattern)
+                .query(&mut conn)
+                .unwrap_or_default();
+            if !keys.is_empty() {
+                let _: Result<i64, _> = ::redis::cmd("DEL").arg(keys).query(&mut conn);
+            }
+        }
+    }
+}
+
+#[cfg(feature = "redis")]
+#[async_trait]
+impl StoreHarness for RedisHarness {
+    async fn store(&self) -> Arc<dyn ScheduleStore> {
+        Arc::new(
+            crate::redis::RedisScheduleStore::open_url(&self.url)
+                .await
+                .expect("the Redis harness connects"),
+        )
+    }
+}
+
 /// Expands to one `#[tokio::test]` per conformance behaviour. The argument is an
 /// expression building a [`StoreHarness`]; it is evaluated once per test. The calling
 /// crate needs `tokio` (with `macros` and `rt-multi-thread`).
