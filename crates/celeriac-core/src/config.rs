@@ -267,9 +267,13 @@ impl Settings {
         serde_json::from_value(base).map_err(|e| ConfigError::Invalid(e.to_string()))
     }
 
-    /// Lease length of held messages.
+    /// Lease length of held messages, never longer than the visibility timeout:
+    /// workers renew every third of the lease, and each renewal on Redis refreshes
+    /// kombu's `unacked_index`, so a held message never looks older than the
+    /// visibility timeout to a Python worker's scan.
     pub fn lease(&self) -> Duration {
-        Duration::from_secs_f64(self.broker_transport_options.lease.max(0.1))
+        let lease = self.broker_transport_options.lease.max(0.1);
+        Duration::from_secs_f64(lease).min(self.visibility_timeout())
     }
 
     /// kombu's visibility timeout (Python workers' messages on Redis).

@@ -153,6 +153,38 @@
 //! ([`waiting_client_name`]); an idle one found dead is replaced at once. Errors of
 //! the connection surface as [`BrokerError::Connection`]; the worker's fetch loop
 //! retries them with backoff.
+//!
+//! # Connection loss
+//!
+//! Redis may restart or become unreachable at any time; nothing acknowledged is lost
+//! and no process needs a restart (tested against a private `redis-server` restarted
+//! under a worker and a publisher, `crates/celeriac/tests/redis_restart.rs`):
+//!
+//! - **Commands and scripts** run on the shared connection, which reconnects by
+//!   itself: the command that met the broken connection fails with
+//!   [`BrokerError::Connection`] and the next one runs on a new connection.
+//! - **Publish** retries connection errors with backoff (50 ms doubling to 2 s) for
+//!   up to [`RedisBrokerOptions::publish_retry_for`] (30 s), then returns the error;
+//!   `Ok` means the batch is in Redis. Before each retry it checks whether the failed
+//!   attempt landed after all (the reply was lost, not the request): the batch's last
+//!   envelope is in its list (`LPOS`) or held in `unacked`. Only a batch that landed,
+//!   lost its reply and was consumed **and acknowledged** before the check can be
+//!   published twice.
+//! - **Waiting** (`BRPOP`) runs on connections of its own, never on the shared one;
+//!   their response timeout (`BRPOP`'s 5 s + 10 s) never cuts a pop short. A pop
+//!   that meets a broken connection drops it and fails the fetch with
+//!   [`BrokerError::Connection`]; the worker's fetch loop backs off (100 ms doubling
+//!   to 5 s) and the next fetch opens a new connection, so consumers resume by
+//!   themselves once Redis answers again.
+//! - **Held messages** stay recorded in Redis (`unacked`, leases) across a restart
+//!   when Redis persists them (AOF `appendfsync always`, or a replica): acks,
+//!   renewals and rejects after the restart find them. The worker retries a failed
+//!   ack with backoff; an outage longer than the lease lets the held messages lapse
+//!   and run again (a duplicate, never a loss).
+//! - **Results** (the Redis result backend): the worker retries result writes with
+//!   backoff, and a waiter's pub/sub connection resubscribes after a reconnect and
+//!   reads the key again, so a result published while it was disconnected is not
+//!   missed.
 //! Pub/sub (events, remote control, §2.7) will add a third kind of connection from
 //! the same [`RedisTarget`]; its channel prefix is
 //! [`BrokerKeys::fanout_prefix`](celeriac_redis::keys::BrokerKeys::fanout_prefix).
@@ -205,6 +237,10 @@ const UNACKED_MUTEX_EXPIRE: Duration = Duration::from_secs(300);
 /// How long an element popped by `BRPOP` is retried into Redis before it is logged
 /// as lost.
 const RECOVER_FOR: Duration = Duration::from_secs(30);
+/// First pause before a publish is retried after a connection error.
+const RETRY_MIN: Duration = Duration::from_millis(50);
+/// Longest pause between publish retries.
+const RETRY_MAX: Duration = Duration::from_secs(2);
 
 /// Settings of a [`RedisBroker`]. Start from [`RedisBrokerOptions::default`].
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -220,6 +256,9 @@ pub struct RedisBrokerOptions {
     pub response_timeout: Duration,
     /// How long connecting may take (default 5 s).
     pub connection_timeout: Duration,
+    /// How long [`Broker::publish`] retries a lost connection (with backoff, 50 ms
+    /// doubling to 2 s) before it returns [`BrokerError::Connection`] (default 30 s).
+    pub publish_retry_for: Duration,
 }
 
 impl Default for RedisBrokerOptions {
@@ -229,6 +268,7 @@ impl Default for RedisBrokerOptions {
             visibility_scan_interval: Duration::from_secs(60),
             response_timeout: Duration::from_secs(10),
             connection_timeout: Duration::from_secs(5),
+            publish_retry_for: Duration::from_secs(30),
         }
     }
 }
@@ -488,6 +528,66 @@ impl Inner {
                 }
             }
         }
+    }
+
+    /// Runs a publish pipeline (`MULTI`/`EXEC`), retrying connection errors with
+    /// backoff for up to [`RedisBrokerOptions::publish_retry_for`] (see the module
+    /// docs, "Connection loss"). Before a retry it checks whether the failed attempt
+    /// landed after all (its reply was lost): `last`, the batch's last element, is in
+    /// its list or held in `unacked`.
+    async fn publish_retrying(
+        &self,
+        pipe: &::redis::Pipeline,
+        last: Option<(String, Vec<u8>)>,
+    ) -> Result<(), BrokerError> {
+        let started = Instant::now();
+        let mut backoff = RETRY_MIN;
+        let mut attempts = 0u32;
+        loop {
+            attempts += 1;
+            let error = match pipe.query_async::<()>(&mut self.conn()).await {
+                Ok(()) => return Ok(()),
+                Err(error) if connection::is_connection_error(&error) => error,
+                Err(error) => return Err(redis_error(error)),
+            };
+            if started.elapsed() + backoff > self.options.publish_retry_for {
+                tracing::warn!(%error, attempts, "publishing failed; giving up");
+                return Err(redis_error(error));
+            }
+            tracing::warn!(%error, attempts, retry_in = ?backoff, "publishing failed; retrying");
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(RETRY_MAX);
+            if let Some((list, element)) = &last {
+                match self.landed(list, element).await {
+                    Ok(true) => {
+                        tracing::info!("the failed publish had landed (its reply was lost)");
+                        return Ok(());
+                    }
+                    Ok(false) => {}
+                    // Still unreachable: try the publish again after the next pause.
+                    Err(error) => tracing::debug!(%error, "checking a failed publish failed"),
+                }
+            }
+        }
+    }
+
+    /// Whether `element` (a just-published envelope) is in `list` or held in
+    /// `unacked` (taken by a consumer since).
+    async fn landed(&self, list: &str, element: &[u8]) -> Result<bool, ::redis::RedisError> {
+        let tag = serde_json::from_slice::<serde_json::Value>(element)
+            .ok()
+            .and_then(|v| v["properties"]["delivery_tag"].as_str().map(String::from))
+            .unwrap_or_default();
+        let (position, held): (Option<i64>, bool) = ::redis::pipe()
+            .cmd("LPOS")
+            .arg(list)
+            .arg(element)
+            .cmd("HEXISTS")
+            .arg(&self.keys.unacked)
+            .arg(tag)
+            .query_async(&mut self.conn())
+            .await?;
+        Ok(position.is_some() || held)
     }
 
     /// Puts deliveries nobody will process (their fetch was dropped) back at the
@@ -1103,13 +1203,14 @@ impl Broker for RedisBroker {
             }
             queues.insert(message.queue.as_str());
         }
+        // The last element pushed, to tell after a lost reply whether the batch landed.
+        let mut last: Option<(String, Vec<u8>)> = None;
         if let Some((current, elements)) = run {
+            last = elements.last().map(|e| (current.clone(), e.clone()));
             pipe.cmd("LPUSH").arg(current).arg(elements).ignore();
         }
         pipe.cmd("SADD").arg(&k.queues).arg(queues).ignore();
-        pipe.query_async::<()>(&mut self.inner.conn())
-            .await
-            .map_err(redis_error)
+        self.inner.publish_retrying(&pipe, last).await
     }
 
     async fn fetch(&self, params: &FetchParams) -> Result<Vec<Delivery>, BrokerError> {
