@@ -9,8 +9,27 @@
 //!   header that carries a unique-enqueue lock to the worker.
 //! - [`sqlite`] (feature `sqlite`, on by default): locks in a SQLite file, normally
 //!   the broker's, so operators see them beside the queues.
+//! - [`redis`] (feature `redis`, on by default): locks in Redis, normally the
+//!   broker's server, under its kombu `global_keyprefix`.
+//! - [`postgres`] (feature `postgres`, on by default): locks in PostgreSQL, for any
+//!   broker.
 //! - `testing` (feature `testing`): the conformance suite every implementation runs
 //!   from its own `tests/`.
+//!
+//! # Where the locks live
+//!
+//! [`connect`] picks the store by the URL's scheme. An app uses its broker's URL
+//! unless the `lock_store` setting (`CELERIAC_LOCK_STORE`) names another store.
+//!
+//! | URL | store | names (operators can read and delete these) |
+//! |---|---|---|
+//! | `sqlite://PATH` | the file | table `lock_locks(key, token, owner, fencing, acquired_at, expires_at)`, table `lock_fencing(last)` |
+//! | `redis://`, `rediss://`, `redis+socket://`, `unix://` | the URL's database | HASH `P` `celeriac.lock:<key>` (`token`, `owner`, `fencing`, `acquired_at`, `expires_at`, Unix ms; expires at `expires_at`), STRING `P` `celeriac.lock.fencing` (last fencing number), ZSET `P` `celeriac.lock.index` (key → `expires_at`), `P` being the URL's `global_keyprefix` |
+//! | `postgres://`, `postgresql://` | the URL's database (schema: `?schema=NAME`, else the `search_path`) | table `celeriac_locks(key, token, owner, fencing, acquired_at, expires_at)`, sequence `celeriac_lock_fencing` |
+//!
+//! In every store a row or hash whose `expires_at` has passed (the store's clock) is
+//! a lapsed lock, free for everyone. Deleting a lock's row or hash is a forced
+//! release (`celeriac locks release KEY` does that).
 //!
 //! # Why leases, tokens and fencing numbers
 //!
@@ -32,7 +51,9 @@
 //!   which closes the last gap a lease cannot: a holder that was paused past its lease
 //!   and resumes writing.
 //!
-//! Every operation is atomic in the store (`BEGIN IMMEDIATE` on SQLite).
+//! Every operation is atomic in the store (`BEGIN IMMEDIATE` on SQLite, one Lua
+//! script on Redis, one statement on PostgreSQL), and times come from the store's
+//! clock where there is one (Redis `TIME`, PostgreSQL `clock_timestamp()`).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -42,6 +63,10 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 pub mod keys;
+#[cfg(feature = "postgres")]
+pub mod postgres;
+#[cfg(feature = "redis")]
+pub mod redis;
 #[cfg(feature = "sqlite")]
 pub mod sqlite;
 #[cfg(feature = "testing")]
@@ -60,7 +85,7 @@ pub enum LockError {
         reason: String,
     },
     /// No lock store is available for this kind of broker yet.
-    #[error("locks need a supported store (sqlite://PATH); {what} has none yet")]
+    #[error("locks need a supported store (sqlite://PATH, redis://…, postgres://…; setting lock_store or CELERIAC_LOCK_STORE); {what} has none")]
     Unsupported {
         /// What was asked for, e.g. `the redis broker`.
         what: String,
@@ -219,8 +244,10 @@ pub trait LockManager: Send + Sync + 'static {
     fn describe(&self) -> String;
 }
 
-/// Opens the lock store for a broker URL: the broker's own file for `sqlite://PATH`.
-/// Other brokers have no lock store yet and return [`LockError::Unsupported`].
+/// Opens the lock store named by a URL (normally the broker's): a SQLite file for
+/// `sqlite://PATH`, Redis for `redis://`, `rediss://`, `redis+socket://` and
+/// `unix://`, PostgreSQL for `postgres://` and `postgresql://`. Other schemes (and
+/// stores whose feature is off) return [`LockError::Unsupported`].
 pub async fn connect(url: &str) -> Result<Arc<dyn LockManager>, LockError> {
     let scheme = url.split_once("://").map(|(s, _)| s).unwrap_or("");
     match scheme {
@@ -229,9 +256,19 @@ pub async fn connect(url: &str) -> Result<Arc<dyn LockManager>, LockError> {
             let manager = sqlite::SqliteLockManager::open_url(url).await?;
             Ok(Arc::new(manager))
         }
+        #[cfg(feature = "redis")]
+        "redis" | "rediss" | "redis+socket" | "unix" | "redis+unix" => {
+            let manager = redis::RedisLockManager::open_url(url).await?;
+            Ok(Arc::new(manager))
+        }
+        #[cfg(feature = "postgres")]
+        "postgres" | "postgresql" => {
+            let manager = postgres::PostgresLockManager::open_url(url).await?;
+            Ok(Arc::new(manager))
+        }
         "" => Err(LockError::InvalidUrl {
             url: url.to_string(),
-            reason: "expected sqlite://PATH".into(),
+            reason: "expected sqlite://PATH, redis://HOST[:PORT][/DB] or postgres://…".into(),
         }),
         other => Err(LockError::Unsupported {
             what: format!("the {other} broker"),

@@ -79,13 +79,202 @@ impl LockHarness for SqliteHarness {
     }
 }
 
+/// A unique key prefix (`global_keyprefix`) in the test Redis database, so runs and
+/// tests never share keys; its keys are deleted on drop.
+#[cfg(feature = "redis")]
+#[derive(Debug)]
+pub struct RedisHarness {
+    url: String,
+    prefix: String,
+}
+
+#[cfg(feature = "redis")]
+impl RedisHarness {
+    /// A harness on the test Redis (`CELERIAC_TEST_REDIS_URL`, default
+    /// `redis://127.0.0.1:6379`) with a new key prefix, or `None` (with the reason
+    /// printed) when Redis does not answer; panics then if
+    /// `CELERIAC_REQUIRE_SERVICES=1`.
+    pub fn connect_or_skip(test: &str) -> Option<RedisHarness> {
+        let base = celeriac_redis::testing::redis_url_or_skip(test)?;
+        let prefix = format!("celeriac-test-lock-{}:", uuid::Uuid::new_v4().simple());
+        let separator = if base.contains('?') { '&' } else { '?' };
+        Some(RedisHarness {
+            url: format!("{base}{separator}global_keyprefix={prefix}"),
+            prefix,
+        })
+    }
+
+    /// The store's URL (with the harness's `global_keyprefix`).
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    /// The harness's key prefix.
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+}
+
+#[cfg(feature = "redis")]
+impl Drop for RedisHarness {
+    fn drop(&mut self) {
+        let Ok(target) = celeriac_redis::RedisTarget::parse(&self.url) else {
+            return;
+        };
+        let Ok(client) = target.client() else { return };
+        let Ok(mut conn) = client.get_connection() else {
+            return;
+        };
+        let pattern = format!("{}*", celeriac_redis::keys::glob_escape(&self.prefix));
+        let keys: Vec<String> = match ::redis::cmd("KEYS").arg(&pattern).query(&mut conn) {
+            Ok(keys) => keys,
+            Err(_) => return,
+        };
+        if !keys.is_empty() {
+            let _: Result<i64, _> = ::redis::cmd("DEL").arg(&keys).query(&mut conn);
+        }
+    }
+}
+
+#[cfg(feature = "redis")]
+#[async_trait]
+impl LockHarness for RedisHarness {
+    async fn manager(&self) -> Arc<dyn LockManager> {
+        let manager = crate::redis::RedisLockManager::open_url(&self.url)
+            .await
+            .expect("the Redis harness connects");
+        Arc::new(manager)
+    }
+}
+
+/// The PostgreSQL URL for service tests (`CELERIAC_TEST_POSTGRES_URL`, default
+/// `postgres://postgres@127.0.0.1:5432/test`) if a server answers there. Otherwise:
+/// panics when `CELERIAC_REQUIRE_SERVICES=1`, or prints why the test is skipped and
+/// returns `None`.
+#[cfg(feature = "postgres")]
+pub fn postgres_url_or_skip(test: &str) -> Option<String> {
+    let url = std::env::var("CELERIAC_TEST_POSTGRES_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_string());
+    let answers = url
+        .parse::<tokio_postgres::Config>()
+        .ok()
+        .and_then(|config| {
+            let host = match config.get_hosts().first()? {
+                tokio_postgres::config::Host::Tcp(host) => host.clone(),
+                #[allow(unreachable_patterns)]
+                _ => return None,
+            };
+            let port = config.get_ports().first().copied().unwrap_or(5432);
+            std::net::ToSocketAddrs::to_socket_addrs(&(host.as_str(), port))
+                .ok()?
+                .next()
+        })
+        .is_some_and(|address| {
+            std::net::TcpStream::connect_timeout(&address, Duration::from_secs(1)).is_ok()
+        });
+    if answers {
+        return Some(url);
+    }
+    let required = std::env::var("CELERIAC_REQUIRE_SERVICES").is_ok_and(|v| v == "1");
+    assert!(
+        !required,
+        "{test}: PostgreSQL does not answer at {url} and CELERIAC_REQUIRE_SERVICES=1"
+    );
+    eprintln!(
+        "skipped {test}: PostgreSQL does not answer at {url} (set CELERIAC_TEST_POSTGRES_URL)"
+    );
+    None
+}
+
+/// A new schema in the test PostgreSQL database, so runs and tests never share
+/// tables; dropped (with its tables) on drop.
+#[cfg(feature = "postgres")]
+#[derive(Debug)]
+pub struct PostgresHarness {
+    url: String,
+    schema: String,
+}
+
+#[cfg(feature = "postgres")]
+impl PostgresHarness {
+    /// A harness on the test PostgreSQL ([`postgres_url_or_skip`]) with a new
+    /// schema, or `None` when PostgreSQL does not answer.
+    pub fn connect_or_skip(test: &str) -> Option<PostgresHarness> {
+        let url = postgres_url_or_skip(test)?;
+        Some(PostgresHarness {
+            url,
+            schema: format!("celeriac_test_lock_{}", uuid::Uuid::new_v4().simple()),
+        })
+    }
+
+    /// The server's URL (without the schema).
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    /// The harness's schema.
+    pub fn schema(&self) -> &str {
+        &self.schema
+    }
+
+    /// The store's URL, naming the harness's schema (`?schema=…`).
+    pub fn store_url(&self) -> String {
+        let separator = if self.url.contains('?') { '&' } else { '?' };
+        format!("{}{separator}schema={}", self.url, self.schema)
+    }
+}
+
+#[cfg(feature = "postgres")]
+impl Drop for PostgresHarness {
+    fn drop(&mut self) {
+        let url = self.url.clone();
+        let statement = format!("DROP SCHEMA IF EXISTS \"{}\" CASCADE", self.schema);
+        // A runtime of its own: drop may run inside (or outside) the test's runtime.
+        let dropped = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .ok()?;
+            runtime.block_on(async move {
+                let (client, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+                    .await
+                    .ok()?;
+                tokio::spawn(connection);
+                client.batch_execute(&statement).await.ok()
+            })
+        })
+        .join();
+        if !matches!(dropped, Ok(Some(()))) {
+            eprintln!("could not drop the test schema {}", self.schema);
+        }
+    }
+}
+
+#[cfg(feature = "postgres")]
+#[async_trait]
+impl LockHarness for PostgresHarness {
+    async fn manager(&self) -> Arc<dyn LockManager> {
+        let manager = crate::postgres::PostgresLockManager::open_url(&self.store_url())
+            .await
+            .expect("the PostgreSQL harness connects");
+        Arc::new(manager)
+    }
+}
+
 /// Expands to one `#[tokio::test]` per conformance behaviour. The argument is an
-/// expression building a [`LockHarness`]; it is evaluated once per test. The calling
-/// crate needs `tokio` (with `macros` and `rt-multi-thread`).
+/// expression building a [`LockHarness`], evaluated once per test; or
+/// `optional PATH`, a function `fn(&str) -> Option<impl LockHarness>` called with
+/// the test's name, whose `None` skips the test (a server that does not answer):
+///
+/// ```ignore
+/// celeriac_lock::lock_conformance_tests!(optional celeriac_lock::testing::RedisHarness::connect_or_skip);
+/// ```
+///
+/// The calling crate needs `tokio` (with `macros` and `rt-multi-thread`).
 #[macro_export]
 macro_rules! lock_conformance_tests {
-    ($harness:expr) => {
-        $crate::lock_conformance_tests!(@tests $harness;
+    (@list [$($harness:tt)+]) => {
+        $crate::lock_conformance_tests!(@tests [$($harness)+];
             acquire_returns_a_live_lease,
             acquire_is_exclusive_under_concurrent_acquirers,
             different_keys_are_independent,
@@ -100,7 +289,23 @@ macro_rules! lock_conformance_tests {
             invalid_params_are_refused,
         );
     };
-    (@tests $harness:expr; $($name:ident),* $(,)?) => {
+    (@tests [optional $connect:path]; $($name:ident),* $(,)?) => {
+        $(
+            #[::tokio::test(flavor = "multi_thread", worker_threads = 4)]
+            async fn $name() {
+                let Some(harness) = $connect(stringify!($name)) else {
+                    return;
+                };
+                ::tokio::time::timeout(
+                    ::std::time::Duration::from_secs(60),
+                    $crate::testing::$name(&harness),
+                )
+                .await
+                .expect(concat!(stringify!($name), " finishes within 60 s"));
+            }
+        )*
+    };
+    (@tests [$harness:expr]; $($name:ident),* $(,)?) => {
         $(
             #[::tokio::test(flavor = "multi_thread", worker_threads = 4)]
             async fn $name() {
@@ -113,6 +318,12 @@ macro_rules! lock_conformance_tests {
                 .expect(concat!(stringify!($name), " finishes within 60 s"));
             }
         )*
+    };
+    (optional $connect:path) => {
+        $crate::lock_conformance_tests!(@list [optional $connect]);
+    };
+    ($harness:expr) => {
+        $crate::lock_conformance_tests!(@list [$harness]);
     };
 }
 

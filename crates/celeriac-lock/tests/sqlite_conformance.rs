@@ -59,17 +59,25 @@ async fn shares_the_broker_file_and_records_its_schema_version() {
 }
 
 #[tokio::test]
-async fn connect_opens_sqlite_and_refuses_other_stores_clearly() {
+async fn connect_opens_sqlite_and_refuses_unknown_stores_clearly() {
     let harness = SqliteHarness::new();
     let url = format!("sqlite://{}", harness.path().display());
     let manager = celeriac_lock::connect(&url).await.expect("sqlite");
     assert_eq!(manager.describe(), url);
-    let error = match celeriac_lock::connect("redis://localhost:6379/0").await {
-        Ok(_) => panic!("no Redis lock store yet"),
+    let error = match celeriac_lock::connect("amqp://localhost:5672//").await {
+        Ok(_) => panic!("no AMQP lock store"),
         Err(error) => error.to_string(),
     };
     assert!(
-        error.contains("locks need a supported store") && error.contains("redis"),
+        error.contains("locks need a supported store") && error.contains("amqp"),
         "{error}"
     );
+    assert!(matches!(
+        celeriac_lock::connect("no-scheme").await,
+        Err(celeriac_lock::LockError::InvalidUrl { .. })
+    ));
+    assert!(matches!(
+        celeriac_lock::connect("redis://h/notadb").await,
+        Err(celeriac_lock::LockError::InvalidUrl { .. })
+    ));
 }
