@@ -24,6 +24,10 @@
 //!   with a reason ([`RejectAction::DeadLetter`]).
 //! - **Capabilities are declared** ([`Capabilities`]); unsupported operations return
 //!   [`BrokerError::Unsupported`], never a silent no-op.
+//! - **Broadcasts are fire-and-forget.** [`Broker::broadcast`] hands a message to every
+//!   [`Subscription`] of its exchange whose binding key matches its routing key
+//!   (events, remote control). Nothing is stored for subscribers that come later or
+//!   that were disconnected at the time (kombu's fanout over Redis PUB/SUB behaves so).
 
 use std::time::Duration;
 
@@ -247,6 +251,88 @@ impl WorkerInfo {
     }
 }
 
+/// A message broadcast on a fanout or topic exchange (events on `celeryev`, remote
+/// control on `celery.pidbox`).
+#[derive(Debug, Clone)]
+pub struct Broadcast {
+    /// Exchange name (`celeryev`, `celery.pidbox`).
+    pub exchange: String,
+    /// Routing key (`worker.heartbeat`, `task.multi`; empty for pidbox requests).
+    pub routing_key: String,
+    /// The message; its `delivery_info` and delivery tag are set by the broker.
+    pub envelope: Envelope,
+}
+
+impl Broadcast {
+    /// kombu's JSON envelope of this message as its `basic_publish` writes it for a
+    /// fanout exchange: `delivery_info` naming the exchange and routing key, a fresh
+    /// uuid4 `delivery_tag`, an explicit priority (0 when unset), base64 body.
+    pub fn to_kombu_json(&self) -> Vec<u8> {
+        let mut envelope = self.envelope.clone();
+        let properties = &mut envelope.properties;
+        properties.delivery_tag = Some(uuid::Uuid::new_v4().to_string());
+        properties.delivery_info = Some(celeriac_core::message::DeliveryInfo {
+            exchange: self.exchange.clone(),
+            routing_key: self.routing_key.clone(),
+            redelivered: None,
+        });
+        properties.priority.get_or_insert(0);
+        envelope.to_kombu_json()
+    }
+}
+
+/// Parameters of [`Broker::subscribe`].
+#[derive(Debug, Clone, Default)]
+pub struct SubscribeParams {
+    /// The exchange to listen to.
+    pub exchange: String,
+    /// AMQP-style binding key: `None` receives every message of the exchange;
+    /// `Some(pattern)` only those whose routing key matches it as a topic pattern
+    /// (`*` one word, `#` zero or more; `Some("")` only an empty routing key, as a
+    /// kombu fanout queue bound without a key).
+    pub routing_key: Option<String>,
+}
+
+/// A broadcast message received by a [`Subscription`].
+#[derive(Debug, Clone)]
+pub struct BroadcastMessage {
+    /// Exchange it was published to.
+    pub exchange: String,
+    /// Routing key it was published with.
+    pub routing_key: String,
+    /// The message.
+    pub envelope: Envelope,
+}
+
+/// A live subscription to an exchange ([`Broker::subscribe`]). It keeps listening
+/// (reconnecting by itself where the store needs connections) until dropped.
+#[derive(Debug)]
+pub struct Subscription {
+    messages: tokio::sync::mpsc::Receiver<BroadcastMessage>,
+}
+
+impl Subscription {
+    /// Wraps the receiving end of a channel fed by a broker's subscription task (for
+    /// broker implementations). The task should end when the receiver is dropped.
+    pub fn from_receiver(messages: tokio::sync::mpsc::Receiver<BroadcastMessage>) -> Self {
+        Subscription { messages }
+    }
+
+    /// The next message; `None` once the subscription ended (its broker task stopped).
+    pub async fn recv(&mut self) -> Option<BroadcastMessage> {
+        self.messages.recv().await
+    }
+
+    /// A message if one is waiting now, without waiting.
+    pub fn try_recv(&mut self) -> Option<BroadcastMessage> {
+        self.messages.try_recv().ok()
+    }
+}
+
+/// How many received broadcast messages a [`Subscription`] buffers before its broker
+/// task waits for the reader.
+pub const SUBSCRIPTION_BUFFER: usize = 1024;
+
 /// A message store with leases. See the crate docs for the contract.
 #[async_trait]
 pub trait Broker: Send + Sync + 'static {
@@ -304,6 +390,27 @@ pub trait Broker: Send + Sync + 'static {
         Err(BrokerError::Unsupported {
             broker: "this",
             operation: "listing workers",
+        })
+    }
+
+    /// Broadcasts a message to the current subscribers of its exchange whose binding
+    /// key matches its routing key (fire-and-forget: no subscriber, no delivery).
+    /// Brokers without broadcasts return [`BrokerError::Unsupported`].
+    async fn broadcast(&self, message: Broadcast) -> Result<(), BrokerError> {
+        let _ = message;
+        Err(BrokerError::Unsupported {
+            broker: "this",
+            operation: "broadcasts",
+        })
+    }
+
+    /// Subscribes to an exchange. Messages broadcast after this returns are
+    /// received (while the subscription is connected); earlier ones are not.
+    async fn subscribe(&self, params: &SubscribeParams) -> Result<Subscription, BrokerError> {
+        let _ = params;
+        Err(BrokerError::Unsupported {
+            broker: "this",
+            operation: "broadcast subscriptions",
         })
     }
 }

@@ -89,6 +89,9 @@ macro_rules! broker_conformance_tests {
             fetch_wait_wakes_on_publish
             concurrent_consumers_get_each_message_once
             worker_heartbeats_are_listed
+            broadcast_reaches_every_subscriber
+            broadcast_follows_binding_keys
+            broadcast_is_not_stored_for_later_subscribers
         );
     };
     (@each ($harness:expr) $($name:ident)*) => {
@@ -358,6 +361,75 @@ async fn redeliver(broker: &dyn Broker, queue: &str, lease: Duration) -> (Delive
         );
         tokio::time::sleep(POLL).await;
     }
+}
+
+/// A broadcast on `exchange` whose body names `id` (a JSON string) and whose headers
+/// carry it, as events and pidbox messages do.
+fn broadcast_message(exchange: &str, routing_key: &str, id: &str) -> crate::Broadcast {
+    let mut headers = serde_json::Map::new();
+    headers.insert("clock".into(), serde_json::Value::from(7));
+    headers.insert("conformance_id".into(), serde_json::Value::from(id));
+    let mut envelope = Envelope {
+        headers,
+        properties: Default::default(),
+        content_type: "application/json".into(),
+        content_encoding: "utf-8".into(),
+        body: serde_json::to_vec(&serde_json::json!({"id": id})).expect("JSON body"),
+    };
+    envelope.properties.delivery_mode = Some(1);
+    crate::Broadcast {
+        exchange: exchange.to_string(),
+        routing_key: routing_key.to_string(),
+        envelope,
+    }
+}
+
+/// The id a [`broadcast_message`] carries.
+fn broadcast_id(message: &crate::BroadcastMessage) -> String {
+    let body: serde_json::Value =
+        serde_json::from_slice(&message.envelope.body).expect("a JSON broadcast body");
+    body["id"].as_str().expect("a broadcast id").to_string()
+}
+
+/// Subscribes, or `None` (with a note) when the broker has no broadcasts.
+async fn subscribe_or_skip(
+    broker: &dyn Broker,
+    test: &str,
+    exchange: &str,
+    routing_key: Option<&str>,
+) -> Option<crate::Subscription> {
+    let params = crate::SubscribeParams {
+        exchange: exchange.to_string(),
+        routing_key: routing_key.map(str::to_string),
+    };
+    match broker.subscribe(&params).await {
+        Err(crate::BrokerError::Unsupported { .. }) => {
+            skip(test, "this broker has no broadcasts");
+            None
+        }
+        other => Some(other.expect("subscribe")),
+    }
+}
+
+/// The next message of a subscription; fails after [`PATIENCE`].
+async fn next_broadcast(
+    subscription: &mut crate::Subscription,
+    context: &str,
+) -> crate::BroadcastMessage {
+    match tokio::time::timeout(PATIENCE, subscription.recv()).await {
+        Ok(Some(message)) => message,
+        Ok(None) => panic!("{context}: the subscription ended"),
+        Err(_) => panic!("{context}: no broadcast within {PATIENCE:?}"),
+    }
+}
+
+/// The ids of the next `n` messages of a subscription.
+async fn next_ids(subscription: &mut crate::Subscription, n: usize, context: &str) -> Vec<String> {
+    let mut ids = Vec::new();
+    for _ in 0..n {
+        ids.push(broadcast_id(&next_broadcast(subscription, context).await));
+    }
+    ids
 }
 
 /// The behaviours, one function each; see the module docs for the rules they keep.
@@ -1144,5 +1216,175 @@ pub mod conformance {
         assert_nothing_to_fetch(&*producer, &queue, "after the consumers finished").await;
         let counts = stats(&*producer, &queue).await;
         assert_eq!((counts.ready, counts.held), (0, 0), "{counts:?}");
+    }
+    /// Every subscriber of an exchange receives each broadcast once, in publish
+    /// order, with its routing key, headers and body intact; other exchanges' are not
+    /// received.
+    pub async fn broadcast_reaches_every_subscriber(h: &dyn BrokerHarness) {
+        let test = "broadcast_reaches_every_subscriber";
+        let exchange = queue_name("fanout");
+        let publisher = h.broker().await;
+        let (first, second) = (h.broker().await, h.broker().await);
+        let Some(mut a) = subscribe_or_skip(&*first, test, &exchange, None).await else {
+            return;
+        };
+        let Some(mut b) = subscribe_or_skip(&*second, test, &exchange, None).await else {
+            return;
+        };
+        let mut same_handle = subscribe_or_skip(&*publisher, test, &exchange, None)
+            .await
+            .expect("subscribe on the publishing handle");
+        let other_exchange = format!("{exchange}.other");
+        publisher
+            .broadcast(broadcast_message(&other_exchange, "", "elsewhere"))
+            .await
+            .expect("broadcast on another exchange");
+        let sent = [("", "b-0"), ("worker.online", "b-1"), ("task.multi", "b-2")];
+        for (routing_key, id) in sent {
+            publisher
+                .broadcast(broadcast_message(&exchange, routing_key, id))
+                .await
+                .expect("broadcast");
+        }
+        let expected: Vec<String> = sent.iter().map(|(_, id)| id.to_string()).collect();
+        for (name, subscription) in [("a", &mut a), ("b", &mut b), ("same", &mut same_handle)] {
+            let mut got = Vec::new();
+            for (routing_key, id) in sent {
+                let message = next_broadcast(subscription, name).await;
+                assert_eq!(message.exchange, exchange, "subscriber {name}");
+                assert_eq!(message.routing_key, routing_key, "subscriber {name}");
+                assert_eq!(
+                    message.envelope.headers.get("conformance_id"),
+                    Some(&serde_json::Value::from(id)),
+                    "subscriber {name}: headers travel"
+                );
+                assert_eq!(message.envelope.properties.delivery_mode, Some(1));
+                let info = message
+                    .envelope
+                    .properties
+                    .delivery_info
+                    .clone()
+                    .expect("delivery_info is set");
+                assert_eq!(
+                    (info.exchange.as_str(), info.routing_key.as_str()),
+                    (exchange.as_str(), routing_key)
+                );
+                got.push(broadcast_id(&message));
+            }
+            assert_eq!(got, expected, "subscriber {name}: each once, in order");
+        }
+        // Nothing else is pending: a marker sent now is the next message.
+        publisher
+            .broadcast(broadcast_message(&exchange, "", "marker"))
+            .await
+            .expect("broadcast marker");
+        assert_eq!(next_ids(&mut a, 1, "marker").await, vec!["marker"]);
+        assert_eq!(next_ids(&mut b, 1, "marker").await, vec!["marker"]);
+    }
+
+    /// A subscription with a binding key receives only matching routing keys (topic
+    /// rules, `#` for any number of words; `""` only an empty key, as kombu's pidbox
+    /// binds); one without a key receives everything of its exchange.
+    pub async fn broadcast_follows_binding_keys(h: &dyn BrokerHarness) {
+        let test = "broadcast_follows_binding_keys";
+        let exchange = queue_name("topic");
+        let broker = h.broker().await;
+        let Some(mut workers) =
+            subscribe_or_skip(&*broker, test, &exchange, Some("worker.#")).await
+        else {
+            return;
+        };
+        let mut empty = subscribe_or_skip(&*broker, test, &exchange, Some(""))
+            .await
+            .expect("subscribe");
+        let mut one_word = subscribe_or_skip(&*broker, test, &exchange, Some("task.*"))
+            .await
+            .expect("subscribe");
+        let mut everything = subscribe_or_skip(&*broker, test, &exchange, Some("#"))
+            .await
+            .expect("subscribe");
+        let sent = [
+            ("worker.online", "t-0"),
+            ("task.multi", "t-1"),
+            ("", "t-2"),
+            ("worker.heartbeat", "t-3"),
+            ("task.succeeded.extra", "t-4"),
+            ("workers", "t-5"),
+            ("worker", "t-6"),
+        ];
+        for (routing_key, id) in sent {
+            broker
+                .broadcast(broadcast_message(&exchange, routing_key, id))
+                .await
+                .expect("broadcast");
+        }
+        // A marker every subscription matches closes each check: whatever arrives
+        // before it was delivered, whatever does not was filtered.
+        let markers = [
+            ("worker.end", &mut workers),
+            ("", &mut empty),
+            ("task.end", &mut one_word),
+        ];
+        for (routing_key, _) in &markers {
+            broker
+                .broadcast(broadcast_message(&exchange, routing_key, "marker"))
+                .await
+                .expect("broadcast marker");
+        }
+        let expect = |keys: &[&str]| -> Vec<String> {
+            let mut ids: Vec<String> = sent
+                .iter()
+                .filter(|(k, _)| keys.contains(k))
+                .map(|(_, id)| id.to_string())
+                .collect();
+            ids.push("marker".into());
+            ids
+        };
+        let cases = [
+            (
+                expect(&["worker.online", "worker.heartbeat", "worker"]),
+                "worker.#",
+            ),
+            (expect(&[""]), "\"\""),
+            (expect(&["task.multi"]), "task.*"),
+        ];
+        for ((expected, pattern), (_, subscription)) in cases.into_iter().zip(markers) {
+            let got = next_ids(subscription, expected.len(), pattern).await;
+            assert_eq!(got, expected, "binding key {pattern}");
+        }
+        let all = next_ids(&mut everything, sent.len() + 3, "#").await;
+        let mut expected_all: Vec<String> = sent.iter().map(|(_, id)| id.to_string()).collect();
+        expected_all.extend(["marker".to_string(), "marker".into(), "marker".into()]);
+        assert_eq!(all, expected_all, "binding key #");
+    }
+
+    /// Broadcasts are fire-and-forget: one sent before a subscription exists is not
+    /// received by it; one sent after is. A dropped subscription does not disturb
+    /// the others.
+    pub async fn broadcast_is_not_stored_for_later_subscribers(h: &dyn BrokerHarness) {
+        let test = "broadcast_is_not_stored_for_later_subscribers";
+        let exchange = queue_name("late");
+        let broker = h.broker().await;
+        let Some(early) = subscribe_or_skip(&*broker, test, &exchange, None).await else {
+            return;
+        };
+        broker
+            .broadcast(broadcast_message(&exchange, "", "before"))
+            .await
+            .expect("broadcast");
+        let mut late = subscribe_or_skip(&*broker, test, &exchange, None)
+            .await
+            .expect("subscribe");
+        drop(early);
+        broker
+            .broadcast(broadcast_message(&exchange, "", "after"))
+            .await
+            .expect("broadcast");
+        assert_eq!(
+            next_ids(&mut late, 1, "late subscriber").await,
+            vec!["after"],
+            "a subscriber receives only what was sent after it subscribed"
+        );
+        assert!(late.try_recv().is_none());
     }
 }

@@ -254,4 +254,172 @@ pub mod testing {
         eprintln!("skipped {test}: Redis does not answer at {url} (set CELERIAC_TEST_REDIS_URL)");
         None
     }
+
+    /// Whether a test must fail (not skip) when a service is missing
+    /// (`CELERIAC_REQUIRE_SERVICES=1`).
+    pub fn services_required() -> bool {
+        std::env::var("CELERIAC_REQUIRE_SERVICES").is_ok_and(|v| v == "1")
+    }
+
+    /// Skips a test: panics when services are required, else prints the reason.
+    pub fn skip(test: &str, reason: &str) {
+        assert!(
+            !services_required(),
+            "{test}: {reason}, and CELERIAC_REQUIRE_SERVICES=1"
+        );
+        eprintln!("skipped {test}: {reason}");
+    }
+
+    /// A `redis-server` process a test owns: its own free port on 127.0.0.1, its own
+    /// temporary directory, no persistence. It never touches the shared server.
+    /// Killed (and its directory removed) when dropped.
+    #[derive(Debug)]
+    pub struct PrivateRedis {
+        /// The port it listens on (the TLS port when started with TLS arguments
+        /// that set `--port 0`).
+        pub port: u16,
+        dir: std::path::PathBuf,
+        args: Vec<String>,
+        child: Option<std::process::Child>,
+    }
+
+    impl PrivateRedis {
+        /// Starts `redis-server --port <free>` (plain TCP), or returns `None` after
+        /// [`skip`] when `redis-server` is not on PATH.
+        pub fn start_or_skip(test: &str) -> Option<PrivateRedis> {
+            let port = free_port();
+            PrivateRedis::start_with_or_skip(test, port, vec!["--port".into(), port.to_string()])
+        }
+
+        /// Starts `redis-server` with `args` (which must make it listen on `port`),
+        /// or returns `None` after [`skip`] when `redis-server` is missing or does
+        /// not come up (e.g. built without TLS for `--tls-port`).
+        pub fn start_with_or_skip(
+            test: &str,
+            port: u16,
+            args: Vec<String>,
+        ) -> Option<PrivateRedis> {
+            let found = std::process::Command::new("redis-server")
+                .arg("--version")
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success());
+            if !found {
+                skip(test, "redis-server is not on PATH");
+                return None;
+            }
+            let dir = std::env::temp_dir().join(format!(
+                "celeriac-redis-{}-{}-{port}",
+                std::process::id(),
+                NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+            ));
+            if let Err(error) = std::fs::create_dir_all(&dir) {
+                skip(test, &format!("cannot create {}: {error}", dir.display()));
+                return None;
+            }
+            let mut server = PrivateRedis {
+                port,
+                dir,
+                args,
+                child: None,
+            };
+            match server.launch() {
+                Ok(()) => Some(server),
+                Err(reason) => {
+                    skip(test, &reason);
+                    None
+                }
+            }
+        }
+
+        /// The server's own directory (for certificates and its log).
+        pub fn dir(&self) -> &std::path::Path {
+            &self.dir
+        }
+
+        /// `redis://127.0.0.1:<port>/<db>`.
+        pub fn url(&self, db: u8) -> String {
+            format!("redis://127.0.0.1:{}/{db}", self.port)
+        }
+
+        /// Kills the server (SIGKILL) and starts it again on the same port: every
+        /// client connection breaks.
+        pub fn restart(&mut self) -> Result<(), String> {
+            self.kill();
+            self.launch()
+        }
+
+        /// Kills the server if it runs.
+        pub fn kill(&mut self) {
+            if let Some(mut child) = self.child.take() {
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+        }
+
+        fn launch(&mut self) -> Result<(), String> {
+            let log = self.dir.join("redis.log");
+            let mut command = std::process::Command::new("redis-server");
+            command
+                .args(&self.args)
+                .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+                .arg("--dir")
+                .arg(&self.dir)
+                .arg("--logfile")
+                .arg(&log)
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null());
+            let mut child = command
+                .spawn()
+                .map_err(|e| format!("cannot start redis-server: {e}"))?;
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+            loop {
+                if let Ok(Some(status)) = child.try_wait() {
+                    let text = std::fs::read_to_string(&log).unwrap_or_default();
+                    let tail: String = text.lines().rev().take(3).collect::<Vec<_>>().join(" | ");
+                    return Err(format!(
+                        "redis-server {:?} exited ({status}): {tail}",
+                        self.args
+                    ));
+                }
+                let address = std::net::SocketAddr::from(([127, 0, 0, 1], self.port));
+                if std::net::TcpStream::connect_timeout(
+                    &address,
+                    std::time::Duration::from_millis(200),
+                )
+                .is_ok()
+                {
+                    self.child = Some(child);
+                    return Ok(());
+                }
+                if std::time::Instant::now() > deadline {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    return Err(format!(
+                        "redis-server {:?} did not listen within 10 s",
+                        self.args
+                    ));
+                }
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+        }
+    }
+
+    impl Drop for PrivateRedis {
+        fn drop(&mut self) {
+            self.kill();
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+    /// A TCP port on 127.0.0.1 that was free a moment ago.
+    pub fn free_port() -> u16 {
+        std::net::TcpListener::bind(("127.0.0.1", 0))
+            .and_then(|listener| listener.local_addr())
+            .map(|address| address.port())
+            .unwrap_or(0)
+    }
 }

@@ -185,14 +185,16 @@
 //!   backoff, and a waiter's pub/sub connection resubscribes after a reconnect and
 //!   reads the key again, so a result published while it was disconnected is not
 //!   missed.
-//! Pub/sub (events, remote control, §2.7) will add a third kind of connection from
-//! the same [`RedisTarget`]; its channel prefix is
-//! [`BrokerKeys::fanout_prefix`](celeriac_redis::keys::BrokerKeys::fanout_prefix).
+//! - **Broadcasts** (events, remote control, §2.7): each subscription has a pub/sub
+//!   connection of its own that resubscribes after a reconnect (`fanout.rs`); its
+//!   channel prefix is
+//!   [`BrokerKeys::fanout_prefix`](celeriac_redis::keys::BrokerKeys::fanout_prefix).
 //!
 //! Not supported: Redis Cluster and Sentinel; `rediss://` needs the `redis` crate's
 //! TLS support, which this build does not enable (such URLs are refused with the
 //! client's reason).
 
+mod fanout;
 pub mod scripts;
 #[cfg(feature = "testing")]
 pub mod testing;
@@ -1418,6 +1420,17 @@ impl Broker for RedisBroker {
             .collect();
         workers.sort_by_key(|w| std::cmp::Reverse(w.last_heartbeat));
         Ok(workers)
+    }
+
+    async fn broadcast(&self, message: crate::Broadcast) -> Result<(), BrokerError> {
+        fanout::broadcast(&self.inner, &message).await
+    }
+
+    async fn subscribe(
+        &self,
+        params: &crate::SubscribeParams,
+    ) -> Result<crate::Subscription, BrokerError> {
+        fanout::subscribe(&self.inner, params).await
     }
 }
 

@@ -12,6 +12,7 @@ pub(super) const COMPONENT: &str = "broker";
 pub(super) const MIGRATIONS: &[(i64, &str)] = &[
     (1, include_str!("../../migrations/0001_broker.sql")),
     (2, include_str!("../../migrations/0002_workers.sql")),
+    (3, include_str!("../../migrations/0003_broadcasts.sql")),
 ];
 
 /// Shared by every celeriac component that stores its schema in the file.

@@ -20,6 +20,8 @@
 //! - `broker_dead_letters`: messages rejected with [`RejectAction::DeadLetter`] and
 //!   payloads that do not decode, with the reason and time.
 //! - `broker_bindings`: declared queues with their exchange and routing key.
+//! - `broker_broadcasts`: broadcasts (events, remote control), read by subscribers
+//!   from their last seen id and deleted after a minute (see `broadcast.rs`).
 //!
 //! ETA messages wait in the broker as `scheduled` rows, not in worker memory: a fetch
 //! first turns the due ones of its queues into `ready` rows (keeping their id, so a due
@@ -71,6 +73,7 @@
 //! next queue in turn (as kombu's round-robin cycle does) and takes from the following
 //! queues while it has room, so one busy queue cannot starve the others.
 
+mod broadcast;
 mod migrate;
 mod store;
 #[cfg(test)]
@@ -522,6 +525,17 @@ impl Broker for SqliteBroker {
                 },
             )
             .collect())
+    }
+
+    async fn broadcast(&self, message: crate::Broadcast) -> Result<(), BrokerError> {
+        self.broadcast_row(message).await
+    }
+
+    async fn subscribe(
+        &self,
+        params: &crate::SubscribeParams,
+    ) -> Result<crate::Subscription, BrokerError> {
+        self.subscribe_rows(params).await
     }
 }
 
