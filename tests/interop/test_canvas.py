@@ -3,6 +3,7 @@ run by celeriac workers on Redis, alone and hand in hand with a Python worker: e
 step's result is passed on exactly as a Python worker would pass it (PROTOCOL.md §4).
 """
 
+import json
 import time
 import uuid
 
@@ -11,7 +12,7 @@ from celery import chain, chord, group
 from celery.result import AsyncResult
 
 import tasks
-from conftest import forget_queue
+from conftest import REDIS_URL, forget_queue, run_interop
 
 pytestmark = pytest.mark.usefixtures("needs_redis_broker")
 
@@ -127,3 +128,55 @@ def test_a_chord_of_1000_split_between_python_and_celeriac_calls_its_body_once(
     time.sleep(1)  # a second dispatch, if there were one, would land by now
     lines = [line.split() for line in log.read_text().splitlines()]
     assert [t for t, _ in lines] == [token], f"the body ran exactly once: {lines}"
+
+
+def test_a_celeriac_built_chain_runs_partly_on_a_python_worker(
+    interop_bin, rust_worker, python_worker, queue_name, redis_client, tmp_path
+):
+    """celeriac encodes and sends the workflow (`interop apply`); the steps alternate
+    between a Python and a celeriac worker; Python reads the result too."""
+    rust_q, python_q = f"{queue_name}-rust", f"{queue_name}-py"
+    rust_worker(queue=rust_q)
+    python_worker(queue=python_q)
+    try:
+        workflow = chain(
+            tasks.add.s(1, 1).set(queue=python_q),
+            tasks.add.s(2).set(queue=rust_q),
+            tasks.add.s(3).set(queue=python_q),
+        )
+        done = run_interop(
+            interop_bin, "--broker", REDIS_URL, "--backend", REDIS_URL,
+            "apply", json.dumps(workflow), "--wait", "45s", cwd=tmp_path, timeout=90,
+        )
+        assert done.returncode == 0, done.stderr
+        last_id, value = done.stdout.split("\n", 1)
+        assert json.loads(value) == 7
+        assert AsyncResult(last_id.strip(), app=tasks.app).get(timeout=10) == 7
+    finally:
+        forget_queue(redis_client, rust_q)
+        forget_queue(redis_client, python_q)
+
+
+def test_a_celeriac_built_chord_has_its_header_run_by_python(
+    interop_bin, rust_worker, python_worker, queue_name, redis_client, tmp_path
+):
+    rust_q, python_q = f"{queue_name}-rust", f"{queue_name}-py"
+    rust_worker(queue=rust_q)
+    python_worker(queue=python_q)
+    try:
+        workflow = chord(
+            [tasks.add.s(i, i).set(queue=python_q) for i in range(5)],
+            tasks.echo.s().set(queue=rust_q),
+        )
+        done = run_interop(
+            interop_bin, "--broker", REDIS_URL, "--backend", REDIS_URL,
+            "apply", json.dumps(workflow), "--wait", "45s", cwd=tmp_path, timeout=90,
+        )
+        assert done.returncode == 0, done.stderr
+        body_id, value = done.stdout.split("\n", 1)
+        expected = {"args": [[0, 2, 4, 6, 8]], "kwargs": {}}
+        assert json.loads(value) == expected
+        assert AsyncResult(body_id.strip(), app=tasks.app).get(timeout=10) == expected
+    finally:
+        forget_queue(redis_client, rust_q)
+        forget_queue(redis_client, python_q)

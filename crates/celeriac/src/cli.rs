@@ -65,6 +65,10 @@ pub enum Command {
     Worker(WorkerArgs),
     /// Send a task by name and print its id (and its result with --wait).
     Call(CallArgs),
+    /// Send a workflow given as a Celery signature in JSON (a task, chain, group or
+    /// chord, as Python's `json.dumps(sig)` writes it) and print its result id (and
+    /// its result with --wait).
+    Apply(ApplyArgs),
     /// Print the stored state and result of a task.
     Result(ResultArgs),
     /// Show queue depths, scheduled, held and dead-lettered counts.
@@ -152,6 +156,17 @@ pub struct CallArgs {
     pub wait: Option<Duration>,
 }
 
+/// `apply` flags.
+#[derive(Debug, Args)]
+pub struct ApplyArgs {
+    /// The signature as JSON, or `@PATH` to read it from a file.
+    pub signature: String,
+    /// Wait up to this long for the result and print it (a group prints the list
+    /// of its members' results).
+    #[arg(long, value_parser = parse_duration, value_name = "DURATION")]
+    pub wait: Option<Duration>,
+}
+
 /// `result` flags.
 #[derive(Debug, Args)]
 pub struct ResultArgs {
@@ -233,6 +248,7 @@ async fn dispatch(app: App, command: Command) -> anyhow::Result<()> {
     match command {
         Command::Worker(args) => worker(app, args).await,
         Command::Call(args) => call(app, args).await,
+        Command::Apply(args) => apply(app, args).await,
         Command::Result(args) => result(app, args).await,
         Command::Queues(args) => queues(app, args).await,
         Command::Purge(args) => purge(app, args).await,
@@ -402,6 +418,32 @@ async fn call(app: App, args: CallArgs) -> anyhow::Result<()> {
     let result = app
         .send_task(&args.name, positional, keywords, options)
         .await?;
+    println!("{}", result.id());
+    if let Some(wait) = args.wait {
+        let value = result.get(wait).await?;
+        println!("{}", serde_json::to_string_pretty(&value)?);
+    }
+    Ok(())
+}
+
+async fn apply(app: App, args: ApplyArgs) -> anyhow::Result<()> {
+    let text = match args.signature.strip_prefix('@') {
+        Some(path) => std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read the signature file {path}"))?,
+        None => args.signature.clone(),
+    };
+    let signature: celeriac_core::Signature = serde_json::from_str(&text)
+        .context("the signature must be a JSON object like Celery's (task, args, kwargs, options, subtask_type)")?;
+    if signature.subtask_type.as_deref() == Some("group") {
+        let group = app.apply_group(signature).await?;
+        println!("{}", group.id());
+        if let Some(wait) = args.wait {
+            let values = group.get(wait).await?;
+            println!("{}", serde_json::to_string_pretty(&values)?);
+        }
+        return Ok(());
+    }
+    let result = app.apply(signature).await?;
     println!("{}", result.id());
     if let Some(wait) = args.wait {
         let value = result.get(wait).await?;
