@@ -44,6 +44,7 @@
 //! check `ctx.is_cancelled()`.
 
 pub mod apply;
+pub mod builtins;
 mod canvas;
 pub mod completer;
 pub mod config;

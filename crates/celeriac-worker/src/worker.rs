@@ -83,6 +83,7 @@ impl Worker {
         backend: Option<Arc<dyn ResultBackend>>,
     ) -> Worker {
         let (tx, rx) = mpsc::unbounded_channel();
+        let registry = crate::builtins::with_builtins(registry);
         Worker {
             shared: Arc::new(Shared {
                 config,
