@@ -24,6 +24,7 @@
 //! | `interop.flaky(token, failures)` | retries `failures` times (countdown 0.1 s), then returns the number of attempts |
 //! | `interop.record(token)` | appends `token worker-hostname` to the file `$CELERIAC_INTEROP_LOG`, returns `token` |
 //! | `interop.record_late(token)` | the same with `acks_late` |
+//! | `interop.single(token, ms)` | single-instance (one lock for the task name, 10 s lease); sleeps `ms` milliseconds and appends `token start_unix_ms end_unix_ms worker-hostname` to `$CELERIAC_INTEROP_LOG`; on conflict it is sent again 0.1 s later, so every call runs once |
 
 use std::io::Write;
 use std::time::Duration;
@@ -152,6 +153,39 @@ fn record_late(ctx: &TaskContext, token: String) -> TaskResult<String> {
     append_record(ctx, &token)
 }
 
+/// Milliseconds since the Unix epoch.
+fn unix_ms() -> u128 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis())
+        .unwrap_or(0)
+}
+
+/// One run at a time across every worker: sleeps `ms` and records
+/// `token start_unix_ms end_unix_ms hostname`, so a test can check that no two runs
+/// overlap. A run that finds the lock held is sent again 0.1 s later.
+#[task(
+    name = "interop.single",
+    single_instance,
+    on_conflict = "retry",
+    lock_retry_delay = "100ms",
+    lock_lease = "10s"
+)]
+async fn single(ctx: &TaskContext, token: String, ms: u64) -> TaskResult<String> {
+    let path = std::env::var_os("CELERIAC_INTEROP_LOG")
+        .ok_or_else(|| TaskError::fail("RuntimeError", "CELERIAC_INTEROP_LOG is not set"))?;
+    let start = unix_ms();
+    tokio::time::sleep(Duration::from_millis(ms)).await;
+    let line = format!("{token} {start} {} {}\n", unix_ms(), ctx.hostname());
+    // O_APPEND and one write per line: lines of concurrent workers never interleave.
+    std::fs::OpenOptions::new()
+        .append(true)
+        .create(true)
+        .open(path)?
+        .write_all(line.as_bytes())?;
+    Ok(token)
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let builder = App::builder("interop")
@@ -162,7 +196,8 @@ async fn main() -> anyhow::Result<()> {
         .task(fail)
         .task(flaky)
         .task(record)
-        .task(record_late);
+        .task(record_late)
+        .task(single);
     // Connects only once the command-line flags are known.
     celeriac::cli::run_builder(builder).await
 }

@@ -136,6 +136,9 @@ pub struct Settings {
     pub broker_url: String,
     /// Result backend URL; empty = the broker's SQLite file when the broker is SQLite.
     pub result_backend: String,
+    /// Lock store URL (single-instance tasks, unique enqueue); empty = the broker's
+    /// (`sqlite://`, `redis://`). E.g. `postgres://…` for PostgreSQL locks.
+    pub lock_store: String,
     /// Queue of tasks that have no route.
     pub task_default_queue: String,
     /// Ack after the task finished (for all tasks that do not say otherwise).
@@ -171,6 +174,7 @@ impl Default for Settings {
         Settings {
             broker_url: "sqlite://celeriac.db".into(),
             result_backend: String::new(),
+            lock_store: String::new(),
             task_default_queue: "celery".into(),
             task_acks_late: false,
             task_reject_on_failure: false,
@@ -301,6 +305,15 @@ impl Settings {
             .then(|| self.broker_url.clone())
     }
 
+    /// The lock store URL: the explicit one, or the broker's.
+    pub fn effective_lock_store(&self) -> String {
+        if self.lock_store.is_empty() {
+            self.broker_url.clone()
+        } else {
+            self.lock_store.clone()
+        }
+    }
+
     /// Slots per queue when the queue does not say.
     pub fn default_concurrency(&self) -> usize {
         if self.worker_concurrency > 0 {
@@ -394,6 +407,22 @@ fn merge(base: &mut Value, overlay: Value) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_lock_store_defaults_to_the_broker_and_is_set_by_env() {
+        let settings = Settings {
+            broker_url: "redis://h:6379/0".into(),
+            ..Settings::default()
+        };
+        assert_eq!(settings.effective_lock_store(), "redis://h:6379/0");
+        let env = settings
+            .merge_env(vec![(
+                "CELERIAC_LOCK_STORE".into(),
+                "postgres://u@db/app".into(),
+            )])
+            .expect("env");
+        assert_eq!(env.effective_lock_store(), "postgres://u@db/app");
+    }
 
     #[test]
     fn layers_apply_in_order_env_over_file_over_code() {

@@ -315,7 +315,7 @@ async fn defer(
 /// unprotected run.
 async fn fail_unavailable(shared: &Arc<Shared>, delivery: &Delivery, message: &TaskMessage) {
     let reason = format!(
-        "task {} is single-instance, but this worker has no lock store: locks need a supported store (sqlite://PATH), and the broker {} has none yet",
+        "task {} is single-instance, but this worker has no lock store: locks need a supported store (sqlite://, redis://, postgres://; setting lock_store or CELERIAC_LOCK_STORE), and the broker {} has none",
         message.headers.task,
         shared.broker.describe()
     );

@@ -179,9 +179,9 @@ impl AppBuilder {
         };
         let locks = match &self.locks {
             Some(locks) => Some(locks.clone()),
-            None => match celeriac_lock::connect(&settings.broker_url).await {
+            None => match celeriac_lock::connect(&settings.effective_lock_store()).await {
                 Ok(locks) => Some(locks),
-                Err(LockError::Unsupported { what }) => {
+                Err(LockError::Unsupported { what }) if settings.lock_store.is_empty() => {
                     tracing::debug!(%what, "no lock store: single-instance tasks and unique enqueue are unavailable");
                     None
                 }
@@ -303,7 +303,8 @@ impl App {
         self.inner.backend.as_ref()
     }
     /// The lock store (single-instance tasks, unique enqueue, `locks` commands): the
-    /// broker's SQLite file, or `None` for brokers that have none yet.
+    /// `lock_store` setting's, else the broker's (SQLite file or Redis), or `None` for
+    /// brokers that have none.
     pub fn locks(&self) -> Option<&Arc<dyn LockManager>> {
         self.inner.locks.as_ref()
     }

@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 use celeriac::core::{
     Map, SendOptions, Task, TaskContext, TaskError, TaskMeta, TaskOptions, TaskState, Value,
 };
+use celeriac::lock::testing::RedisHarness;
 use celeriac::lock::AcquireParams;
 use celeriac::{App, Error, KeyArg, LockKey, OnConflict, SingleInstance, Unique};
 use serde_json::json;
@@ -547,6 +548,7 @@ async fn a_worker_without_a_lock_store_fails_single_instance_runs_clearly() {
 
 const CHILD_DB: &str = "CELERIAC_TEST_LOCKS_CHILD_DB";
 const CHILD_MARK: &str = "CELERIAC_TEST_LOCKS_CHILD_MARK";
+const CHILD_RESULTS: &str = "CELERIAC_TEST_LOCKS_CHILD_RESULTS";
 const KILL_LEASE: Duration = Duration::from_secs(1);
 
 /// `locks.sleeper`: single-instance with a 1 s lease; waits for another run for up to
@@ -586,6 +588,7 @@ async fn child_worker() {
     let app = App::builder("lockchild")
         .without_environment()
         .broker(url)
+        .configure(|s| s.result_backend = std::env::var(CHILD_RESULTS).unwrap_or_default())
         .task(sleeper(Some(mark)))
         .build()
         .await
@@ -598,10 +601,30 @@ async fn child_worker() {
 #[tokio::test]
 async fn a_killed_workers_lock_lapses_within_the_lease_and_the_next_run_proceeds() {
     let t = TestApp::new();
+    let url = t.url.clone();
+    killed_worker_case(&t, &url, "").await;
+}
+
+#[tokio::test]
+async fn a_killed_workers_lock_lapses_within_the_lease_on_the_redis_broker() {
+    let Some(redis) = RedisHarness::connect_or_skip("killed_worker_on_redis") else {
+        return;
+    };
+    let t = TestApp::new();
+    killed_worker_case(&t, redis.url(), redis.url()).await;
+}
+
+/// SIGKILLs a worker process inside a single-instance run on broker `url` (results
+/// in `results`, empty for the broker's file); the next run must start within the
+/// lease, with a larger fencing number.
+async fn killed_worker_case(t: &TestApp, url: &str, results: &str) {
     let mark = t.dir.path().join("started.txt");
     let next_mark = t.dir.path().join("next-started.txt");
+    let results_url = results.to_string();
     let app = t
         .builder()
+        .broker(url)
+        .configure(move |s| s.result_backend = results_url)
         .task(sleeper(Some(next_mark.display().to_string())))
         .build()
         .await
@@ -617,7 +640,8 @@ async fn a_killed_workers_lock_lapses_within_the_lease_and_the_next_run_proceeds
         .expect("sent");
     let mut child = Command::new(std::env::current_exe().expect("test binary"))
         .args(["--exact", "child_worker", "--nocapture", "--test-threads=1"])
-        .env(CHILD_DB, &t.url)
+        .env(CHILD_DB, url)
+        .env(CHILD_RESULTS, results)
         .env(CHILD_MARK, &mark)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -739,9 +763,26 @@ async fn child_fleet_worker() {
 #[tokio::test]
 async fn four_worker_processes_never_overlap_a_single_instance_task() {
     let t = TestApp::new();
+    let url = t.url.clone();
+    fleet_case(&t, &url).await;
+}
+
+#[tokio::test]
+async fn four_worker_processes_never_overlap_a_single_instance_task_on_redis() {
+    let Some(redis) = RedisHarness::connect_or_skip("fleet_on_redis") else {
+        return;
+    };
+    let t = TestApp::new();
+    fleet_case(&t, redis.url()).await;
+}
+
+/// 200 enqueues of a 50 ms single-instance task, run by 4 worker processes on broker
+/// `url`: every call runs once, and no two runs overlap.
+async fn fleet_case(t: &TestApp, url: &str) {
     let record = t.dir.path().join("fleet.txt");
     let app = t
         .builder()
+        .broker(url)
         .task(fleet_task(record.display().to_string()))
         .build()
         .await
@@ -759,7 +800,7 @@ async fn four_worker_processes_never_overlap_a_single_instance_task() {
                     "--nocapture",
                     "--test-threads=1",
                 ])
-                .env(FLEET_DB, &t.url)
+                .env(FLEET_DB, url)
                 .env(FLEET_RECORD, &record)
                 .stdout(Stdio::null())
                 .stderr(Stdio::null())

@@ -1,6 +1,8 @@
-//! `locks list` and `locks release KEY`: the app's lock store (the broker's SQLite
-//! file), for operators. Single-instance locks are `single:<task>[:<args>]`, unique
-//! enqueue locks `unique:<key>` (see `celeriac::lock::keys`).
+//! `locks list` and `locks release KEY`: the app's lock store (the `lock_store`
+//! setting, else the broker's SQLite file or Redis database), or the one named by
+//! `--store URL` (`sqlite://`, `redis://`, `postgres://`), for operators.
+//! Single-instance locks are `single:<task>[:<args>]`, unique enqueue locks
+//! `unique:<key>` (see `celeriac::lock::keys`).
 
 use std::io::Write;
 
@@ -14,6 +16,10 @@ use crate::app::App;
 /// `locks` flags.
 #[derive(Debug, Args)]
 pub struct LocksArgs {
+    /// The lock store to use instead of the app's (`sqlite://PATH`,
+    /// `redis://HOST[:PORT][/DB][?global_keyprefix=P]`, `postgres://…[?schema=S]`).
+    #[arg(long, value_name = "URL")]
+    pub store: Option<String>,
     /// What to do.
     #[command(subcommand)]
     pub command: LocksCommand,
@@ -41,7 +47,10 @@ pub enum LocksCommand {
 
 /// Runs a `locks` subcommand.
 pub(crate) async fn run(app: App, args: LocksArgs) -> anyhow::Result<()> {
-    let locks = app.require_locks()?;
+    let locks = match &args.store {
+        Some(url) => celeriac_lock::connect(url).await?,
+        None => app.require_locks()?.clone(),
+    };
     match args.command {
         LocksCommand::List { prefix, json } => {
             let mut listed = locks.list().await?;
