@@ -31,16 +31,20 @@ enum RunEnd {
 }
 
 /// Processes one delivery end to end. Holds the queue's window permit until done.
+/// `ticket` is the delivery's place in the queue's [`Slots`] line.
 pub(crate) async fn process(
     shared: Arc<Shared>,
     delivery: Delivery,
     queue: Arc<QueueSettings>,
     window_permit: OwnedSemaphorePermit,
-    slots: Arc<Semaphore>,
+    ticket: Ticket,
     stop: CancellationToken,
     cancel_running: CancellationToken,
 ) {
     WorkerStats::bump(&shared.stats.received);
+    let slots = Arc::clone(&ticket.slots);
+    // Dropped (the turn given up) by every path that does not queue for a slot now.
+    let mut ticket = Some(ticket);
     let Some((message, task)) = admit(&shared, &delivery).await else {
         return;
     };
@@ -52,6 +56,7 @@ pub(crate) async fn process(
         let wait = (eta - Utc::now()).to_std().unwrap_or_default();
         if !wait.is_zero() {
             window_permit = None;
+            ticket = None;
             tokio::select! {
                 biased;
                 _ = stop.cancelled() => return release(&shared, &delivery.tag).await,
@@ -59,19 +64,35 @@ pub(crate) async fn process(
             }
         }
     }
-    tokio::select! {
-        biased;
-        _ = stop.cancelled() => return release(&shared, &delivery.tag).await,
-        _ = shared.rate.acquire(&message.headers.task, task.options().rate_limit) => {}
+    if let Some(start) = shared
+        .rate
+        .reserve(&message.headers.task, task.options().rate_limit)
+    {
+        if start > tokio::time::Instant::now() {
+            ticket = None;
+        }
+        tokio::select! {
+            biased;
+            _ = stop.cancelled() => return release(&shared, &delivery.tag).await,
+            _ = tokio::time::sleep_until(start) => {}
+        }
+    }
+    if let Some(ticket) = &ticket {
+        tokio::select! {
+            biased;
+            _ = stop.cancelled() => return release(&shared, &delivery.tag).await,
+            () = ticket.turn() => {}
+        }
     }
     let slot = tokio::select! {
         biased;
         _ = stop.cancelled() => return release(&shared, &delivery.tag).await,
-        slot = slots.acquire_owned() => match slot {
+        slot = Arc::clone(&slots.slots).acquire_owned() => match slot {
             Ok(slot) => slot,
             Err(_) => return release(&shared, &delivery.tag).await,
         },
     };
+    drop(ticket);
     if expired_or_revoked(&shared, &delivery, &message).await {
         return;
     }
@@ -87,6 +108,89 @@ pub(crate) async fn process(
     .await;
     drop(slot);
     drop(window_permit);
+}
+
+/// A queue's execution slots, handed out in delivery order. Each delivery takes a
+/// [`Ticket`] when it is fetched and waits for its turn before it waits for a slot,
+/// so messages fetched together start in the order the broker gave them (priority,
+/// then age) however the runtime schedules their jobs. A delivery that does not
+/// queue for a slot at once (ETA in the future, rate limited, settled without
+/// running, stopped) gives its turn up.
+pub(crate) struct Slots {
+    slots: Arc<Semaphore>,
+    turns: parking_lot::Mutex<Turns>,
+    turn_changed: tokio::sync::Notify,
+}
+
+/// The line of tickets: `next` is served; `passed` are later tickets already done.
+#[derive(Default)]
+struct Turns {
+    issued: u64,
+    next: u64,
+    passed: std::collections::BTreeSet<u64>,
+}
+
+/// A delivery's place in the line of a [`Slots`]; gives the turn up when dropped.
+pub(crate) struct Ticket {
+    slots: Arc<Slots>,
+    number: u64,
+}
+
+impl Slots {
+    /// `concurrency` slots, nobody in line.
+    pub(crate) fn new(concurrency: usize) -> Arc<Slots> {
+        Arc::new(Slots {
+            slots: Arc::new(Semaphore::new(concurrency)),
+            turns: parking_lot::Mutex::new(Turns::default()),
+            turn_changed: tokio::sync::Notify::new(),
+        })
+    }
+
+    /// The next place in line (take them in delivery order).
+    pub(crate) fn ticket(self: &Arc<Slots>) -> Ticket {
+        let mut turns = self.turns.lock();
+        let number = turns.issued;
+        turns.issued += 1;
+        Ticket {
+            slots: Arc::clone(self),
+            number,
+        }
+    }
+}
+
+impl Ticket {
+    /// Completes when every earlier ticket has taken its slot or given up its turn.
+    async fn turn(&self) {
+        loop {
+            let changed = self.slots.turn_changed.notified();
+            tokio::pin!(changed);
+            changed.as_mut().enable();
+            if self.slots.turns.lock().next == self.number {
+                return;
+            }
+            changed.await;
+        }
+    }
+}
+
+impl Drop for Ticket {
+    fn drop(&mut self) {
+        let mut turns = self.slots.turns.lock();
+        turns.passed.insert(self.number);
+        let mut advanced = false;
+        loop {
+            let next = turns.next;
+            if !turns.passed.remove(&next) {
+                break;
+            }
+            turns.next += 1;
+            advanced = true;
+        }
+        drop(turns);
+        if advanced {
+            self.slots.turn_changed.notify_waiters();
+        }
+    }
 }
 
 /// Decodes and validates; anything that cannot run is settled here.
@@ -683,4 +787,45 @@ pub(crate) async fn reject(shared: &Shared, tag: &DeliveryTag, action: RejectAct
         tracing::error!(%error, %tag, "giving up rejecting; the message will be redelivered");
     }
     shared.held.lock().remove(tag);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Jobs that reach their slot in any order take it in ticket order, and a ticket
+    /// given up does not hold the line.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn slots_are_taken_in_ticket_order() {
+        const JOBS: usize = 20;
+        let slots = Slots::new(1);
+        let order = Arc::new(parking_lot::Mutex::new(Vec::new()));
+        let tickets: Vec<Ticket> = (0..JOBS).map(|_| slots.ticket()).collect();
+        let mut jobs = Vec::new();
+        // Spawned last ticket first, each after a different pause; ticket 5 gives up.
+        for (i, ticket) in tickets.into_iter().enumerate().rev() {
+            let order = Arc::clone(&order);
+            let slots = Arc::clone(&slots);
+            jobs.push(tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_millis(((JOBS - i) % 7) as u64)).await;
+                if i == 5 {
+                    return;
+                }
+                ticket.turn().await;
+                let slot = Arc::clone(&slots.slots)
+                    .acquire_owned()
+                    .await
+                    .expect("semaphore open");
+                drop(ticket);
+                order.lock().push(i);
+                tokio::time::sleep(Duration::from_millis(1)).await;
+                drop(slot);
+            }));
+        }
+        for job in jobs {
+            job.await.expect("job");
+        }
+        let expected: Vec<usize> = (0..JOBS).filter(|i| *i != 5).collect();
+        assert_eq!(*order.lock(), expected);
+    }
 }

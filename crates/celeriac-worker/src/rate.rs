@@ -27,19 +27,23 @@ impl RateLimiters {
 
     /// Waits until `task` may start under `declared` (or its runtime override).
     pub async fn acquire(&self, task: &str, declared: Option<RateLimit>) {
+        if let Some(start) = self.reserve(task, declared) {
+            tokio::time::sleep_until(start).await;
+        }
+    }
+
+    /// Reserves the next start of `task` under `declared` (or its runtime override):
+    /// when it may start, or `None` when it is not limited.
+    pub fn reserve(&self, task: &str, declared: Option<RateLimit>) -> Option<Instant> {
         let limit = match self.overrides.lock().get(task) {
             Some(runtime) => *runtime,
             None => declared,
-        };
-        let Some(limit) = limit else { return };
-        let start = {
-            let mut next = self.next_start.lock();
-            let now = Instant::now();
-            let slot = next.get(task).copied().filter(|t| *t > now).unwrap_or(now);
-            next.insert(task.to_string(), slot + limit.interval());
-            slot
-        };
-        tokio::time::sleep_until(start).await;
+        }?;
+        let mut next = self.next_start.lock();
+        let now = Instant::now();
+        let slot = next.get(task).copied().filter(|t| *t > now).unwrap_or(now);
+        next.insert(task.to_string(), slot + limit.interval());
+        Some(slot)
     }
 }
 

@@ -277,7 +277,7 @@ async fn consume(
     cancel_running: CancellationToken,
 ) {
     let window = Arc::new(Semaphore::new(queue.window()));
-    let slots = Arc::new(Semaphore::new(queue.concurrency));
+    let slots = executor::Slots::new(queue.concurrency);
     let queue = Arc::new(queue);
     let consumer = format!(
         "{}/{}/{}/{}",
@@ -325,7 +325,7 @@ async fn consume(
                         delivery,
                         queue.clone(),
                         permit,
-                        slots.clone(),
+                        slots.ticket(),
                         stop.clone(),
                         cancel_running.clone(),
                     ));
