@@ -16,8 +16,9 @@ use std::time::{Duration, Instant};
 use celeriac::core::{
     Map, SendOptions, Task, TaskContext, TaskError, TaskMeta, TaskOptions, TaskState, Value,
 };
-use celeriac::lock::testing::RedisHarness;
-use celeriac::lock::AcquireParams;
+use celeriac::lock::postgres::PostgresLockManager;
+use celeriac::lock::testing::{PostgresHarness, RedisHarness};
+use celeriac::lock::{AcquireParams, LockManager};
 use celeriac::{App, Error, KeyArg, LockKey, OnConflict, SingleInstance, Unique};
 use serde_json::json;
 use support::{options, task, wait_for, RunningWorker, TestApp};
@@ -1168,6 +1169,186 @@ async fn locks_list_and_release_through_the_cli() {
     let (ok, _, err) = cli(&t.url, &["locks", "release", "single:billing.run"]);
     assert!(!ok, "releasing a lock that is not held fails");
     assert!(err.contains("no live lock"), "{err}");
+}
+
+// --- Redis and PostgreSQL lock stores -------------------------------------------------
+
+#[tokio::test]
+async fn unique_enqueue_and_the_locks_commands_work_on_the_redis_broker() {
+    let Some(redis) = RedisHarness::connect_or_skip("unique_on_redis") else {
+        return;
+    };
+    let t = TestApp::new();
+    let release = Arc::new(Notify::new());
+    let runs = Arc::new(AtomicU32::new(0));
+    let app = t
+        .builder()
+        .broker(redis.url())
+        .backend(redis.url())
+        .configure(|s| s.worker_concurrency = 4)
+        .task(holder(
+            "locks.report",
+            TaskOptions::default(),
+            release.clone(),
+            runs.clone(),
+        ))
+        .build()
+        .await
+        .expect("app");
+    let locks = app
+        .locks()
+        .expect("a Redis broker has a lock store")
+        .clone();
+    assert!(
+        locks.describe().starts_with("redis://"),
+        "{}",
+        locks.describe()
+    );
+    let worker = RunningWorker::start_default(&app);
+    let unique = || SendOptions::new().unique(Unique::new(Duration::from_secs(60)));
+    let first = app
+        .send_task("locks.report", vec![json!("hold")], Map::new(), unique())
+        .await
+        .expect("sent");
+    let key = match app
+        .send_task("locks.report", vec![json!("hold")], Map::new(), unique())
+        .await
+    {
+        Err(Error::Duplicate { key, .. }) => key,
+        other => panic!("expected Duplicate, got {other:?}"),
+    };
+    // The lock is in the broker's Redis, under its key prefix, for the CLI too.
+    let (ok, out, err) = cli(redis.url(), &["locks", "list", "--prefix", "unique:"]);
+    assert!(ok, "{out}\n{err}");
+    let line = out
+        .lines()
+        .find(|l| l.starts_with(&key))
+        .unwrap_or_else(|| panic!("{key} is listed: {out}"));
+    assert!(line.contains(first.id()), "{line}");
+    release.notify_waiters();
+    wait_for("the first run to finish", WAIT, || async {
+        release.notify_waiters();
+        first.get(Duration::from_millis(50)).await.is_ok()
+    })
+    .await;
+    wait_for("the worker to release the unique lock", WAIT, || async {
+        locks.list().await.expect("list").is_empty()
+    })
+    .await;
+    let again = app
+        .send_task("locks.report", vec![json!("go")], Map::new(), unique())
+        .await
+        .expect("sent");
+    again.get(WAIT).await.expect("ran");
+    let repeat = app
+        .send_task("locks.report", vec![json!("hold")], Map::new(), unique())
+        .await
+        .expect("the first one finished, so the same call is accepted again");
+    // An operator's release through the CLI frees the key while the task still runs.
+    wait_for("the repeat to hold its lock", WAIT, || async {
+        runs.load(Ordering::SeqCst) >= 3
+    })
+    .await;
+    let (ok, out, err) = cli(redis.url(), &["locks", "release", &key]);
+    assert!(ok, "{out}\n{err}");
+    let third = app
+        .send_task("locks.report", vec![json!("go")], Map::new(), unique())
+        .await
+        .expect("sent");
+    third.get(WAIT).await.expect("ran");
+    let third_again = app
+        .send_task("locks.report", vec![json!("hold")], Map::new(), unique())
+        .await
+        .expect("released by the operator: accepted while the repeat still runs");
+    wait_for("the held runs to finish", WAIT, || async {
+        release.notify_waiters();
+        repeat.get(Duration::from_millis(50)).await.is_ok()
+            && third_again.get(Duration::from_millis(50)).await.is_ok()
+    })
+    .await;
+    worker.stop().await;
+}
+
+#[tokio::test]
+async fn the_lock_store_setting_keeps_a_sqlite_brokers_locks_in_postgres() {
+    let Some(pg) = PostgresHarness::connect_or_skip("lock_store_in_postgres") else {
+        return;
+    };
+    let t = TestApp::new();
+    let release = Arc::new(Notify::new());
+    let runs = Arc::new(AtomicU32::new(0));
+    let store = pg.store_url();
+    let app = t
+        .builder()
+        .configure(move |s| s.lock_store = store)
+        .task(holder(
+            "locks.pg",
+            single(OnConflict::Skip, Duration::from_secs(1)),
+            release.clone(),
+            runs.clone(),
+        ))
+        .build()
+        .await
+        .expect("app");
+    let locks = app.locks().expect("lock store").clone();
+    assert!(
+        locks.describe().starts_with("postgres://"),
+        "{}",
+        locks.describe()
+    );
+    let worker = RunningWorker::start_default(&app);
+    let first = app
+        .send_task(
+            "locks.pg",
+            vec![json!("hold")],
+            Map::new(),
+            SendOptions::new(),
+        )
+        .await
+        .expect("sent");
+    let direct = PostgresLockManager::open_url(&pg.store_url())
+        .await
+        .expect("open the tables directly");
+    wait_for("the run's lock to be in PostgreSQL", WAIT, || async {
+        direct
+            .list()
+            .await
+            .expect("list")
+            .iter()
+            .any(|l| l.key == "single:locks.pg" && l.owner.contains(first.id()))
+    })
+    .await;
+    let skipped = app
+        .send_task(
+            "locks.pg",
+            vec![json!("go")],
+            Map::new(),
+            SendOptions::new(),
+        )
+        .await
+        .expect("sent");
+    match skipped.get(WAIT).await {
+        Err(Error::Revoked { reason, .. }) => assert_eq!(reason, "locked"),
+        other => panic!("expected REVOKED (locked), got {other:?}"),
+    }
+    // The broker's own SQLite file has no lock; `--store` shows PostgreSQL's.
+    let (ok, out, err) = cli(&t.url, &["locks", "list"]);
+    assert!(ok, "{out}\n{err}");
+    assert!(out.contains("no locks held"), "{out}");
+    let (ok, out, err) = cli(&t.url, &["locks", "--store", &pg.store_url(), "list"]);
+    assert!(ok, "{out}\n{err}");
+    assert!(out.contains("single:locks.pg"), "{out}");
+    // Renewed past its 1 s lease while the run lasts.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(direct.list().await.expect("list").len(), 1, "still held");
+    wait_for("the first run to finish", WAIT, || async {
+        release.notify_waiters();
+        first.get(Duration::from_millis(50)).await.is_ok()
+    })
+    .await;
+    assert!(direct.list().await.expect("list").is_empty(), "released");
+    assert_eq!(runs.load(Ordering::SeqCst), 1, "the skipped call never ran");
+    worker.stop().await;
 }
 
 // --- `#[task]` options ---------------------------------------------------------------
