@@ -180,3 +180,14 @@ def test_a_celeriac_built_chord_has_its_header_run_by_python(
     finally:
         forget_queue(redis_client, rust_q)
         forget_queue(redis_client, python_q)
+
+
+def test_python_map_starmap_and_chunks_run_on_celeriac(celeriac_queue):
+    q = celeriac_queue
+    assert tasks.echo.map([1, 2]).apply_async(queue=q).get(timeout=30) == [
+        {"args": [1], "kwargs": {}},
+        {"args": [2], "kwargs": {}},
+    ]
+    assert tasks.add.starmap([(1, 2), (3, 4)]).apply_async(queue=q).get(timeout=30) == [3, 7]
+    chunked = tasks.add.chunks([(i, i) for i in range(5)], 2).apply_async(queue=q)
+    assert chunked.get(timeout=30) == [[0, 2], [4, 6], [8]]

@@ -67,6 +67,45 @@ pub fn chord(header: impl IntoIterator<Item = Signature>, body: Signature) -> Si
     chord_signature(header.into_iter().collect(), body)
 }
 
+/// `celery.map`: one task that calls `task` for each item (one argument each) in
+/// the worker and returns the list of results (Celery's `xmap`).
+pub fn xmap(task: Signature, items: impl IntoIterator<Item = Value>) -> Signature {
+    builtin_map("celery.map", task, items.into_iter().collect())
+}
+
+/// `celery.starmap`: like [`xmap`], each item being the argument list (Celery's
+/// `xstarmap`).
+pub fn xstarmap(task: Signature, items: impl IntoIterator<Item = Vec<Value>>) -> Signature {
+    let items = items.into_iter().map(Value::Array).collect();
+    builtin_map("celery.starmap", task, items)
+}
+
+/// Splits the argument lists `items` into chunks of `size` and runs each chunk as
+/// one `celery.starmap` task, all in a group (Celery's `chunks(...).group()`). The
+/// group's result is one list of results per chunk.
+pub fn chunks(
+    task: Signature,
+    items: impl IntoIterator<Item = Vec<Value>>,
+    size: usize,
+) -> Signature {
+    let items: Vec<Vec<Value>> = items.into_iter().collect();
+    let members = items
+        .chunks(size.max(1))
+        .map(|chunk| xstarmap(task.clone(), chunk.iter().cloned()));
+    group(members)
+}
+
+fn builtin_map(name: &str, task: Signature, items: Vec<Value>) -> Signature {
+    let mut map = Signature::new(name, Vec::new());
+    map.kwargs.insert(
+        "task".into(),
+        serde_json::to_value(task).unwrap_or(Value::Null),
+    );
+    map.kwargs.insert("it".into(), Value::Array(items));
+    map.immutable = true;
+    map
+}
+
 /// Options on any signature, builder style.
 pub trait SignatureExt: Sized {
     /// Sends this step to `queue`.

@@ -7,7 +7,7 @@ mod support;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use celeriac::canvas::{chain, chord, group, si, sig, SignatureExt};
+use celeriac::canvas::{chain, chord, chunks, group, si, sig, xmap, xstarmap, SignatureExt};
 use celeriac::core::{Embed, Map, SendOptions, Signature, TaskOptions, TaskState, Value};
 use celeriac::App;
 use serde_json::json;
@@ -357,4 +357,37 @@ async fn a_chord_of_1000_header_tasks_calls_its_body_exactly_once() {
     assert_eq!(calls.len(), 1, "the body ran exactly once: {calls:?}");
     let stats = worker.stop().await;
     assert_eq!(stats.succeeded, 1001);
+}
+
+#[tokio::test]
+async fn map_starmap_and_chunks_run_the_task_per_item() {
+    let t = TestApp::new();
+    let app = app_with_tasks(&t, Arc::default()).await;
+    let worker = RunningWorker::start_default(&app);
+    let mapped = app
+        .apply(xmap(sig("t.add", []), [json!(1), json!(2), json!(3)]))
+        .await
+        .expect("map sent");
+    assert_eq!(mapped.get(WAIT).await.expect("map"), json!([1, 2, 3]));
+    let starred = app
+        .apply(xstarmap(
+            sig("t.mul", []),
+            [vec![json!(2), json!(3)], vec![json!(4), json!(5)]],
+        ))
+        .await
+        .expect("starmap sent");
+    assert_eq!(starred.get(WAIT).await.expect("starmap"), json!([6, 20]));
+    let chunked = app
+        .apply_group(chunks(
+            sig("t.add", []),
+            (0..5).map(|i| vec![json!(i), json!(i)]),
+            2,
+        ))
+        .await
+        .expect("chunks sent");
+    assert_eq!(
+        chunked.get(WAIT).await.expect("chunks"),
+        vec![json!([0, 2]), json!([4, 6]), json!([8])]
+    );
+    worker.stop().await;
 }
