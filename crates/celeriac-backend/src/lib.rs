@@ -17,6 +17,9 @@
 //!   `Some(Duration::ZERO)` means "never", like Celery's `result_expires = 0`.
 //! - [`ResultBackend::wait`] returns as soon as the task reaches a ready state
 //!   (SUCCESS, FAILURE, REVOKED), woken by a notification where the store has one.
+//! - Saved groups ([`ResultBackend::save_group`]) are Celery's
+//!   `celery-taskset-meta-<gid>` values ([`group`]); saving again replaces the
+//!   value, and they expire like results.
 
 use std::time::Duration;
 
@@ -24,8 +27,10 @@ use async_trait::async_trait;
 use celeriac_core::{TaskMeta, TaskState};
 
 pub use chord::{ChordPart, ChordPartResult, ChordProgress};
+pub use group::{ResultTuple, SavedGroup};
 
 pub mod chord;
+pub mod group;
 #[cfg(feature = "redis")]
 pub mod redis;
 #[cfg(feature = "sqlite")]
@@ -235,6 +240,45 @@ pub trait ResultBackend: Send + Sync + 'static {
         Err(BackendError::Unsupported {
             backend: self.describe(),
             operation: "chords",
+        })
+    }
+    /// Saves a group result (Celery's `GroupResult.save()`), replacing an earlier
+    /// save of the same id, expiring after `expires` (`None` or zero = never).
+    ///
+    /// The default implementation returns [`BackendError::Unsupported`].
+    async fn save_group(
+        &self,
+        group: &SavedGroup,
+        expires: Option<Duration>,
+    ) -> Result<(), BackendError> {
+        let _ = (group, expires);
+        Err(BackendError::Unsupported {
+            backend: self.describe(),
+            operation: "saved groups",
+        })
+    }
+
+    /// The saved group `group_id` (Celery's `GroupResult.restore()`), or `None` if
+    /// it was never saved, was forgotten or expired.
+    ///
+    /// The default implementation returns [`BackendError::Unsupported`].
+    async fn restore_group(&self, group_id: &str) -> Result<Option<SavedGroup>, BackendError> {
+        let _ = group_id;
+        Err(BackendError::Unsupported {
+            backend: self.describe(),
+            operation: "saved groups",
+        })
+    }
+
+    /// Deletes the saved group (Celery's `GroupResult.forget()` deletes it with the
+    /// members' results; this deletes only the group value).
+    ///
+    /// The default implementation returns [`BackendError::Unsupported`].
+    async fn forget_group(&self, group_id: &str) -> Result<(), BackendError> {
+        let _ = group_id;
+        Err(BackendError::Unsupported {
+            backend: self.describe(),
+            operation: "saved groups",
         })
     }
 }

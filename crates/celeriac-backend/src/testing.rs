@@ -116,6 +116,8 @@ macro_rules! backend_conformance_tests {
             chord_completes_once_with_parts_in_header_order,
             chord_racing_parts_elect_one_dispatcher,
             chord_claim_is_owned_and_finish_marks_done,
+            saved_group_restores_with_members_in_order,
+            saved_group_expires,
         );
     };
     (@tests $harness:expr; $($name:ident),* $(,)?) => {
@@ -1014,4 +1016,126 @@ pub async fn chord_claim_is_owned_and_finish_marks_done<H: BackendHarness>(harne
         .chord_finish(&group, &claim)
         .await
         .expect("finish twice"));
+}
+
+/// A saved group reads back (through another handle) with its members in order,
+/// nested groups and parents included; saving again replaces it; forgetting it
+/// deletes only the group value, not the members' results.
+pub async fn saved_group_restores_with_members_in_order<H: BackendHarness>(harness: &H) {
+    let backend = harness.backend().await;
+    let other = harness.backend().await;
+    let id = unique_id("group");
+    let members: Vec<String> = (0..5).map(|i| unique_id(&format!("member-{i}"))).collect();
+    let group = crate::SavedGroup::of_tasks(&id, members.iter().cloned());
+    if supported(
+        backend.save_group(&group, CHORD_EXPIRES).await,
+        "saved groups",
+    )
+    .is_none()
+    {
+        return;
+    }
+    assert_eq!(
+        other.restore_group(&id).await.expect("restore_group"),
+        Some(group.clone())
+    );
+    assert_eq!(
+        other
+            .restore_group(&unique_id("never-saved"))
+            .await
+            .expect("restore_group"),
+        None,
+        "an unsaved group reads as None"
+    );
+
+    let nested = crate::SavedGroup {
+        id: id.clone(),
+        parent: Some(Box::new(crate::ResultTuple::task(unique_id("parent")))),
+        members: vec![
+            crate::ResultTuple::Group(crate::SavedGroup::of_tasks(
+                unique_id("inner"),
+                [members[0].clone(), members[1].clone()],
+            )),
+            crate::ResultTuple::Task {
+                id: members[2].clone(),
+                parent: Some(Box::new(crate::ResultTuple::task(members[3].clone()))),
+            },
+        ],
+    };
+    backend
+        .save_group(&nested, CHORD_EXPIRES)
+        .await
+        .expect("save again");
+    assert_eq!(
+        other.restore_group(&id).await.expect("restore_group"),
+        Some(nested),
+        "saving again replaces the group"
+    );
+
+    store(
+        &backend,
+        &success(&members[0], json!("kept")),
+        CHORD_EXPIRES,
+    )
+    .await;
+    other.forget_group(&id).await.expect("forget_group");
+    assert_eq!(
+        backend.restore_group(&id).await.expect("restore_group"),
+        None
+    );
+    assert_eq!(
+        get(&backend, &members[0]).await.result,
+        json!("kept"),
+        "forgetting the group keeps its members' results"
+    );
+    other
+        .forget_group(&id)
+        .await
+        .expect("forgetting twice is fine");
+}
+
+/// A saved group expires like a result; without expiry (or zero) it stays.
+pub async fn saved_group_expires<H: BackendHarness>(harness: &H) {
+    let backend = harness.backend().await;
+    let short = crate::SavedGroup::of_tasks(unique_id("short-group"), [unique_id("m")]);
+    let forever = crate::SavedGroup::of_tasks(unique_id("forever-group"), [unique_id("m")]);
+    let zero = crate::SavedGroup::of_tasks(unique_id("zero-group"), [unique_id("m")]);
+    if supported(
+        backend
+            .save_group(&short, Some(Duration::from_millis(150)))
+            .await,
+        "saved groups",
+    )
+    .is_none()
+    {
+        return;
+    }
+    backend.save_group(&forever, None).await.expect("save");
+    backend
+        .save_group(&zero, Some(Duration::ZERO))
+        .await
+        .expect("save");
+    eventually(
+        Duration::from_secs(5),
+        "the saved group expires",
+        || async {
+            backend
+                .restore_group(&short.id)
+                .await
+                .expect("restore_group")
+                .is_none()
+        },
+    )
+    .await;
+    backend.cleanup_expired().await.expect("cleanup_expired");
+    for kept in [&forever, &zero] {
+        assert_eq!(
+            backend
+                .restore_group(&kept.id)
+                .await
+                .expect("restore_group"),
+            Some(kept.clone())
+        );
+        backend.forget_group(&kept.id).await.expect("forget_group");
+    }
 }

@@ -192,3 +192,85 @@ fn python_dumps(value: &Value) -> String {
         other => other.to_string(),
     }
 }
+
+/// §7.4 "Saved GroupResult" (`GroupResult.save()`), key
+/// `celery-taskset-meta-c3c92a7b-8bb9-475d-aa02-36c5bf48971d`.
+const CELERY_SAVED_GROUP: &str = r#"{
+  "result": [
+    [
+      "c3c92a7b-8bb9-475d-aa02-36c5bf48971d",
+      null
+    ],
+    [
+      [
+        [
+          "5d11b560-6f3d-40e6-b175-d92345d2e12e",
+          null
+        ],
+        null
+      ],
+      [
+        [
+          "54a3a1db-9a85-4224-a9f8-7d6f33bdaf23",
+          null
+        ],
+        null
+      ]
+    ]
+  ]
+}"#;
+
+/// A saved group has Celery's key, value (compact as `json.dumps` writes it), TTL and
+/// notification; Python's bytes restore; forget deletes the key.
+#[tokio::test]
+async fn a_saved_group_is_written_as_celery_writes_it() {
+    use futures::StreamExt as _;
+    let Some(harness) = RedisHarness::new("a_saved_group_is_written_as_celery_writes_it") else {
+        return;
+    };
+    let gid = "c3c92a7b-8bb9-475d-aa02-36c5bf48971d";
+    let key = format!("{}celery-taskset-meta-{gid}", harness.prefix());
+    let mut pubsub = harness.client().get_async_pubsub().await.expect("pubsub");
+    pubsub.subscribe(&key).await.expect("SUBSCRIBE");
+    let backend = harness.open().await;
+    let group = celeriac_backend::SavedGroup::of_tasks(
+        gid,
+        [
+            "5d11b560-6f3d-40e6-b175-d92345d2e12e",
+            "54a3a1db-9a85-4224-a9f8-7d6f33bdaf23",
+        ],
+    );
+    backend
+        .save_group(&group, Some(Duration::from_secs(86400)))
+        .await
+        .expect("save_group");
+    let mut raw = harness.raw().await;
+    let stored: String = raw.get(&key).await.expect("GET");
+    let golden: Value = serde_json::from_str(CELERY_SAVED_GROUP).expect("golden JSON");
+    assert_eq!(
+        serde_json::from_str::<Value>(&stored).expect("JSON"),
+        golden
+    );
+    assert_eq!(
+        stored,
+        r#"{"result": [["c3c92a7b-8bb9-475d-aa02-36c5bf48971d", null], [[["5d11b560-6f3d-40e6-b175-d92345d2e12e", null], null], [["54a3a1db-9a85-4224-a9f8-7d6f33bdaf23", null], null]]]}"#,
+        "json.dumps spacing"
+    );
+    let ttl: i64 = raw.ttl(&key).await.expect("TTL");
+    assert!((86399..=86400).contains(&ttl), "TTL {ttl}");
+    let published = tokio::time::timeout(Duration::from_secs(5), pubsub.on_message().next())
+        .await
+        .expect("a notification")
+        .expect("the stream is open");
+    assert_eq!(published.get_payload_bytes(), stored.as_bytes());
+
+    // Python's pretty-printed bytes (any spacing) restore to the same group.
+    let _: () = raw.set(&key, CELERY_SAVED_GROUP).await.expect("SET");
+    assert_eq!(
+        backend.restore_group(gid).await.expect("restore_group"),
+        Some(group)
+    );
+    backend.forget_group(gid).await.expect("forget_group");
+    let exists: bool = raw.exists(&key).await.expect("EXISTS");
+    assert!(!exists);
+}

@@ -73,7 +73,11 @@ async fn the_file_is_in_wal_mode_and_records_its_schema_version() {
         .expect("rows");
     assert_eq!(
         rows,
-        vec![("backend".to_string(), 1), ("backend".to_string(), 2)],
+        vec![
+            ("backend".to_string(), 1),
+            ("backend".to_string(), 2),
+            ("backend".to_string(), 3)
+        ],
         "migrated once"
     );
     let indexes: i64 = conn
@@ -123,6 +127,7 @@ async fn shares_a_file_with_the_broker_tables() {
         vec![
             ("backend".into(), 1),
             ("backend".into(), 2),
+            ("backend".into(), 3),
             ("broker".into(), 1),
             ("broker".into(), 2)
         ]

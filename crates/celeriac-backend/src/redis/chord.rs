@@ -35,7 +35,7 @@ struct ChordKeys {
 impl ChordKeys {
     fn new(backend: &RedisBackend, group_id: &str) -> ChordKeys {
         ChordKeys {
-            group: format!("{}celery-taskset-meta-{group_id}", backend.keys().prefix()),
+            group: backend.keys().group_meta(group_id),
         }
     }
 

@@ -2,6 +2,8 @@
 
 /// Celery's key prefix of task results.
 pub const TASK_KEYPREFIX: &str = "celery-task-meta-";
+/// Celery's key prefix of group results (saved groups, chord bookkeeping).
+pub const GROUP_KEYPREFIX: &str = "celery-taskset-meta-";
 
 /// Key names of one backend (one global key prefix).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -32,6 +34,12 @@ impl Keys {
     pub fn task_meta(&self, task_id: &str) -> String {
         format!("{}{TASK_KEYPREFIX}{task_id}", self.prefix)
     }
+
+    /// `<prefix>celery-taskset-meta-<group_id>`: the key of a saved group (and the
+    /// stem of a chord's `.s`/`.j`/... keys).
+    pub fn group_meta(&self, group_id: &str) -> String {
+        format!("{}{GROUP_KEYPREFIX}{group_id}", self.prefix)
+    }
 }
 
 #[cfg(test)]
@@ -49,5 +57,9 @@ mod tests {
             );
         }
         assert_eq!(Keys::new("app").prefix(), "app_");
+        assert_eq!(
+            Keys::new("app").group_meta("g"),
+            "app_celery-taskset-meta-g"
+        );
     }
 }

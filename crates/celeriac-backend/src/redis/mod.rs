@@ -54,6 +54,7 @@
 //! ([`CHORD_PART_RETURN_SCRIPT`] and its two companions).
 
 mod chord;
+mod group;
 mod keys;
 mod subscriber;
 
@@ -474,6 +475,24 @@ impl ResultBackend for RedisBackend {
 
     async fn chord_finish(&self, group_id: &str, claim: &str) -> Result<bool, BackendError> {
         self.redis_chord_finish(group_id, claim).await
+    }
+    async fn save_group(
+        &self,
+        group: &crate::SavedGroup,
+        expires: Option<Duration>,
+    ) -> Result<(), BackendError> {
+        self.redis_save_group(group, expires).await
+    }
+
+    async fn restore_group(
+        &self,
+        group_id: &str,
+    ) -> Result<Option<crate::SavedGroup>, BackendError> {
+        self.redis_restore_group(group_id).await
+    }
+
+    async fn forget_group(&self, group_id: &str) -> Result<(), BackendError> {
+        self.redis_forget_group(group_id).await
     }
 }
 

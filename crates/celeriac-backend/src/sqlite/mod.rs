@@ -31,6 +31,9 @@
 //! batch in one such transaction. Expired rows read as absent at once and are
 //! deleted by [`ResultBackend::cleanup_expired`].
 //!
+//! Saved groups ([`ResultBackend::save_group`]) are rows of `backend_groups`
+//! (`migrations/0003_groups.sql`): the group id, Celery's stored value and an expiry.
+//!
 //! # Connections
 //!
 //! One writer connection, used by one blocking task at a time (callers queue on an
@@ -57,6 +60,7 @@
 
 mod chord;
 mod conn;
+mod group;
 mod queries;
 mod schema;
 mod waiters;
@@ -508,6 +512,7 @@ impl ResultBackend for SqliteBackend {
             }
         }
         self.sqlite_chord_cleanup().await?;
+        self.sqlite_group_cleanup().await?;
         Ok(total)
     }
 
@@ -541,6 +546,25 @@ impl ResultBackend for SqliteBackend {
 
     async fn chord_finish(&self, group_id: &str, claim: &str) -> Result<bool, BackendError> {
         self.sqlite_chord_finish(group_id, claim).await
+    }
+
+    async fn save_group(
+        &self,
+        group: &crate::SavedGroup,
+        expires: Option<Duration>,
+    ) -> Result<(), BackendError> {
+        self.sqlite_save_group(group, expires).await
+    }
+
+    async fn restore_group(
+        &self,
+        group_id: &str,
+    ) -> Result<Option<crate::SavedGroup>, BackendError> {
+        self.sqlite_restore_group(group_id).await
+    }
+
+    async fn forget_group(&self, group_id: &str) -> Result<(), BackendError> {
+        self.sqlite_forget_group(group_id).await
     }
 
     async fn recent(&self, query: &ResultQuery) -> Result<Vec<TaskMeta>, BackendError> {

@@ -27,6 +27,10 @@ const MIGRATIONS: &[Migration] = &[
         version: 2,
         sql: include_str!("../../migrations/0002_chords.sql"),
     },
+    Migration {
+        version: 3,
+        sql: include_str!("../../migrations/0003_groups.sql"),
+    },
 ];
 
 /// The shared migration ledger; created by whichever component opens the file first.
@@ -111,6 +115,7 @@ mod tests {
             vec![
                 ("backend".to_string(), 1),
                 ("backend".to_string(), 2),
+                ("backend".to_string(), 3),
                 ("broker".to_string(), 7)
             ]
         );
