@@ -1,5 +1,16 @@
-//! `bench`: enqueue rate, drain rate and send→start latency of no-op tasks, measured
-//! in this process against any broker. The last line of output is one JSON object.
+//! `bench`: enqueue rate (batched and one call at a time), drain rate, send→start
+//! latency and send→result round trip of no-op tasks, measured in this process
+//! against any broker. The last line of output is one JSON object.
+//!
+//! Phases, in order:
+//! 1. `--tasks` no-op tasks published in batches of `--batch` (`App::send_batch`);
+//! 2. `--single-sends` no-op tasks published one `send_task` call at a time, to a
+//!    second queue nobody consumes (purged afterwards);
+//! 3. a worker (`-c`, `--prefetch-multiplier`) drains the batched tasks: time from
+//!    its start until it has run them all;
+//! 4. `--latency-samples` sequential sends, each timed from send to task start;
+//! 5. `--round-trips` sequential send → `AsyncResult::get` of a task whose result is
+//!    stored (needs a result backend; skipped without one).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -14,6 +25,8 @@ use crate::app::{App, TaskCall};
 
 /// Name of the no-op task the benchmark registers.
 pub const NOOP_TASK: &str = "celeriac.bench.noop";
+/// Name of the no-op task whose (null) result is always stored (round trips).
+pub const ECHO_TASK: &str = "celeriac.bench.echo";
 
 /// `bench` flags.
 #[derive(Debug, Args)]
@@ -33,6 +46,16 @@ pub struct BenchArgs {
     /// Sequential sends measured for send→start latency.
     #[arg(long, default_value_t = 1000)]
     pub latency_samples: usize,
+    /// Tasks published one `send_task` call at a time (default: as many as --tasks);
+    /// 0 skips this phase.
+    #[arg(long)]
+    pub single_sends: Option<usize>,
+    /// Sequential send → result get round trips (needs a result backend; 0 skips).
+    #[arg(long, default_value_t = 500)]
+    pub round_trips: usize,
+    /// Queue to use (default: a fresh `celeriac-bench-<uuid>`); purged at the end.
+    #[arg(long)]
+    pub queue: Option<String>,
     /// Store results while draining (default: results ignored).
     #[arg(long)]
     pub with_results: bool,
@@ -69,13 +92,14 @@ mod parking_lot_free {
 /// The no-op task: records send→start latency when the message carries
 /// `bench_sent_at` (Unix seconds).
 struct Noop {
+    name: &'static str,
     options: TaskOptions,
     samples: Arc<Samples>,
 }
 
 impl Task for Noop {
     fn name(&self) -> &str {
-        NOOP_TASK
+        self.name
     }
     fn options(&self) -> &TaskOptions {
         &self.options
@@ -129,10 +153,20 @@ async fn wait_until(
 
 /// Runs the benchmark.
 pub async fn run(app: App, args: BenchArgs) -> anyhow::Result<()> {
+    if args.tasks == 0 {
+        anyhow::bail!("--tasks must be at least 1");
+    }
     let samples = Arc::new(Samples::default());
     let mut options = TaskOptions::default();
     options.ignore_result = !args.with_results;
-    let queue_name = format!("celeriac-bench-{}", uuid::Uuid::new_v4().simple());
+    let mut echo_options = TaskOptions::default();
+    echo_options.ignore_result = false;
+    let queue_name = args
+        .queue
+        .clone()
+        .unwrap_or_else(|| format!("celeriac-bench-{}", uuid::Uuid::new_v4().simple()));
+    let single_queue = format!("{queue_name}-single");
+    let single_sends = args.single_sends.unwrap_or(args.tasks);
     let app = app
         .to_builder()
         .queue(
@@ -140,14 +174,22 @@ pub async fn run(app: App, args: BenchArgs) -> anyhow::Result<()> {
                 .concurrency(args.concurrency)
                 .prefetch_multiplier(args.prefetch_multiplier),
         )
+        .queue(Queue::new(single_queue.clone()))
         .task(Noop {
+            name: NOOP_TASK,
             options,
             samples: samples.clone(),
+        })
+        .task(Noop {
+            name: ECHO_TASK,
+            options: echo_options,
+            samples: Arc::new(Samples::default()),
         })
         .build()
         .await
         .context("connecting for the benchmark")?;
     let broker_name = app.broker().describe();
+    let backend_name = app.backend().map(|b| b.describe());
     let send_options = || SendOptions::new().queue(queue_name.clone());
 
     // 1. Enqueue, batched.
@@ -166,7 +208,27 @@ pub async fn run(app: App, args: BenchArgs) -> anyhow::Result<()> {
     let enqueue_secs = start.elapsed().as_secs_f64();
     bar.finish_and_clear();
 
-    // 2. Drain with one worker.
+    // 2. Enqueue, one call at a time (to a queue nobody consumes; purged after).
+    let mut enqueue_single_per_s = None;
+    if single_sends > 0 {
+        let bar = progress(single_sends as u64, "single");
+        let start = Instant::now();
+        for _ in 0..single_sends {
+            app.send_task(
+                NOOP_TASK,
+                Vec::new(),
+                Map::new(),
+                SendOptions::new().queue(single_queue.clone()),
+            )
+            .await?;
+            bar.inc(1);
+        }
+        enqueue_single_per_s = Some((single_sends as f64 / start.elapsed().as_secs_f64()).round());
+        bar.finish_and_clear();
+    }
+    let _ = app.broker().purge(&single_queue).await;
+
+    // 3. Drain with one worker.
     let mut config = app.worker_config();
     config.queues.retain(|q| q.name == queue_name);
     let worker = app.worker(config);
@@ -192,7 +254,7 @@ pub async fn run(app: App, args: BenchArgs) -> anyhow::Result<()> {
     let drain_secs = start.elapsed().as_secs_f64();
     bar.finish_and_clear();
 
-    // 3. Latency: sequential sends, each timed from send to task start.
+    // 4. Latency: sequential sends, each timed from send to task start.
     let bar = progress(args.latency_samples as u64, "latency");
     for i in 0..args.latency_samples {
         let options =
@@ -208,34 +270,80 @@ pub async fn run(app: App, args: BenchArgs) -> anyhow::Result<()> {
         bar.inc(1);
     }
     bar.finish_and_clear();
+
+    // 5. Round trips: send, then wait for the stored result (like Celery's
+    // `delay().get()`).
+    let mut round_trips = Vec::new();
+    if args.round_trips > 0 && app.backend().is_some() {
+        let bar = progress(args.round_trips as u64, "roundtrip");
+        for _ in 0..args.round_trips {
+            let start = Instant::now();
+            let result = app
+                .send_task(ECHO_TASK, Vec::new(), Map::new(), send_options())
+                .await?;
+            result
+                .get(Duration::from_secs(30))
+                .await
+                .context("round trip: waiting for the result")?;
+            round_trips.push(start.elapsed().as_secs_f64() * 1000.0);
+            let _ = result.forget().await;
+            bar.inc(1);
+        }
+        bar.finish_and_clear();
+    } else if args.round_trips > 0 {
+        eprintln!("bench: no result backend configured (--backend); round trips skipped");
+    }
     let _ = stop_tx.send(());
     running.await.context("worker task")?;
     let _ = app.broker().purge(&queue_name).await;
 
     let mut latencies = samples.take();
     latencies.sort_by(|a, b| a.total_cmp(b));
+    round_trips.sort_by(|a, b| a.total_cmp(b));
+    let round_trip_json = if round_trips.is_empty() {
+        Value::Null
+    } else {
+        json!({
+            "samples": round_trips.len(),
+            "p50": round3(percentile(&round_trips, 50.0)),
+            "p90": round3(percentile(&round_trips, 90.0)),
+            "p99": round3(percentile(&round_trips, 99.0)),
+        })
+    };
     let report = json!({
         "broker": broker_name,
+        "backend": backend_name,
+        "queue": queue_name,
         "tasks": args.tasks,
         "concurrency": args.concurrency,
         "prefetch_multiplier": args.prefetch_multiplier,
+        "batch": args.batch,
         "results": args.with_results,
         "enqueue_per_s": (args.tasks as f64 / enqueue_secs).round(),
+        "single_sends": single_sends,
+        "enqueue_single_per_s": enqueue_single_per_s,
         "drain_per_s": (args.tasks as f64 / drain_secs).round(),
         "latency_ms": {
             "p50": round3(percentile(&latencies, 50.0)),
             "p90": round3(percentile(&latencies, 90.0)),
             "p99": round3(percentile(&latencies, 99.0)),
         },
+        "round_trip_ms": round_trip_json,
         "peak_rss_mb": round3(peak_rss_mb()),
     });
     if !args.json {
         eprintln!(
-            "broker {broker_name}: enqueue {:.0}/s, drain {:.0}/s, latency p50 {:.3} ms p99 {:.3} ms, peak RSS {:.1} MiB",
+            "broker {broker_name}: enqueue {:.0}/s batched, {} one at a time, drain {:.0}/s, latency p50 {:.3} ms p99 {:.3} ms, round trip p50 {}, peak RSS {:.1} MiB",
             args.tasks as f64 / enqueue_secs,
+            enqueue_single_per_s.map_or("-".to_string(), |r| format!("{r:.0}/s")),
             args.tasks as f64 / drain_secs,
             percentile(&latencies, 50.0),
             percentile(&latencies, 99.0),
+            if round_trips.is_empty() {
+                "-".to_string()
+            } else {
+                format!("{:.3} ms", percentile(&round_trips, 50.0))
+            },
             peak_rss_mb()
         );
     }
