@@ -2,7 +2,8 @@
 //! (its own port and temp dir, `--appendonly yes --appendfsync always`) is stopped
 //! with SIGTERM and started again on the same port in the middle of the stream.
 //! Every task whose publish returned Ok runs exactly once, the same worker carries
-//! on by itself, and result waiters subscribed before the restart still complete.
+//! on by itself, result waiters resubscribe, and a waiter whose notification was
+//! missed (stored before its pub/sub connection was back) still completes.
 //!
 //! Skipped, with the reason printed, when `redis-server` is not on PATH (fails
 //! instead with `CELERIAC_REQUIRE_SERVICES=1`). Never touches the shared Redis.
@@ -14,7 +15,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use celeriac::core::{Map, Queue, SendOptions, TaskOptions, Value};
+use celeriac::core::{Map, Queue, SendOptions, TaskMeta, TaskOptions, TaskState, Value};
 use celeriac::App;
 use private_redis::PrivateRedis;
 use serde_json::json;
@@ -22,8 +23,12 @@ use std::sync::Mutex;
 use support::{task, wait_for, RunningWorker};
 
 const TASKS: u64 = 300;
-/// The server restarts after this many tasks were published.
-const RESTART_AT: u64 = 100;
+/// The server restarts after this many tasks were published, down for the paired
+/// time (the second outage outlasts the client's own reconnect attempts).
+const RESTARTS: [(u64, Duration); 2] = [
+    (100, Duration::from_millis(500)),
+    (200, Duration::from_secs(3)),
+];
 
 fn app(url: &str, runs: Arc<Mutex<BTreeMap<u64, u32>>>) -> celeriac::AppBuilder {
     let record = task(
@@ -67,7 +72,7 @@ async fn redis_restart_loses_no_published_task_and_the_worker_carries_on() {
     let app = app(&url, Arc::clone(&runs)).build().await.expect("app");
     let worker = RunningWorker::start_default(&app);
 
-    // Waiters subscribed before the restart, for tasks published after it.
+    // Waiters subscribed before the restarts, for the last tasks published.
     let late_ids: Vec<String> = (0..5)
         .map(|i| format!("restart-late-{i}-{}", std::process::id()))
         .collect();
@@ -75,19 +80,42 @@ async fn redis_restart_loses_no_published_task_and_the_worker_carries_on() {
         .iter()
         .map(|id| {
             let result = app.result::<Value>(id.clone());
-            tokio::spawn(async move { result.get(Duration::from_secs(60)).await })
+            tokio::spawn(async move { result.get(Duration::from_secs(90)).await })
         })
         .collect();
+    // A waiter whose result is stored right after the first restart, before its
+    // pub/sub connection is back: the notification is missed, the read after
+    // resubscribing finds the result.
+    let missed_id = format!("restart-missed-{}", std::process::id());
+    let mut missed = {
+        let result = app.result::<Value>(missed_id.clone());
+        tokio::spawn(async move {
+            let value = result.get(Duration::from_secs(60)).await;
+            (value, std::time::Instant::now())
+        })
+    };
+    let writer = celeriac::backend::connect(&url).await.expect("writer");
+    wait_for(
+        "the waiters to subscribe",
+        Duration::from_secs(10),
+        || async {
+            late_ids
+                .iter()
+                .chain([&missed_id])
+                .all(|id| subscribers(server.port, id) == 1)
+        },
+    )
+    .await;
 
     let mut published = Vec::new();
     let mut failed = Vec::new();
-    let mut restart_took = Duration::ZERO;
+    let mut outages = Vec::new();
     for n in 0..TASKS {
-        if n == RESTART_AT {
+        if let Some((_, down)) = RESTARTS.iter().find(|(at, _)| *at == n) {
             wait_for(
-                "some tasks to run before the restart",
+                "tasks to run before the restart",
                 Duration::from_secs(30),
-                || async { !runs.lock().expect("lock").is_empty() },
+                || async { runs.lock().expect("lock").len() as u64 >= n / 2 },
             )
             .await;
             let started = std::time::Instant::now();
@@ -105,9 +133,36 @@ async fn redis_restart_loses_no_published_task_and_the_worker_carries_on() {
                     .await
                 })
             };
-            tokio::time::sleep(Duration::from_millis(500)).await;
+            tokio::time::sleep(*down).await;
             server.start_again();
-            restart_took = started.elapsed();
+            outages.push(started.elapsed());
+            if n == RESTARTS[0].0 {
+                let meta = TaskMeta::new(missed_id.clone(), TaskState::Success, json!("missed"));
+                let mut attempts = 0;
+                while let Err(error) = writer.store(&meta, None).await {
+                    attempts += 1;
+                    assert!(attempts < 50, "storing after the restart: {error}");
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                let stored_at = std::time::Instant::now();
+                let (value, woke_at) = tokio::time::timeout(Duration::from_secs(30), &mut missed)
+                    .await
+                    .expect("the waiter of a missed notification completes")
+                    .expect("join");
+                assert_eq!(value.expect("result"), json!("missed"));
+                let waited = woke_at.saturating_duration_since(stored_at);
+                assert!(
+                    waited < Duration::from_secs(3),
+                    "woke {waited:?} after the store"
+                );
+                // The other waiters are subscribed again, on the new server.
+                wait_for(
+                    "the waiters to resubscribe",
+                    Duration::from_secs(15),
+                    || async { late_ids.iter().all(|id| subscribers(server.port, id) == 1) },
+                )
+                .await;
+            }
             match publisher.await.expect("join") {
                 Ok(_) => published.push(n),
                 Err(error) => failed.push((n, error.to_string())),
@@ -178,6 +233,20 @@ async fn redis_restart_loses_no_published_task_and_the_worker_carries_on() {
         "one worker ran them all, without a restart"
     );
     eprintln!(
-        "redis restart: {TASKS} tasks published, {RESTART_AT} before the restart ({restart_took:?} down), all ran once"
+        "redis restart: {TASKS} tasks published across restarts (down {outages:?}), all ran once on one worker"
     );
+}
+
+/// How many clients are subscribed to the result channel of `task_id`.
+fn subscribers(port: u16, task_id: &str) -> u64 {
+    let out = std::process::Command::new("redis-cli")
+        .args(["-p", &port.to_string(), "PUBSUB", "NUMSUB"])
+        .arg(format!("celery-task-meta-{task_id}"))
+        .output()
+        .expect("run redis-cli");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .nth(1)
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or(0)
 }
