@@ -19,8 +19,9 @@ bin=target/release/examples/interop
 
 say() { printf -- '--> %s\n' "$*"; }
 
-say "building the interop example (release)"
+say "building the interop and broadcast examples (release)"
 cargo build --release --example interop
+cargo build --release -p celeriac-broker --example broadcast
 
 say "Python environment"
 bash scripts/python-env.sh
