@@ -482,6 +482,43 @@ fn generate(attr: &TaskAttr, func: &ItemFn, task: &TaskFn) -> TokenStream {
         ),*]
     };
 
+    // Typed signatures for workflows: the whole call, and (with at least one
+    // argument) the call without its first argument, which a chain fills with the
+    // previous step's result.
+    let typed = quote!(#krate::canvas::TypedSignature);
+    let partial_fn = match wire.split_first() {
+        Some((first, rest)) => {
+            let first_ty = &first.ty;
+            let rest_idents: Vec<&Ident> = rest.iter().map(|p| &p.ident).collect();
+            let rest_types: Vec<&Type> = rest.iter().map(|p| &p.ty).collect();
+            let rest_names: Vec<String> = rest.iter().map(|p| p.wire_name()).collect();
+            let rest_values: Vec<TokenStream> = rest
+                .iter()
+                .map(|p| {
+                    let (ident, ty) = (&p.ident, &p.ty);
+                    quote_spanned!(ty.span()=> #json::to_value(&#ident))
+                })
+                .collect();
+            quote! {
+                /// A typed signature of this call without its first argument: in a
+                /// chain it receives the previous step's result, whose type must match.
+                #vis fn partial(
+                    #(#rest_idents: #rest_types),*
+                ) -> ::core::result::Result<#typed<#first_ty, #ok_ty>, #krate::Error> {
+                    let __args: ::std::vec::Vec<#json::Value> = ::std::vec![#(
+                        #rest_values.map_err(|__error| {
+                            #krate::Error::Encode(::std::format!(
+                                "argument {:?} of task {}: {}", #rest_names, Self::NAME, __error
+                            ))
+                        })?
+                    ),*];
+                    ::core::result::Result::Ok(#typed::new(#core::Signature::new(Self::NAME, __args)))
+                }
+            }
+        }
+        None => quote!(),
+    };
+
     // Direct call.
     let call_params: Vec<TokenStream> = task
         .params
@@ -566,6 +603,17 @@ fn generate(attr: &TaskAttr, func: &ItemFn, task: &TaskFn) -> TokenStream {
                 let __args: ::std::vec::Vec<#json::Value> = #encode;
                 ::core::result::Result::Ok(#core::Signature::new(Self::NAME, __args))
             }
+
+            /// A typed signature of this whole call (its result type travels with it),
+            /// to start a typed chain or to run as an immutable step.
+            #vis fn s(
+                #(#wire_idents: #wire_types),*
+            ) -> ::core::result::Result<#typed<(), #ok_ty>, #krate::Error> {
+                let __args: ::std::vec::Vec<#json::Value> = #encode;
+                ::core::result::Result::Ok(#typed::new(#core::Signature::new(Self::NAME, __args)))
+            }
+
+            #partial_fn
 
             #call_fn
 

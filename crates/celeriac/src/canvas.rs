@@ -29,11 +29,57 @@
 //! # let _ = (sum, squares); Ok(()) }
 //! ```
 //!
-//! Typed tasks declared with `#[task]` give checked signatures:
-//! `add::signature(1, 2)?` fails to compile with wrong argument types.
+//! # Typed chains
+//!
+//! Tasks declared with `#[task]` give typed signatures: `add::s(1, 2)?` is the whole
+//! call and `mul::partial(10)?` the call without its first argument, which the
+//! previous step's result fills. [`Chain::then`] only accepts a step whose first
+//! argument has the previous step's result type, so a chain that would pass a
+//! `String` where an `i64` is expected does not compile:
+//!
+//! ```no_run
+//! use celeriac::canvas::Chain;
+//! use celeriac::prelude::*;
+//!
+//! #[task(name = "tasks.add")]
+//! async fn add(x: i64, y: i64) -> TaskResult<i64> { Ok(x + y) }
+//! #[task(name = "tasks.mul")]
+//! async fn mul(x: i64, y: i64) -> TaskResult<i64> { Ok(x * y) }
+//!
+//! # async fn demo(app: &App) -> Result<(), Error> {
+//! let product: i64 = Chain::start(add::s(1, 2)?) // Chain<i64>
+//!     .then(mul::partial(10)?)                    // takes the i64: Chain<i64>
+//!     .apply(app)
+//!     .await?                                     // AsyncResult<i64>
+//!     .get(std::time::Duration::from_secs(10))
+//!     .await?;
+//! # Ok(()) }
+//! ```
+//!
+//! The same chain with a step whose first argument is a `String` is refused by the
+//! compiler:
+//!
+//! ```compile_fail
+//! use celeriac::canvas::Chain;
+//! use celeriac::prelude::*;
+//!
+//! #[task(name = "tasks.add")]
+//! async fn add(x: i64, y: i64) -> TaskResult<i64> { Ok(x + y) }
+//! #[task(name = "tasks.greet")]
+//! async fn greet(name: String, greeting: String) -> TaskResult<String> { Ok(greeting + &name) }
+//!
+//! # async fn demo(app: &App) -> Result<(), Error> {
+//! let _chain = Chain::start(add::s(1, 2)?).then(greet::partial("hi".to_string())?);
+//! # Ok(()) }
+//! ```
+
+use std::marker::PhantomData;
 
 use celeriac_core::Signature;
+use serde::de::DeserializeOwned;
 use serde_json::Value;
+
+use crate::{App, AsyncResult, Error};
 
 pub use celeriac_worker::apply::{chain_signature, chord_signature, group_signature};
 
@@ -104,6 +150,93 @@ fn builtin_map(name: &str, task: Signature, items: Vec<Value>) -> Signature {
     map.kwargs.insert("it".into(), Value::Array(items));
     map.immutable = true;
     map
+}
+
+/// A signature with types: `Out` is its result, `In` the previous step's result it
+/// takes as its first argument in a chain (`()` when it takes nothing). Made by the
+/// `s` and `partial` functions `#[task]` generates.
+pub struct TypedSignature<In, Out> {
+    signature: Signature,
+    _types: PhantomData<fn(In) -> Out>,
+}
+
+impl<In, Out> TypedSignature<In, Out> {
+    /// Wraps a signature whose argument and result types the caller vouches for.
+    pub fn new(signature: Signature) -> TypedSignature<In, Out> {
+        TypedSignature {
+            signature,
+            _types: PhantomData,
+        }
+    }
+
+    /// The untyped signature.
+    pub fn into_signature(self) -> Signature {
+        self.signature
+    }
+
+    /// Edits the untyped signature (options such as the queue).
+    pub fn map(mut self, edit: impl FnOnce(Signature) -> Signature) -> Self {
+        self.signature = edit(self.signature);
+        self
+    }
+}
+
+impl<In, Out> std::fmt::Debug for TypedSignature<In, Out> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("TypedSignature")
+            .field(&self.signature)
+            .finish()
+    }
+}
+
+/// A chain whose steps' argument types were checked at compile time; `Out` is the
+/// last step's result type.
+pub struct Chain<Out> {
+    steps: Vec<Signature>,
+    _out: PhantomData<fn() -> Out>,
+}
+
+impl<Out> Chain<Out> {
+    /// A chain starting with a whole call.
+    pub fn start(first: TypedSignature<(), Out>) -> Chain<Out> {
+        Chain {
+            steps: vec![first.signature],
+            _out: PhantomData,
+        }
+    }
+
+    /// Appends a step that receives this chain's result as its first argument.
+    pub fn then<Next>(mut self, step: TypedSignature<Out, Next>) -> Chain<Next> {
+        self.steps.push(step.signature);
+        Chain {
+            steps: self.steps,
+            _out: PhantomData,
+        }
+    }
+
+    /// Appends a whole call that ignores this chain's result (an immutable step).
+    pub fn then_ignoring<Next>(mut self, step: TypedSignature<(), Next>) -> Chain<Next> {
+        let mut signature = step.signature;
+        signature.immutable = true;
+        self.steps.push(signature);
+        Chain {
+            steps: self.steps,
+            _out: PhantomData,
+        }
+    }
+
+    /// The chain as an untyped signature (to nest it or send it by hand).
+    pub fn into_signature(self) -> Signature {
+        chain(self.steps)
+    }
+}
+
+impl<Out: DeserializeOwned> Chain<Out> {
+    /// Sends the chain; returns the typed handle of its last step's result.
+    pub async fn apply(self, app: &App) -> Result<AsyncResult<Out>, Error> {
+        let last = app.apply(self.into_signature()).await?;
+        Ok(app.result(last.id().to_string()))
+    }
 }
 
 /// Options on any signature, builder style.

@@ -391,3 +391,51 @@ async fn map_starmap_and_chunks_run_the_task_per_item() {
     );
     worker.stop().await;
 }
+
+mod typed {
+    use celeriac::prelude::*;
+
+    #[task(name = "typed.add")]
+    pub async fn add(x: i64, y: i64) -> TaskResult<i64> {
+        Ok(x + y)
+    }
+
+    #[task(name = "typed.describe")]
+    pub async fn describe(total: i64, unit: String) -> TaskResult<String> {
+        Ok(format!("{total} {unit}"))
+    }
+}
+
+#[tokio::test]
+async fn a_typed_chain_passes_typed_results() {
+    use celeriac::canvas::Chain;
+    let t = TestApp::new();
+    let app = t
+        .builder()
+        .task(typed::add)
+        .task(typed::describe)
+        .build()
+        .await
+        .expect("app");
+    let worker = RunningWorker::start_default(&app);
+    let text: String = Chain::start(typed::add::s(1, 2).expect("sig"))
+        .then(typed::add::partial(10).expect("sig"))
+        .then(typed::describe::partial("apples".into()).expect("sig"))
+        .apply(&app)
+        .await
+        .expect("sent")
+        .get(WAIT)
+        .await
+        .expect("typed result");
+    assert_eq!(text, "13 apples");
+    let ignored: i64 = Chain::start(typed::add::s(1, 1).expect("sig"))
+        .then_ignoring(typed::add::s(5, 5).expect("sig"))
+        .apply(&app)
+        .await
+        .expect("sent")
+        .get(WAIT)
+        .await
+        .expect("typed result");
+    assert_eq!(ignored, 10, "an immutable step ignores the previous result");
+    worker.stop().await;
+}
