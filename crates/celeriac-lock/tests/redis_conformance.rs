@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use celeriac_lock::redis::{
-    RedisLockKeys, RedisLockManager, ACQUIRE_SCRIPT, RELEASE_SCRIPT, RENEW_SCRIPT,
+    RedisLockKeys, RedisLockManager, ACQUIRE_SCRIPT, LIST_SCRIPT, RELEASE_SCRIPT, RENEW_SCRIPT,
 };
 use celeriac_lock::testing::RedisHarness;
 use celeriac_lock::{AcquireParams, LockManager};
@@ -249,4 +249,89 @@ async fn scripts_act_on_seeded_state() {
         .await
         .expect("zscore");
     assert!(indexed.is_none(), "released locks leave the index");
+}
+
+#[tokio::test]
+async fn the_list_script_shows_only_live_indexed_locks() {
+    let Some(harness) = RedisHarness::connect_or_skip("redis_list_script") else {
+        return;
+    };
+    let keys = RedisLockKeys::new(harness.prefix());
+    let mut conn = raw(&harness).await;
+    let server: (i64, i64) = redis::cmd("TIME")
+        .query_async(&mut conn)
+        .await
+        .expect("time");
+    let now = server.0 * 1000 + server.1 / 1000;
+    let seed = |key: &str, expires_at: i64| {
+        redis::cmd("HSET")
+            .arg(keys.lock(key))
+            .arg(&[
+                "token",
+                "t",
+                "owner",
+                &format!("owner-{key}"),
+                "fencing",
+                "7",
+            ])
+            .arg("acquired_at")
+            .arg(now - 1000)
+            .arg("expires_at")
+            .arg(expires_at)
+            .to_owned()
+    };
+    for (key, expires_at) in [
+        ("b-live", now + 60_000),
+        ("a-lapsed", now - 10),
+        ("c-live", now + 30_000),
+    ] {
+        let _: () = seed(key, expires_at)
+            .query_async(&mut conn)
+            .await
+            .expect("seed");
+        let _: () = redis::cmd("ZADD")
+            .arg(keys.index())
+            .arg(expires_at)
+            .arg(key)
+            .query_async(&mut conn)
+            .await
+            .expect("index");
+    }
+    // Indexed as live, but its hash is gone (deleted by an operator).
+    let _: () = redis::cmd("ZADD")
+        .arg(keys.index())
+        .arg(now + 60_000)
+        .arg("d-deleted")
+        .query_async(&mut conn)
+        .await
+        .expect("index");
+    let flat: Vec<String> = redis::Script::new(LIST_SCRIPT)
+        .key(keys.index())
+        .arg(keys.lock_prefix())
+        .invoke_async(&mut conn)
+        .await
+        .expect("list");
+    let listed: Vec<(&str, &str)> = flat
+        .chunks_exact(5)
+        .map(|row| (row[0].as_str(), row[1].as_str()))
+        .collect();
+    assert_eq!(
+        listed,
+        vec![("c-live", "owner-c-live"), ("b-live", "owner-b-live")],
+        "live locks in expiry order, without lapsed or deleted ones"
+    );
+    assert_eq!(flat[2], "7");
+    assert_eq!(flat[4], (now + 30_000).to_string());
+    // The manager sorts by key.
+    let manager = RedisLockManager::open_url(harness.url())
+        .await
+        .expect("open");
+    let keys_listed: Vec<String> = manager
+        .list()
+        .await
+        .expect("list")
+        .into_iter()
+        .map(|info| info.key)
+        .collect();
+    assert_eq!(keys_listed, vec!["b-live", "c-live"]);
 }

@@ -127,7 +127,7 @@ impl Statements {
                  RETURNING fencing, expires_at"
             ),
             cleanup: format!(
-                "DELETE FROM {t} WHERE key IN (
+                "DELETE FROM {t} WHERE expires_at <= clock_timestamp() AND key IN (
                      SELECT key FROM {t} WHERE expires_at <= clock_timestamp()
                      LIMIT {CLEANUP_BATCH} FOR UPDATE SKIP LOCKED)"
             ),
