@@ -27,7 +27,7 @@ const TASKS: u64 = 300;
 /// time (the second outage outlasts the client's own reconnect attempts).
 const RESTARTS: [(u64, Duration); 2] = [
     (100, Duration::from_millis(500)),
-    (200, Duration::from_secs(3)),
+    (200, Duration::from_secs(8)),
 ];
 
 fn app(url: &str, runs: Arc<Mutex<BTreeMap<u64, u32>>>) -> celeriac::AppBuilder {
@@ -42,6 +42,8 @@ fn app(url: &str, runs: Arc<Mutex<BTreeMap<u64, u32>>>) -> celeriac::AppBuilder 
             let runs = Arc::clone(&runs);
             async move {
                 let n = args.first().and_then(Value::as_u64).unwrap_or(u64::MAX);
+                // Long enough for a backlog: tasks run and finish during the outages.
+                tokio::time::sleep(Duration::from_millis(40)).await;
                 *runs.lock().expect("lock").entry(n).or_insert(0) += 1;
                 Ok(json!(n))
             }
