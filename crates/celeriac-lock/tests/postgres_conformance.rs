@@ -30,6 +30,17 @@ async fn locks_live_in_the_documented_tables() {
     let _again = PostgresLockManager::open_url(&harness.store_url())
         .await
         .expect("reopen");
+    let alias = harness
+        .store_url()
+        .replacen("postgres://", "postgresql://", 1);
+    let dispatched = celeriac_lock::connect(&alias)
+        .await
+        .expect("connect dispatches postgresql:// to PostgreSQL");
+    assert!(
+        dispatched.describe().contains(harness.schema()),
+        "{}",
+        dispatched.describe()
+    );
     let lease = manager
         .acquire(&AcquireParams::new(
             "single:billing.charge",

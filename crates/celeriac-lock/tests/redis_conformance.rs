@@ -31,6 +31,14 @@ async fn locks_live_under_the_documented_keys_with_the_global_keyprefix() {
         .await
         .expect("open");
     let keys = RedisLockKeys::new(harness.prefix());
+    let dispatched = celeriac_lock::connect(harness.url())
+        .await
+        .expect("connect dispatches redis:// to Redis");
+    assert!(
+        dispatched.describe().starts_with("redis://"),
+        "{}",
+        dispatched.describe()
+    );
     let lease = manager
         .acquire(&AcquireParams::new(
             "single:billing.charge",
