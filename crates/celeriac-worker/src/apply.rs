@@ -8,10 +8,14 @@
 //! - **chain**: every step gets a task id up front; a group followed by another step
 //!   becomes a chord of the two (as in Celery); the first step is sent with the
 //!   rest in `embed.chain`, reversed.
-//! - **group**: one message per member, sharing the group id, `group_index` 0..n.
+//! - **group**: one message per member, sharing the group id, `group_index` 0..n;
+//!   a member that is itself a chain or group is applied on its own (its result
+//!   stands for it).
 //! - **chord**: the chord size is recorded in the result backend, then each header
 //!   task is sent as a group member carrying the body in `embed.chord`. Steps that
 //!   follow a chord in a chain travel with its body (the body becomes a chain).
+//!   Header members must be plain tasks (a chain or group inside a chord header is
+//!   refused with a clear error).
 
 use celeriac_backend::ResultBackend;
 use celeriac_core::canvas::group_members;
@@ -239,6 +243,14 @@ pub async fn apply(
             let mut ids = Vec::with_capacity(members.len());
             let mut tuples = Vec::with_capacity(members.len());
             for (index, member) in members.iter().enumerate() {
+                if !member.is_plain() {
+                    // A nested workflow (a chain or group inside the group): its own
+                    // result stands for it, as in Celery's nested GroupResult.
+                    let nested = Box::pin(apply(ctx, member, parent_result, Vec::new())).await?;
+                    tuples.push(nested.tuple);
+                    ids.push(nested.id);
+                    continue;
+                }
                 let membership = (group_id.as_str(), index, None);
                 let id = send_member(ctx, member, parent_result, membership).await?;
                 tuples.push(json!([[id, null], null]));
@@ -274,6 +286,12 @@ pub async fn apply(
                 // Celery calls the body at once with an empty list.
                 let applied = Box::pin(apply(ctx, &body, Some(&json!([])), Vec::new())).await?;
                 return Ok(applied);
+            }
+            if let Some(nested) = header.iter().find(|member| !member.is_plain()) {
+                return Err(format!(
+                    "a {} inside a chord header is not supported yet (only plain tasks are)",
+                    nested.subtask_type.as_deref().unwrap_or("canvas")
+                ));
             }
             let backend = ctx
                 .backend
@@ -311,7 +329,7 @@ async fn send_member(
 ) -> Result<String, String> {
     if !member.is_plain() {
         return Err(format!(
-            "nested {} inside a group or chord header is not supported yet",
+            "a {} inside a chord header is not supported yet (only plain tasks are)",
             member.subtask_type.as_deref().unwrap_or("canvas")
         ));
     }

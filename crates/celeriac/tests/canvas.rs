@@ -439,3 +439,34 @@ async fn a_typed_chain_passes_typed_results() {
     assert_eq!(ignored, 10, "an immutable step ignores the previous result");
     worker.stop().await;
 }
+
+#[tokio::test]
+async fn a_group_may_hold_chains_and_a_chord_header_refuses_them() {
+    let t = TestApp::new();
+    let app = app_with_tasks(&t, Arc::default()).await;
+    let worker = RunningWorker::start_default(&app);
+    let nested = app
+        .apply_group(group([
+            chain([
+                sig("t.add", [json!(1), json!(1)]),
+                sig("t.mul", [json!(10)]),
+            ]),
+            sig("t.add", [json!(3), json!(4)]),
+        ]))
+        .await
+        .expect("group sent");
+    assert_eq!(
+        nested.get(WAIT).await.expect("group"),
+        vec![json!(20), json!(7)],
+        "a chain member's result is its last step's"
+    );
+    let refused = app
+        .apply(chord(
+            [chain([sig("t.add", [json!(1), json!(1)])])],
+            sig("t.sum", []),
+        ))
+        .await
+        .expect_err("a chain in a chord header is refused");
+    assert!(refused.to_string().contains("chord header"), "{refused}");
+    worker.stop().await;
+}
