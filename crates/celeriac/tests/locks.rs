@@ -702,6 +702,7 @@ async fn killed_worker_case(t: &TestApp, url: &str, results: &str) {
 
 const FLEET_DB: &str = "CELERIAC_TEST_LOCKS_FLEET_DB";
 const FLEET_RECORD: &str = "CELERIAC_TEST_LOCKS_FLEET_RECORD";
+const FLEET_LOCKS: &str = "CELERIAC_TEST_LOCKS_FLEET_LOCKS";
 const FLEET_CALLS: u64 = 200;
 
 fn unix_micros() -> u128 {
@@ -751,6 +752,7 @@ async fn child_fleet_worker() {
         .configure(|s| {
             s.worker_concurrency = 2;
             s.worker_hostname = format!("fleet-{}@test", std::process::id());
+            s.lock_store = std::env::var(FLEET_LOCKS).unwrap_or_default();
         })
         .task(fleet_task(record))
         .build()
@@ -777,17 +779,39 @@ async fn four_worker_processes_never_overlap_a_single_instance_task_on_redis() {
     fleet_case(&t, redis.url()).await;
 }
 
+#[tokio::test]
+async fn four_worker_processes_never_overlap_with_postgres_locks() {
+    let Some(pg) = PostgresHarness::connect_or_skip("fleet_with_postgres_locks") else {
+        return;
+    };
+    let t = TestApp::new();
+    let url = t.url.clone();
+    fleet_case_with_locks(&t, &url, &pg.store_url()).await;
+}
+
 /// 200 enqueues of a 50 ms single-instance task, run by 4 worker processes on broker
 /// `url`: every call runs once, and no two runs overlap.
 async fn fleet_case(t: &TestApp, url: &str) {
+    fleet_case_with_locks(t, url, "").await;
+}
+
+/// [`fleet_case`] with the locks in `locks` (a `lock_store` URL; empty for the
+/// broker's).
+async fn fleet_case_with_locks(t: &TestApp, url: &str, locks: &str) {
     let record = t.dir.path().join("fleet.txt");
+    let lock_store = locks.to_string();
     let app = t
         .builder()
         .broker(url)
+        .configure(move |s| s.lock_store = lock_store)
         .task(fleet_task(record.display().to_string()))
         .build()
         .await
         .expect("app");
+    let store = if locks.is_empty() { url } else { locks };
+    let scheme = store.split("://").next().unwrap_or_default();
+    let described = app.locks().expect("lock store").describe();
+    assert!(described.starts_with(scheme), "{described} is {store}");
     let calls: Vec<celeriac::TaskCall> = (0..FLEET_CALLS)
         .map(|n| celeriac::TaskCall::new("locks.fleet", vec![json!(n)]))
         .collect();
@@ -803,6 +827,7 @@ async fn fleet_case(t: &TestApp, url: &str) {
                 ])
                 .env(FLEET_DB, url)
                 .env(FLEET_RECORD, &record)
+                .env(FLEET_LOCKS, locks)
                 .stdout(Stdio::null())
                 .stderr(Stdio::null())
                 .spawn()
