@@ -493,6 +493,16 @@ mod tests {
     }
 
     #[test]
+    fn the_lease_never_exceeds_the_visibility_timeout() {
+        let mut s = Settings::default();
+        assert_eq!(s.lease(), Duration::from_secs(30));
+        s.broker_transport_options.visibility_timeout = 2.0;
+        assert_eq!(s.lease(), Duration::from_secs(2));
+        s.broker_transport_options.lease = 1.5;
+        assert_eq!(s.lease(), Duration::from_millis(1500));
+    }
+
+    #[test]
     fn sqlite_broker_doubles_as_backend() {
         let s = Settings::default();
         assert_eq!(

@@ -96,9 +96,11 @@
 //!
 //! - **Renew** (`renew.lua`, every third of the lease): for each delivery that still
 //!   holds its message, `ZADD celeriac.leases <now + lease>` and
-//!   `ZADD unacked_index XX <now>`. A live celeriac holder's message therefore never
-//!   looks old to kombu's scan, Python's or ours: no duplicate while its worker
-//!   lives, however long the task or its ETA.
+//!   `ZADD unacked_index XX <now>`. Workers keep the lease no longer than
+//!   `visibility_timeout` (`Settings::lease`), so renewals come at least three times
+//!   per visibility timeout. A live celeriac holder's message therefore never looks
+//!   old to kombu's scan, Python's or ours: no duplicate while its worker lives,
+//!   however long the task or its ETA.
 //! - **Lapse** ([`Broker::restore_expired`], part 1, `restore_expired.lua`): every
 //!   tag in `celeriac.leases` whose deadline passed belonged to a celeriac consumer
 //!   that died or stalled. It goes back to the front of its queue (`RPUSH`, tag kept,
