@@ -3,9 +3,21 @@
 //! # Layout
 //!
 //! - [`RedisTarget`]: a parsed Redis URL as Celery/kombu accept them —
-//!   `redis://[user:pass@]host[:port][/db]`, `rediss://` (TLS), and kombu's
-//!   `redis+socket:///path/to/socket?virtual_host=N` (also `unix://`), plus the
-//!   `global_keyprefix` query parameter — and the `redis::Client` for it.
+//!   `redis://[user:pass@]host[:port][/db]`, `rediss://` (TLS, see [`TlsOptions`]),
+//!   and kombu's `redis+socket:///path/to/socket?virtual_host=N` (also `unix://`),
+//!   plus the `global_keyprefix` query parameter — and the `redis::Client` for it.
+//!
+//! # TLS
+//!
+//! `rediss://` connects with rustls (the `ring` provider; the system's root
+//! certificates unless `ssl_ca_certs` names others). kombu's URL query options are
+//! understood: `ssl_cert_reqs=required|optional|none` (also `CERT_REQUIRED`,
+//! `CERT_OPTIONAL`, `CERT_NONE`; default required; `optional` verifies like
+//! `required`, as Python's client sockets do), `ssl_ca_certs=/path/ca.pem`,
+//! `ssl_certfile=/path/client.pem` and `ssl_keyfile=/path/client.key` (the key may sit
+//! in the certificate file). The server's host name is checked against its
+//! certificate unless `ssl_cert_reqs=none`, which verifies nothing. The files are
+//! read each time a connection is opened, so renewed certificates are picked up.
 //! - [`keys`]: every key name of the Redis broker (kombu's and celeriac's), with the
 //!   key prefix.
 //! - [`connection`]: the shared command connection and dedicated connections for
@@ -36,6 +48,30 @@ pub enum RedisError {
     Client(#[from] redis::RedisError),
 }
 
+/// How a `rediss://` connection checks the server (kombu's `ssl_cert_reqs`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum CertReqs {
+    /// Verify the server's certificate and host name (`required`, `optional`).
+    #[default]
+    Required,
+    /// Verify nothing (`none`): encrypted, but open to a man in the middle.
+    None,
+}
+
+/// The TLS settings of a `rediss://` URL (kombu's `ssl_*` query options).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct TlsOptions {
+    /// `ssl_cert_reqs`.
+    pub cert_reqs: CertReqs,
+    /// `ssl_ca_certs`: PEM file of the CAs to trust instead of the system's.
+    pub ca_certs: Option<std::path::PathBuf>,
+    /// `ssl_certfile`: PEM client certificate chain (mutual TLS).
+    pub certfile: Option<std::path::PathBuf>,
+    /// `ssl_keyfile`: PEM private key of the client certificate (default: read from
+    /// `ssl_certfile`).
+    pub keyfile: Option<std::path::PathBuf>,
+}
+
 /// A parsed Redis URL.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RedisTarget {
@@ -47,12 +83,15 @@ pub struct RedisTarget {
     pub global_keyprefix: String,
     /// The URL for logs, password hidden.
     pub display: String,
+    /// TLS settings (`rediss://` URLs only).
+    pub tls: Option<TlsOptions>,
 }
 
 impl RedisTarget {
     /// Parses `redis://`, `rediss://`, `redis+socket://` and `unix://` URLs.
     /// `?global_keyprefix=P` sets the key prefix; `?virtual_host=N` (socket URLs) or
-    /// the path (`/N`, TCP URLs) selects the database.
+    /// the path (`/N`, TCP URLs) selects the database; `ssl_*` options configure TLS
+    /// (`rediss://` only, see the crate docs).
     pub fn parse(url: &str) -> Result<RedisTarget, RedisError> {
         let display = redact(url);
         let invalid = |reason: &str| RedisError::InvalidUrl {
@@ -69,9 +108,38 @@ impl RedisTarget {
         let mut prefix = String::new();
         let mut virtual_host: Option<i64> = None;
         let mut kept = Vec::new();
+        let mut tls = TlsOptions::default();
+        let mut tls_options = Vec::new();
         for pair in query.split('&').filter(|p| !p.is_empty()) {
             let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
             match key {
+                "ssl_cert_reqs" => {
+                    tls.cert_reqs = match percent_decode(value).to_ascii_lowercase().as_str() {
+                        "required" | "cert_required" | "optional" | "cert_optional" => {
+                            CertReqs::Required
+                        }
+                        "none" | "cert_none" => CertReqs::None,
+                        _ => {
+                            return Err(invalid(
+                                "ssl_cert_reqs must be required, optional or none (or CERT_REQUIRED, CERT_OPTIONAL, CERT_NONE)",
+                            ))
+                        }
+                    };
+                    tls_options.push(key);
+                }
+                "ssl_ca_certs" | "ssl_certfile" | "ssl_keyfile" => {
+                    let path = std::path::PathBuf::from(percent_decode(value));
+                    if path.as_os_str().is_empty() {
+                        return Err(invalid(&format!("{key} needs a file path")));
+                    }
+                    match key {
+                        "ssl_ca_certs" => tls.ca_certs = Some(path),
+                        "ssl_certfile" => tls.certfile = Some(path),
+                        _ => tls.keyfile = Some(path),
+                    }
+                    tls_options.push(key);
+                }
+                "ssl_check_hostname" => tls_options.push(key),
                 "global_keyprefix" => prefix = percent_decode(value),
                 "virtual_host" => {
                     virtual_host = Some(
@@ -104,6 +172,10 @@ impl RedisTarget {
                     client.push('?');
                     client.push_str(&kept.join("&"));
                 }
+                if scheme == "rediss" && tls.cert_reqs == CertReqs::None {
+                    // The redis crate's spelling of "verify nothing".
+                    client.push_str("#insecure");
+                }
                 (client, db)
             }
             "redis+socket" | "unix" | "redis+unix" => {
@@ -126,23 +198,78 @@ impl RedisTarget {
         if db < 0 {
             return Err(invalid("the database number must not be negative"));
         }
+        if scheme != "rediss" {
+            if let Some(option) = tls_options.first() {
+                return Err(invalid(&format!(
+                    "{option} needs a TLS URL (rediss://); {scheme}:// connections are not encrypted"
+                )));
+            }
+        }
+        if tls.keyfile.is_some() && tls.certfile.is_none() {
+            return Err(invalid("ssl_keyfile needs ssl_certfile"));
+        }
         Ok(RedisTarget {
             client_url,
             db,
             global_keyprefix: prefix,
             display,
+            tls: (scheme == "rediss").then_some(tls),
         })
     }
 
-    /// A client for this target (connections are opened lazily by the caller).
+    /// A client for this target (connections are opened lazily by the caller). For
+    /// `rediss://` it reads the certificate files named in the URL.
     pub fn client(&self) -> Result<redis::Client, RedisError> {
-        Ok(redis::Client::open(self.client_url.as_str())?)
+        let Some(tls) = &self.tls else {
+            return Ok(redis::Client::open(self.client_url.as_str())?);
+        };
+        install_crypto_provider();
+        if tls.ca_certs.is_none() && tls.certfile.is_none() {
+            return Ok(redis::Client::open(self.client_url.as_str())?);
+        }
+        let read = |option: &str, path: &std::path::Path| {
+            std::fs::read(path).map_err(|error| RedisError::InvalidUrl {
+                url: self.display.clone(),
+                reason: format!("cannot read {option} {}: {error}", path.display()),
+            })
+        };
+        let root_cert = tls
+            .ca_certs
+            .as_deref()
+            .map(|path| read("ssl_ca_certs", path))
+            .transpose()?;
+        let client_tls = match &tls.certfile {
+            Some(certfile) => Some(redis::ClientTlsConfig {
+                client_cert: read("ssl_certfile", certfile)?,
+                client_key: match &tls.keyfile {
+                    Some(keyfile) => read("ssl_keyfile", keyfile)?,
+                    None => read("ssl_certfile", certfile)?,
+                },
+            }),
+            None => None,
+        };
+        Ok(redis::Client::build_with_tls(
+            self.client_url.as_str(),
+            redis::TlsCertificates {
+                client_tls,
+                root_cert,
+            },
+        )?)
     }
 
     /// `key` with the global key prefix.
     pub fn key(&self, key: &str) -> String {
         format!("{}{}", self.global_keyprefix, key)
     }
+}
+
+/// Makes rustls use the `ring` provider in this process unless one is installed.
+fn install_crypto_provider() {
+    static INSTALLED: std::sync::Once = std::sync::Once::new();
+    INSTALLED.call_once(|| {
+        // Err: another provider was installed first, which is fine.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+    });
 }
 
 fn percent_decode(text: &str) -> String {
@@ -204,6 +331,8 @@ mod tests {
         );
         let t = RedisTarget::parse("rediss://u:p@h:6390/0").expect("tls");
         assert!(t.client_url.starts_with("rediss://"));
+        assert_eq!(t.tls, Some(TlsOptions::default()));
+        assert_eq!(RedisTarget::parse("redis://h/0").expect("plain").tls, None);
         assert!(RedisTarget::parse("redis://h/notadb").is_err());
         assert!(RedisTarget::parse("redis+socket://relative.sock").is_err());
         assert!(RedisTarget::parse("memcached://h").is_err());
@@ -213,6 +342,73 @@ mod tests {
                 .ok()
                 == Some("a/b".into())
         );
+    }
+
+    #[test]
+    fn kombus_ssl_options_configure_tls() {
+        let t = RedisTarget::parse(
+            "rediss://:pw@h:6390/2?ssl_cert_reqs=CERT_REQUIRED&ssl_ca_certs=%2Fetc%2Fca.pem\
+             &ssl_certfile=/c.pem&ssl_keyfile=/c.key&global_keyprefix=p",
+        )
+        .expect("all options");
+        assert_eq!(t.client_url, "rediss://:pw@h:6390/2");
+        assert_eq!((t.db, t.global_keyprefix.as_str()), (2, "p"));
+        let tls = t.tls.expect("TLS options");
+        assert_eq!(tls.cert_reqs, CertReqs::Required);
+        assert_eq!(
+            tls.ca_certs.as_deref(),
+            Some(std::path::Path::new("/etc/ca.pem"))
+        );
+        assert_eq!(
+            tls.certfile.as_deref(),
+            Some(std::path::Path::new("/c.pem"))
+        );
+        assert_eq!(tls.keyfile.as_deref(), Some(std::path::Path::new("/c.key")));
+        for (value, expected) in [
+            ("required", CertReqs::Required),
+            ("optional", CertReqs::Required),
+            ("CERT_OPTIONAL", CertReqs::Required),
+            ("none", CertReqs::None),
+            ("CERT_NONE", CertReqs::None),
+        ] {
+            let t = RedisTarget::parse(&format!("rediss://h/0?ssl_cert_reqs={value}"))
+                .expect("ssl_cert_reqs");
+            assert_eq!(t.tls.map(|t| t.cert_reqs), Some(expected), "{value}");
+            assert_eq!(
+                t.client_url.ends_with("#insecure"),
+                expected == CertReqs::None,
+                "{value}: {}",
+                t.client_url
+            );
+        }
+        for bad in [
+            "rediss://h/0?ssl_cert_reqs=maybe",
+            "rediss://h/0?ssl_ca_certs=",
+            "rediss://h/0?ssl_keyfile=/k.pem",
+            "redis://h/0?ssl_cert_reqs=required",
+            "redis+socket:///r.sock?ssl_ca_certs=/ca.pem",
+        ] {
+            assert!(RedisTarget::parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn unreadable_certificate_files_are_named() {
+        let t = RedisTarget::parse(
+            "rediss://:secret@127.0.0.1:1/0?ssl_ca_certs=/nonexistent/celeriac-ca.pem",
+        )
+        .expect("parse");
+        match t.client() {
+            Err(RedisError::InvalidUrl { url, reason }) => {
+                assert!(reason.contains("/nonexistent/celeriac-ca.pem"), "{reason}");
+                assert!(!url.contains("secret"), "{url}");
+            }
+            other => panic!("expected a named file error, got {other:?}"),
+        }
+        assert!(RedisTarget::parse("rediss://127.0.0.1:1/0")
+            .expect("parse")
+            .client()
+            .is_ok());
     }
 }
 
@@ -421,5 +617,177 @@ pub mod testing {
             .and_then(|listener| listener.local_addr())
             .map(|address| address.port())
             .unwrap_or(0)
+    }
+
+    /// Certificates made by `openssl` for a TLS test server: a CA, a server
+    /// certificate for `localhost` and `127.0.0.1`, and a client certificate, all
+    /// PEM files in the server's directory.
+    #[derive(Debug, Clone)]
+    pub struct TestCertificates {
+        /// The CA certificate (what `ssl_ca_certs` names).
+        pub ca: std::path::PathBuf,
+        /// The client certificate (`ssl_certfile`).
+        pub client_cert: std::path::PathBuf,
+        /// The client key (`ssl_keyfile`).
+        pub client_key: std::path::PathBuf,
+    }
+
+    /// A private `redis-server` that speaks only TLS (`--port 0 --tls-port <free>`,
+    /// client certificates required: `--tls-auth-clients yes`) with certificates generated by `openssl` now.
+    /// Returns `None` after [`skip`] when `openssl` or `redis-server` is missing or
+    /// the server was built without TLS.
+    pub fn tls_redis_or_skip(test: &str) -> Option<(PrivateRedis, TestCertificates)> {
+        let dir = std::env::temp_dir().join(format!(
+            "celeriac-certs-{}-{}",
+            std::process::id(),
+            NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        ));
+        let made = make_certificates(&dir);
+        let (ca, server_cert, server_key, client_cert, client_key) = match made {
+            Ok(files) => files,
+            Err(reason) => {
+                let _ = std::fs::remove_dir_all(&dir);
+                skip(test, &reason);
+                return None;
+            }
+        };
+        let port = free_port();
+        let path = |p: &std::path::Path| p.display().to_string();
+        let args = vec![
+            "--port".into(),
+            "0".into(),
+            "--tls-port".into(),
+            port.to_string(),
+            "--tls-cert-file".into(),
+            path(&server_cert),
+            "--tls-key-file".into(),
+            path(&server_key),
+            "--tls-ca-cert-file".into(),
+            path(&ca),
+            "--tls-auth-clients".into(),
+            "yes".into(),
+        ];
+        let server = PrivateRedis::start_with_or_skip(test, port, args);
+        let Some(mut server) = server else {
+            let _ = std::fs::remove_dir_all(&dir);
+            return None;
+        };
+        // The certificates live (and are removed) with the server's directory.
+        let moved = |p: &std::path::Path| server.dir.join(p.file_name().unwrap_or_default());
+        let files = TestCertificates {
+            ca: moved(&ca),
+            client_cert: moved(&client_cert),
+            client_key: moved(&client_key),
+        };
+        for file in [&ca, &server_cert, &server_key, &client_cert, &client_key] {
+            if let Err(error) = std::fs::copy(file, moved(file)) {
+                server.kill();
+                let _ = std::fs::remove_dir_all(&dir);
+                skip(test, &format!("cannot copy {}: {error}", file.display()));
+                return None;
+            }
+        }
+        let _ = std::fs::remove_dir_all(&dir);
+        Some((server, files))
+    }
+
+    type CertificateFiles = (
+        std::path::PathBuf,
+        std::path::PathBuf,
+        std::path::PathBuf,
+        std::path::PathBuf,
+        std::path::PathBuf,
+    );
+
+    /// Runs `openssl` to make a CA and certificates signed by it (P-256 keys).
+    fn make_certificates(dir: &std::path::Path) -> Result<CertificateFiles, String> {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+        let file = |name: &str| dir.join(name);
+        let openssl = |args: &[&str]| -> Result<(), String> {
+            let output = std::process::Command::new("openssl")
+                .args(args)
+                .current_dir(dir)
+                .output()
+                .map_err(|e| format!("openssl is not usable ({e})"))?;
+            if output.status.success() {
+                Ok(())
+            } else {
+                Err(format!(
+                    "openssl {} failed: {}",
+                    args.first().copied().unwrap_or_default(),
+                    String::from_utf8_lossy(&output.stderr).trim()
+                ))
+            }
+        };
+        let ec = [
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+        ];
+        let mut args = vec!["req", "-x509"];
+        args.extend(ec);
+        args.extend([
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.crt",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=celeriac test CA",
+        ]);
+        openssl(&args)?;
+        std::fs::write(
+            file("server.ext"),
+            "subjectAltName=DNS:localhost,IP:127.0.0.1\nbasicConstraints=CA:FALSE\n",
+        )
+        .map_err(|e| e.to_string())?;
+        std::fs::write(
+            file("client.ext"),
+            "basicConstraints=CA:FALSE\nextendedKeyUsage=clientAuth\n",
+        )
+        .map_err(|e| e.to_string())?;
+        for (name, subject) in [
+            ("server", "/CN=localhost"),
+            ("client", "/CN=celeriac test client"),
+        ] {
+            let (key, csr, crt, ext) = (
+                format!("{name}.key"),
+                format!("{name}.csr"),
+                format!("{name}.crt"),
+                format!("{name}.ext"),
+            );
+            let mut args = vec!["req"];
+            args.extend(ec);
+            args.extend(["-keyout", &key, "-out", &csr, "-subj", subject]);
+            openssl(&args)?;
+            openssl(&[
+                "x509",
+                "-req",
+                "-in",
+                &csr,
+                "-CA",
+                "ca.crt",
+                "-CAkey",
+                "ca.key",
+                "-CAcreateserial",
+                "-out",
+                &crt,
+                "-days",
+                "2",
+                "-extfile",
+                &ext,
+            ])?;
+        }
+        Ok((
+            file("ca.crt"),
+            file("server.crt"),
+            file("server.key"),
+            file("client.crt"),
+            file("client.key"),
+        ))
     }
 }

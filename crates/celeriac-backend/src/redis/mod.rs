@@ -9,6 +9,7 @@
 //! | a task's meta | STRING `<prefix>celery-task-meta-<task id>` = the task meta JSON |
 //! | notification | `PUBLISH <same key> <same JSON>` on every write |
 //! | expiry | the key's TTL (`SETEX`; `SET` without expiry for "never") |
+//! | a saved group | STRING `<prefix>celery-taskset-meta-<group id>` = `{"result": <GroupResult tuple>}`, written and published like a meta (`group.rs`) |
 //!
 //! `<prefix>` is the URL's `global_keyprefix` query parameter with Celery's rule for
 //! result backends (`result_backend_transport_options.global_keyprefix`): a `_` is
@@ -44,9 +45,6 @@
 //! - Compressed results (Celery 5.7's `result_compression`) read as
 //!   [`BackendError::Corrupt`] with a reason saying so; results serialized with
 //!   anything but JSON likewise.
-//! - `rediss://` needs the `redis` crate's TLS support, which this build does not
-//!   enable; such URLs are refused with the client's reason.
-//! - Group results (`celery-taskset-meta-<gid>`).
 //!
 //! # Chords
 //!

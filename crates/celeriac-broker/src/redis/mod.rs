@@ -192,9 +192,10 @@
 //!   channel prefix is
 //!   [`BrokerKeys::fanout_prefix`](celeriac_redis::keys::BrokerKeys::fanout_prefix).
 //!
-//! Not supported: Redis Cluster and Sentinel; `rediss://` needs the `redis` crate's
-//! TLS support, which this build does not enable (such URLs are refused with the
-//! client's reason).
+//! `rediss://` connects with TLS (kombu's `ssl_cert_reqs`, `ssl_ca_certs`,
+//! `ssl_certfile`, `ssl_keyfile` URL options; see [`RedisTarget`]).
+//!
+//! Not supported: Redis Cluster and Sentinel.
 
 mod fanout;
 pub mod scripts;
