@@ -267,8 +267,14 @@ def main():
         enqueue_group(celery_app.noop_r.s(), n, args.batch, qr)
         report["drain_results"] = drain(args, r, qr, n, "drain (results stored)")
         # Delete the stored results (celery-task-meta-*) this phase wrote.
+        batch = []
         for key in r.scan_iter(match="celery-task-meta-*", count=1000):
-            r.delete(key)
+            batch.append(key)
+            if len(batch) == 1000:
+                r.unlink(*batch)
+                batch = []
+        if batch:
+            r.unlink(*batch)
 
     if args.round_trips > 0:
         ready_key = f"bench:ready:{qrt}"

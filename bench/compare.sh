@@ -17,6 +17,8 @@
 #   --no-results-drain   skip the "results stored" drains
 #   --no-sqlite          skip celeriac's embedded SQLite column
 #   --celeriac PATH      use this celeriac binary (default: cargo build --release)
+#   --label TEXT         what the celeriac binary is built from, for the table
+#                        (default: the commit, or the --celeriac path)
 #   --out FILE           write the section into FILE (default BENCHMARKS.md, not
 #                        with --quick); --no-write prints it only
 #
@@ -33,6 +35,7 @@ redis_url=redis://127.0.0.1:6379/12
 results_drain=1
 sqlite=1
 celeriac=""
+label=""
 out=BENCHMARKS.md
 write=1
 command_line="bash bench/compare.sh${*:+ $*}"
@@ -49,6 +52,7 @@ while [[ $# -gt 0 ]]; do
     --no-results-drain) results_drain=0; shift ;;
     --no-sqlite) sqlite=0; shift ;;
     --celeriac) celeriac=${2:?--celeriac needs a path}; shift 2 ;;
+    --label) label=${2:?--label needs a text}; shift 2 ;;
     --out) out=${2:?--out needs a file}; write=1; shift 2 ;;
     --no-write) write=0; shift ;;
     -h | --help) sed -n '2,/^set -euo/p' "$0" | sed '$d' | sed 's/^# \{0,1\}//'; exit 0 ;;
@@ -93,7 +97,9 @@ PY
 flushdb
 
 # 2. Machine facts.
-if [[ $celeriac == target/release/celeriac ]]; then
+if [[ -n $label ]]; then
+  git_fact=$label
+elif [[ $celeriac == target/release/celeriac ]]; then
   git_fact="$(git rev-parse --short HEAD 2>/dev/null || echo unknown)$(git diff --quiet HEAD -- crates Cargo.lock 2>/dev/null || echo ' + uncommitted changes')"
 else
   git_fact="binary $celeriac"
@@ -136,6 +142,11 @@ if ((results_drain)); then
   bench celeriac-redis-results --broker "$redis_url" --backend "$redis_url" bench --tasks "$tasks" \
     --with-results --single-sends 0 --latency-samples 0 --round-trips 0
 fi
+
+# The same drain with Celery's default prefetch (×4) instead of bench's ×64.
+say "celeriac on Redis: $tasks tasks, prefetch x4"
+bench celeriac-redis-prefetch4 --broker "$redis_url" --backend "$redis_url" bench --tasks "$tasks" \
+  --prefetch-multiplier 4 --single-sends 0 --latency-samples 0 --round-trips 0
 
 # celeriac worker RSS, idle: a `celeriac worker -c 2` consuming an empty queue.
 say "celeriac worker, idle RSS"

@@ -116,6 +116,11 @@ def render(work, load_end):
         f"≥ 20× (3) {check(rd >= 20)}; ≥ 100× and ≈ 50,000/s (9) {check(rd >= 100 and dr >= 50000)}",
         rate(sq.get("drain_per_s")),
     )
+    crp = load(work, "celeriac-redis-prefetch4")
+    if crp:
+        dr4 = crp.get("drain_per_s")
+        row("drain prefilled, results ignored, celeriac at Celery's prefetch ×4", rate(dc), rate(dr4),
+            ratio(dr4, dc), "–", "–")
     if py.get("drain_results") and crr:
         dc2, dr2 = py["drain_results"]["drain_per_s"], crr.get("drain_per_s")
         row("drain prefilled, results stored", rate(dc2), rate(dr2), ratio(dr2, dc2), "–", "–")
