@@ -1,0 +1,340 @@
+//! The dashboard's REST API, metrics and page against real stores in one SQLite file
+//! (broker, results, schedules and locks), through the router without a socket.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::http::{Method, Request, StatusCode};
+use celeriac_broker::{Publish, WorkerInfo};
+use celeriac_core::{
+    Envelope, Map, SendOptions, TaskMessage, TaskMeta, TaskSender, TaskState, Value,
+};
+use celeriac_dashboard::{router, DashboardState};
+use celeriac_lock::AcquireParams;
+use chrono::Utc;
+use http_body_util::BodyExt;
+use serde_json::json;
+use tower::ServiceExt;
+
+/// Records what "run now" sends.
+#[derive(Default)]
+struct RecordingSender {
+    sent: Mutex<Vec<(String, Vec<Value>)>>,
+}
+
+impl TaskSender for RecordingSender {
+    fn send_task(
+        &self,
+        name: &str,
+        args: Vec<Value>,
+        _kwargs: Map<String, Value>,
+        options: SendOptions,
+    ) -> Pin<Box<dyn Future<Output = Result<String, String>> + Send + '_>> {
+        self.sent
+            .lock()
+            .expect("lock")
+            .push((name.to_string(), args));
+        let id = options.task_id.unwrap_or_else(|| "generated".into());
+        Box::pin(async move { Ok(id) })
+    }
+}
+
+struct Fixture {
+    _dir: tempfile::TempDir,
+    state: DashboardState,
+    sender: Arc<RecordingSender>,
+}
+
+async fn fixture() -> Fixture {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let url = format!("sqlite://{}", dir.path().join("celeriac.db").display());
+    let sender = Arc::new(RecordingSender::default());
+    let state = DashboardState {
+        broker: celeriac_broker::connect(&url).await.expect("broker"),
+        backend: Some(celeriac_backend::connect(&url).await.expect("backend")),
+        schedules: Some(celeriac_beat::connect(&url).await.expect("schedules")),
+        locks: Some(celeriac_lock::connect(&url).await.expect("locks")),
+        sender: Some(sender.clone()),
+    };
+    Fixture {
+        _dir: dir,
+        state,
+        sender,
+    }
+}
+
+/// Sends one request; returns the status and the body (JSON, or a string).
+async fn call(
+    state: &DashboardState,
+    method: Method,
+    path: &str,
+    body: Option<Value>,
+) -> (StatusCode, Value) {
+    let mut request = Request::builder().method(method).uri(path);
+    let body = match body {
+        Some(value) => {
+            request = request.header("content-type", "application/json");
+            Body::from(value.to_string())
+        }
+        None => Body::empty(),
+    };
+    let response = router(state.clone())
+        .oneshot(request.body(body).expect("request"))
+        .await
+        .expect("response");
+    let status = response.status();
+    let bytes = response
+        .into_body()
+        .collect()
+        .await
+        .expect("body")
+        .to_bytes();
+    let value = serde_json::from_slice(&bytes)
+        .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into_owned()));
+    (status, value)
+}
+
+async fn get(state: &DashboardState, path: &str) -> (StatusCode, Value) {
+    call(state, Method::GET, path, None).await
+}
+
+fn envelope(id: &str) -> Envelope {
+    TaskMessage::new("reports.build", id, vec![json!(1)], Map::new()).encode()
+}
+
+#[tokio::test]
+async fn workers_queues_and_tasks_are_listed() {
+    let f = fixture().await;
+    let now = Utc::now();
+    f.state
+        .broker
+        .worker_heartbeat(&WorkerInfo {
+            hostname: "w1@host".into(),
+            pid: 42,
+            queues: vec!["short-task".into()],
+            active: 2,
+            processed: 7,
+            started_at: now,
+            last_heartbeat: now,
+            freq: 2.0,
+            online: true,
+        })
+        .await
+        .expect("heartbeat");
+    f.state
+        .broker
+        .publish(vec![Publish {
+            queue: "short-task".into(),
+            envelope: envelope("queued-1"),
+            not_before: None,
+        }])
+        .await
+        .expect("publish");
+    let backend = f.state.backend.as_ref().expect("backend");
+    let mut done = TaskMeta::new("done-1".to_string(), TaskState::Success, json!(3));
+    done.name = Some("reports.build".into());
+    backend.store(&done, None).await.expect("store");
+    let failed = TaskMeta::new(
+        "failed-1".to_string(),
+        TaskState::Failure,
+        json!({"exc_type": "ValueError", "exc_message": ["x"], "exc_module": "builtins"}),
+    );
+    backend.store(&failed, None).await.expect("store");
+
+    let (status, workers) = get(&f.state, "/api/workers").await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(workers[0]["hostname"], json!("w1@host"));
+    assert_eq!(workers[0]["alive"], json!(true));
+    assert_eq!(workers[0]["active"], json!(2));
+
+    let (_, queues) = get(&f.state, "/api/queues").await;
+    let short = queues
+        .as_array()
+        .expect("list")
+        .iter()
+        .find(|q| q["name"] == json!("short-task"))
+        .expect("the queue is listed");
+    assert_eq!(short["ready"], json!(1));
+
+    let (_, overview) = get(&f.state, "/api/overview").await;
+    assert_eq!(overview["workers"]["alive"], json!(1));
+    assert_eq!(overview["tasks"]["SUCCESS"], json!(1));
+    assert_eq!(overview["tasks"]["FAILURE"], json!(1));
+
+    let (_, failures) = get(&f.state, "/api/tasks?state=FAILURE").await;
+    let ids: Vec<&Value> = failures
+        .as_array()
+        .expect("list")
+        .iter()
+        .map(|t| &t["task_id"])
+        .collect();
+    assert_eq!(ids, vec![&json!("failed-1")]);
+    let (_, by_name) = get(&f.state, "/api/tasks?name=reports.build").await;
+    assert_eq!(by_name.as_array().expect("list").len(), 1);
+    let (_, by_id) = get(&f.state, "/api/tasks?q=done").await;
+    assert_eq!(by_id[0]["task_id"], json!("done-1"));
+    let (status, one) = get(&f.state, "/api/tasks/done-1").await;
+    assert_eq!((status, &one["result"]), (StatusCode::OK, &json!(3)));
+    let (status, missing) = get(&f.state, "/api/tasks/nope").await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert!(missing["error"]
+        .as_str()
+        .expect("error")
+        .contains("PENDING"));
+
+    let (status, purged) = call(&f.state, Method::POST, "/api/queues/short-task/purge", None).await;
+    assert_eq!((status, &purged["purged"]), (StatusCode::OK, &json!(1)));
+}
+
+#[tokio::test]
+async fn schedules_are_created_edited_toggled_run_and_deleted() {
+    let f = fixture().await;
+    let entry = json!({
+        "name": "nightly",
+        "task": "reports.nightly",
+        "args": [1],
+        "schedule": {"crontab": {"minute": "0", "hour": "3", "day_of_week": "*",
+                                  "day_of_month": "*", "month_of_year": "*", "timezone": "Asia/Seoul"}},
+        "queue": "long-task"
+    });
+    let (status, saved) = call(&f.state, Method::POST, "/api/schedules", Some(entry)).await;
+    assert_eq!(status, StatusCode::OK, "{saved}");
+    assert!(saved["next_run_at"].is_string());
+
+    let edit =
+        json!({"task": "reports.nightly", "args": [2], "schedule": {"interval": {"every": 30}}});
+    let (status, edited) = call(&f.state, Method::PUT, "/api/schedules/nightly", Some(edit)).await;
+    assert_eq!(status, StatusCode::OK, "{edited}");
+    assert_eq!(edited["args"], json!([2]));
+    assert_eq!(edited["schedule"]["interval"]["every"], json!(30.0));
+
+    let (status, _) = call(
+        &f.state,
+        Method::POST,
+        "/api/schedules/nightly/disable",
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    let (_, listed) = get(&f.state, "/api/schedules").await;
+    assert_eq!(listed[0]["enabled"], json!(false));
+
+    let (status, run) = call(&f.state, Method::POST, "/api/schedules/nightly/run", None).await;
+    assert_eq!(status, StatusCode::OK, "{run}");
+    assert_eq!(
+        f.sender.sent.lock().expect("lock").clone(),
+        vec![("reports.nightly".to_string(), vec![json!(2)])]
+    );
+
+    let bad = json!({"name": "bad", "task": "x", "schedule": {"crontab": {"minute": "99", "hour": "*",
+        "day_of_week": "*", "day_of_month": "*", "month_of_year": "*"}}});
+    let (status, error) = call(&f.state, Method::POST, "/api/schedules", Some(bad)).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{error}");
+
+    let (status, _) = call(&f.state, Method::DELETE, "/api/schedules/nightly", None).await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, _) = get(&f.state, "/api/schedules/nightly").await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+}
+
+#[tokio::test]
+async fn locks_are_listed_with_their_lease_and_force_released() {
+    let f = fixture().await;
+    let locks = f.state.locks.as_ref().expect("locks");
+    let lease = locks
+        .acquire(&AcquireParams::new(
+            "single:reports.nightly",
+            Duration::from_secs(30),
+            "w1@host/42 t-1",
+        ))
+        .await
+        .expect("acquire")
+        .expect("free");
+    let (_, listed) = get(&f.state, "/api/locks").await;
+    assert_eq!(listed[0]["key"], json!("single:reports.nightly"));
+    assert_eq!(listed[0]["owner"], json!("w1@host/42 t-1"));
+    let left = listed[0]["lease_left"].as_f64().expect("number");
+    assert!(left > 25.0 && left <= 30.0, "{left}");
+    let (status, _) = call(
+        &f.state,
+        Method::DELETE,
+        "/api/locks/single:reports.nightly",
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(
+        !locks.release(&lease).await.expect("release"),
+        "the holder lost it"
+    );
+    let (status, _) = call(
+        &f.state,
+        Method::DELETE,
+        "/api/locks/single:reports.nightly",
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+}
+
+#[tokio::test]
+async fn metrics_page_and_openapi_are_served() {
+    let f = fixture().await;
+    f.state
+        .broker
+        .publish(vec![Publish {
+            queue: "celery".into(),
+            envelope: envelope("m-1"),
+            not_before: None,
+        }])
+        .await
+        .expect("publish");
+    let (status, metrics) = get(&f.state, "/metrics").await;
+    assert_eq!(status, StatusCode::OK);
+    let text = metrics.as_str().expect("text");
+    assert!(
+        text.contains("celeriac_queue_messages{queue=\"celery\",state=\"ready\"} 1"),
+        "{text}"
+    );
+    assert!(
+        text.contains("celeriac_workers{state=\"alive\"} 0"),
+        "{text}"
+    );
+
+    let (status, page) = get(&f.state, "/").await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(page
+        .as_str()
+        .expect("html")
+        .contains("<title>celeriac</title>"));
+
+    let (status, spec) = get(&f.state, "/api/openapi.json").await;
+    assert_eq!(status, StatusCode::OK);
+    let paths = spec["paths"].as_object().expect("paths");
+    for documented in [
+        "/api/workers",
+        "/api/tasks",
+        "/api/schedules/{name}/run",
+        "/api/locks/{key}",
+        "/metrics",
+    ] {
+        assert!(paths.contains_key(documented), "{documented} is documented");
+    }
+}
+
+#[tokio::test]
+async fn a_dashboard_without_stores_says_what_is_missing() {
+    let f = fixture().await;
+    let state = DashboardState::new(f.state.broker.clone());
+    let (status, error) = get(&state, "/api/schedules").await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    assert!(error["error"]
+        .as_str()
+        .expect("error")
+        .contains("schedule store"));
+    let (status, _) = get(&state, "/api/overview").await;
+    assert_eq!(status, StatusCode::OK);
+}
