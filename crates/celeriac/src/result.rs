@@ -4,7 +4,7 @@ use std::marker::PhantomData;
 use std::sync::Arc;
 use std::time::Duration;
 
-use celeriac_backend::ResultBackend;
+use celeriac_backend::{ResultBackend, ResultTuple, SavedGroup};
 use celeriac_core::{ExceptionInfo, TaskMeta, TaskState, Value};
 use serde::de::DeserializeOwned;
 
@@ -121,6 +121,10 @@ impl<R: DeserializeOwned> AsyncResult<R> {
 }
 
 /// The results of a group's members, in member order (Celery's `GroupResult`).
+///
+/// [`GroupResult::save`] stores it as Celery's `GroupResult.save()` does
+/// (`celery-taskset-meta-<gid>` on Redis), so Python's `GroupResult.restore(gid)`
+/// reads it, and [`GroupResult::restore`] reads groups Python saved.
 #[derive(Debug, Clone)]
 pub struct GroupResult {
     id: String,
@@ -131,6 +135,61 @@ impl GroupResult {
     /// A group `id` of the member `results`, in order.
     pub fn new(id: String, results: Vec<AsyncResult<Value>>) -> GroupResult {
         GroupResult { id, results }
+    }
+
+    /// The group saved as `group_id` in `backend` (Celery's `GroupResult.restore`),
+    /// its members in order; `None` if it was never saved, was forgotten or expired.
+    /// Groups whose members are groups themselves are refused with
+    /// [`Error::Workflow`] (this handle holds task results only).
+    pub async fn restore(
+        backend: Arc<dyn ResultBackend>,
+        group_id: &str,
+    ) -> Result<Option<GroupResult>, Error> {
+        let Some(saved) = backend.restore_group(group_id).await? else {
+            return Ok(None);
+        };
+        let mut results = Vec::with_capacity(saved.members.len());
+        for member in saved.members {
+            match member {
+                ResultTuple::Task { id, .. } => {
+                    results.push(AsyncResult::new(id, Some(Arc::clone(&backend))))
+                }
+                ResultTuple::Group(inner) => {
+                    return Err(Error::Workflow(format!(
+                        "the saved group {group_id} has a nested group {} as a member; \
+                         restoring nested groups is not supported",
+                        inner.id
+                    )))
+                }
+            }
+        }
+        Ok(Some(GroupResult::new(saved.id, results)))
+    }
+
+    /// Saves the group in its members' result backend (Celery's `GroupResult.save()`),
+    /// expiring after `expires` (`None` or zero = never; Celery uses
+    /// `result_expires`, see [`Settings::result_expires`](celeriac_core::config::Settings::result_expires)).
+    /// Fails with [`Error::NoBackend`] when the members have no backend (or there are
+    /// none).
+    pub async fn save(&self, expires: Option<Duration>) -> Result<(), Error> {
+        let backend = self.member_backend()?;
+        let saved = SavedGroup::of_tasks(&self.id, self.results.iter().map(|r| r.id.clone()));
+        backend.save_group(&saved, expires).await?;
+        Ok(())
+    }
+
+    /// Deletes the saved group value (the members' results stay; forget those with
+    /// [`AsyncResult::forget`]).
+    pub async fn forget(&self) -> Result<(), Error> {
+        self.member_backend()?.forget_group(&self.id).await?;
+        Ok(())
+    }
+
+    fn member_backend(&self) -> Result<&Arc<dyn ResultBackend>, Error> {
+        self.results
+            .first()
+            .and_then(|r| r.backend.as_ref())
+            .ok_or(Error::NoBackend)
     }
 
     /// The group id.
