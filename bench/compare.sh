@@ -38,7 +38,7 @@ celeriac=""
 label=""
 out=BENCHMARKS.md
 write=1
-command_line="bash bench/compare.sh${*:+ $*}"
+command_line="bash bench/compare.sh$(printf ' %q' "$@")"
 
 die() { echo "compare.sh: $*" >&2; exit 2; }
 say() { echo "compare.sh: $*" >&2; }
@@ -105,23 +105,30 @@ else
   git_fact="binary $celeriac"
 fi
 load_start=$(cut -d' ' -f1-3 /proc/loadavg)
-cat >"$work/facts.json" <<JSON
-{
-  "date": "$(date -u '+%Y-%m-%d %H:%M UTC')",
-  "nproc": $(nproc),
-  "cpu": "$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//; s/"/\\"/g')",
-  "mem_gib": $(awk '/MemTotal/ {printf "%.0f", $2/1048576}' /proc/meminfo),
-  "kernel": "$(uname -r)",
-  "redis": "$redis_version",
-  "redis_url": "$redis_url",
-  "rustc": "$(rustc --version 2>/dev/null | cut -d' ' -f2 || echo unknown)",
-  "python": "$("$py" -c 'import platform; print(platform.python_version())')",
-  "git": "$git_fact",
-  "load_start": "$load_start",
-  "tasks": $tasks,
-  "command": "$command_line"
-}
-JSON
+python3 - "$work/facts.json" <<PY
+import json, sys
+json.dump({
+    "date": """$(date -u '+%Y-%m-%d %H:%M UTC')""",
+    "nproc": $(nproc),
+    "cpu": """$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//')""",
+    "mem_gib": $(awk '/MemTotal/ {printf "%.0f", $2/1048576}' /proc/meminfo),
+    "kernel": """$(uname -r)""",
+    "redis": """$redis_version""",
+    "redis_url": """$redis_url""",
+    "rustc": """$(rustc --version 2>/dev/null | cut -d' ' -f2 || echo unknown)""",
+    "python": """$("$py" -c 'import platform; print(platform.python_version())')""",
+    "load_start": """$load_start""",
+    "tasks": $tasks,
+}, open(sys.argv[1], "w"))
+PY
+# Texts that may hold any character go through the environment, not the heredoc.
+GIT_FACT=$git_fact COMMAND_LINE=$command_line python3 - "$work/facts.json" <<'PY'
+import json, os, sys
+facts = json.load(open(sys.argv[1]))
+facts["git"] = os.environ["GIT_FACT"]
+facts["command"] = os.environ["COMMAND_LINE"]
+json.dump(facts, open(sys.argv[1], "w"))
+PY
 say "load average at start: $load_start"
 
 # 3. celeriac on Redis: results ignored (all phases), then the drain with results.

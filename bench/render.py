@@ -7,8 +7,15 @@ import json
 import sys
 from pathlib import Path
 
-BEGIN = "<!-- bench/compare.sh:begin (generated; rerun the command below to update) -->"
-END = "<!-- bench/compare.sh:end -->"
+MARK = "<!-- bench/compare.sh:"
+
+
+def markers(tasks):
+    """One generated section per task count, so the 20,000 and 100,000 runs coexist."""
+    return (
+        f"{MARK}begin tasks={tasks} (generated; rerun the command below to update) -->",
+        f"{MARK}end tasks={tasks} -->",
+    )
 
 
 def load(work, name):
@@ -53,8 +60,9 @@ def render(work, load_end):
     if not (f and cr and py):
         sys.exit("render.py: measurements missing in " + str(work))
     n = f["tasks"]
-    lines = [BEGIN, ""]
-    lines.append(f"### Side by side with Python Celery, Redis {f['redis']} on loopback ({f['date']})")
+    begin, end = markers(n)
+    lines = [begin, ""]
+    lines.append(f"### {n:,} tasks, Redis {f['redis']} on loopback ({f['date']})")
     lines.append("")
     lines.append("```sh")
     lines.append(f["command"])
@@ -175,7 +183,7 @@ def render(work, load_end):
         "empty queue."
     )
     lines.append("")
-    lines.append(END)
+    lines.append(end)
     return "\n".join(lines) + "\n"
 
 
@@ -188,19 +196,25 @@ def main():
     section = render(args.work, args.load_end)
     print(section)
     if args.out:
+        tasks = json.loads((Path(args.work) / "facts.json").read_text())["tasks"]
+        begin, end = markers(tasks)
         path = Path(args.out)
         text = path.read_text() if path.exists() else ""
-        if BEGIN in text and END in text:
-            before = text[: text.index(BEGIN)]
-            after = text[text.index(END) + len(END):].lstrip("\n")
+        if begin in text and end in text:
+            # Replace this task count's section.
+            before = text[: text.index(begin)]
+            after = text[text.index(end) + len(end):].lstrip("\n")
             text = before + section + ("\n" + after if after else "")
+        elif f"{MARK}end" in text:
+            # After the last generated section (of another task count).
+            i = text.rindex(f"{MARK}end")
+            i = text.index("-->", i) + 3
+            text = text[:i] + "\n\n" + section.rstrip("\n") + text[i:]
+        elif "## Store-level throughput" in text:
+            i = text.index("## Store-level throughput")
+            text = text[:i] + section + "\n" + text[i:]
         else:
-            anchor = "## Store-level throughput"
-            if anchor in text:
-                i = text.index(anchor)
-                text = text[:i] + section + "\n" + text[i:]
-            else:
-                text = text.rstrip("\n") + "\n\n" + section
+            text = text.rstrip("\n") + "\n\n" + section
         path.write_text(text)
 
 
