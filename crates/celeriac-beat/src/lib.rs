@@ -12,6 +12,8 @@
 //!   run) and [`connect`].
 //! - [`sqlite`] (feature `sqlite`, on by default): entries in a SQLite file, normally
 //!   the broker's.
+//! - `django` (feature `django`): django-celery-beat's own PostgreSQL tables
+//!   (`django+postgres://...`), so schedules made in the Django admin run on celeriac.
 //! - `redis` (feature `redis`): entries in Redis under kombu's `global_keyprefix`,
 //!   claims as Lua scripts.
 //! - [`beat`]: the [`Beat`] service (`run_until(shutdown)`), its [`BeatConfig`], the
@@ -44,6 +46,8 @@
 use std::sync::Arc;
 
 pub mod beat;
+#[cfg(feature = "django")]
+pub mod django;
 pub mod entry;
 #[cfg(feature = "redis")]
 pub mod redis;
@@ -103,7 +107,8 @@ impl BeatError {
 ///
 /// - `sqlite://PATH` (feature `sqlite`): a SQLite file, created if needed;
 /// - `redis://`, `rediss://`, `redis+socket://` (feature `redis`): Redis, with kombu's
-///   `?global_keyprefix=P`.
+///   `?global_keyprefix=P`;
+/// - `django+postgres://user@host/db` (feature `django`): django-celery-beat's tables.
 ///
 /// A scheme whose store is not built in returns [`BeatError::Unsupported`].
 pub async fn connect(url: &str) -> Result<Arc<dyn ScheduleStore>, BeatError> {
@@ -111,6 +116,10 @@ pub async fn connect(url: &str) -> Result<Arc<dyn ScheduleStore>, BeatError> {
     match scheme {
         #[cfg(feature = "sqlite")]
         "sqlite" => Ok(Arc::new(sqlite::SqliteScheduleStore::open_url(url).await?)),
+        #[cfg(feature = "django")]
+        "django+postgres" | "django+postgresql" => {
+            Ok(Arc::new(django::DjangoScheduleStore::open_url(url).await?))
+        }
         #[cfg(feature = "redis")]
         "redis" | "rediss" | "redis+socket" | "unix" => {
             Ok(Arc::new(redis::RedisScheduleStore::open_url(url).await?))

@@ -146,6 +146,142 @@ impl StoreHarness for RedisHarness {
     }
 }
 
+/// The PostgreSQL URL for service tests (`CELERIAC_TEST_POSTGRES_URL`, default
+/// `postgres://postgres@127.0.0.1:5432/test`) if a server answers there. Otherwise:
+/// panics when `CELERIAC_REQUIRE_SERVICES=1`, or prints why the test is skipped and
+/// returns `None`.
+#[cfg(feature = "django")]
+pub fn postgres_url_or_skip(test: &str) -> Option<String> {
+    let url = std::env::var("CELERIAC_TEST_POSTGRES_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_string());
+    let answers = url
+        .parse::<tokio_postgres::Config>()
+        .ok()
+        .and_then(|config| {
+            let host = match config.get_hosts().first()? {
+                tokio_postgres::config::Host::Tcp(host) => host.clone(),
+                #[allow(unreachable_patterns)]
+                _ => return None,
+            };
+            let port = config.get_ports().first().copied().unwrap_or(5432);
+            std::net::ToSocketAddrs::to_socket_addrs(&(host.as_str(), port))
+                .ok()?
+                .next()
+        })
+        .is_some_and(|address| {
+            std::net::TcpStream::connect_timeout(&address, Duration::from_secs(1)).is_ok()
+        });
+    if answers {
+        return Some(url);
+    }
+    let required = std::env::var("CELERIAC_REQUIRE_SERVICES").is_ok_and(|v| v == "1");
+    assert!(
+        !required,
+        "{test}: PostgreSQL does not answer at {url} and CELERIAC_REQUIRE_SERVICES=1"
+    );
+    eprintln!(
+        "skipped {test}: PostgreSQL does not answer at {url} (set CELERIAC_TEST_POSTGRES_URL)"
+    );
+    None
+}
+
+/// django-celery-beat's tables as its migrations create them on PostgreSQL
+/// (`tests/fixtures/django_celery_beat.sql`, dumped after a real `migrate`).
+#[cfg(feature = "django")]
+pub const DJANGO_CELERY_BEAT_TABLES: &str =
+    include_str!("../tests/fixtures/django_celery_beat.sql");
+
+/// A new schema in the test PostgreSQL database holding django-celery-beat's tables
+/// ([`DJANGO_CELERY_BEAT_TABLES`]); dropped with its tables on drop.
+#[cfg(feature = "django")]
+#[derive(Debug)]
+pub struct DjangoHarness {
+    base_url: String,
+    schema: String,
+}
+
+#[cfg(feature = "django")]
+impl DjangoHarness {
+    /// Creates the schema and the tables on `base_url` (`postgres://...`). Panics
+    /// when PostgreSQL refuses.
+    pub async fn new(base_url: &str) -> DjangoHarness {
+        let schema = format!("celeriac_test_{}", uuid::Uuid::new_v4().simple());
+        let (client, connection) = tokio_postgres::connect(base_url, tokio_postgres::NoTls)
+            .await
+            .expect("the Django harness connects");
+        let driver = tokio::spawn(connection);
+        client
+            .batch_execute(&format!(
+                "CREATE SCHEMA \"{schema}\"; SET search_path TO \"{schema}\";\n{DJANGO_CELERY_BEAT_TABLES}"
+            ))
+            .await
+            .expect("the Django harness creates django-celery-beat's tables");
+        drop(client);
+        let _ = driver.await;
+        DjangoHarness {
+            base_url: base_url.to_string(),
+            schema,
+        }
+    }
+
+    /// The store URL: `django+<base>?schema=<schema>`.
+    pub fn url(&self) -> String {
+        let separator = if self.base_url.contains('?') {
+            '&'
+        } else {
+            '?'
+        };
+        format!("django+{}{separator}schema={}", self.base_url, self.schema)
+    }
+
+    /// The private schema.
+    pub fn schema(&self) -> &str {
+        &self.schema
+    }
+}
+
+#[cfg(feature = "django")]
+impl Drop for DjangoHarness {
+    fn drop(&mut self) {
+        let url = self.base_url.clone();
+        let sql = format!(
+            "SET lock_timeout = '10s'; DROP SCHEMA IF EXISTS \"{}\" CASCADE",
+            self.schema
+        );
+        let _ = std::thread::spawn(move || {
+            let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            else {
+                return;
+            };
+            runtime.block_on(async move {
+                if let Ok((client, connection)) =
+                    tokio_postgres::connect(&url, tokio_postgres::NoTls).await
+                {
+                    let driver = tokio::spawn(connection);
+                    let _ = client.batch_execute(&sql).await;
+                    drop(client);
+                    let _ = driver.await;
+                }
+            });
+        })
+        .join();
+    }
+}
+
+#[cfg(feature = "django")]
+#[async_trait]
+impl StoreHarness for DjangoHarness {
+    async fn store(&self) -> Arc<dyn ScheduleStore> {
+        Arc::new(
+            crate::django::DjangoScheduleStore::open_url(&self.url())
+                .await
+                .expect("the Django harness connects"),
+        )
+    }
+}
+
 /// Expands to one `#[tokio::test]` per conformance behaviour. The argument is an
 /// expression building a [`StoreHarness`]; it is evaluated once per test. The calling
 /// crate needs `tokio` (with `macros` and `rt-multi-thread`).
