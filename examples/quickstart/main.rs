@@ -10,7 +10,8 @@
 //! shows a progress bar and prints a summary. Meanwhile beat sends a periodic
 //! `notify.digest` every 2 s (a single-instance task: a slow digest is never
 //! overlapped by the next one); its entry lives in the same SQLite file
-//! (`celeriac schedule list`).
+//! (`celeriac schedule list`). The dashboard serves http://127.0.0.1:5555 while it
+//! runs (`--dashboard off` to skip it).
 //!
 //! ```text
 //! cargo run --release --example quickstart                     # serve until Ctrl-C
@@ -88,6 +89,9 @@ struct Args {
     /// Files to process.
     #[arg(long, default_value_t = 12)]
     files: u64,
+    /// Where the dashboard listens (`off` for none).
+    #[arg(long, default_value = "127.0.0.1:5555")]
+    dashboard: String,
 }
 
 #[tokio::main]
@@ -131,6 +135,36 @@ async fn main() -> anyhow::Result<()> {
             _ = celeriac::cli::shutdown_signal() => {}
         }
     }));
+
+    // The dashboard, in this process too: workers, tasks, queues, schedules and
+    // locks, live (a busy port only costs the dashboard, not the quickstart).
+    let dashboard_stop = tokio_util::sync::CancellationToken::new();
+    if args.dashboard != "off" {
+        match args.dashboard.parse::<std::net::SocketAddr>() {
+            Ok(addr) => {
+                let state = celeriac::cli::dashboard_state(&app, None).await;
+                match celeriac::dashboard::Dashboard::bind(addr, state).await {
+                    Ok(server) => {
+                        println!(
+                            "dashboard on http://{}",
+                            server.local_addr().unwrap_or(addr)
+                        );
+                        let stop = dashboard_stop.clone();
+                        tokio::spawn(async move {
+                            if let Err(error) = server.serve(stop).await {
+                                eprintln!("dashboard stopped: {error}");
+                            }
+                        });
+                    }
+                    Err(error) => println!("dashboard not started: {error}"),
+                }
+            }
+            Err(error) => println!(
+                "dashboard not started: --dashboard {:?}: {error}",
+                args.dashboard
+            ),
+        }
+    }
 
     // Beat, in this process too: the digest entry is stored in the broker's file
     // (edit it at runtime with `celeriac schedule ...`; run more beats anywhere).
@@ -254,6 +288,7 @@ async fn main() -> anyhow::Result<()> {
         println!("beat stopped after sending {} digest runs", report.sent);
     }
     let report = worker_task.await?;
+    dashboard_stop.cancel();
     println!("worker stopped after {} tasks", report.processed);
     if succeeded + failed != total as u64 {
         anyhow::bail!(

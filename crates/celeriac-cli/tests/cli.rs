@@ -332,3 +332,85 @@ fn beat_sends_due_runs_until_sigterm() {
     let show = stdout(&celeriac(dir.path(), &["schedule", "show", "tick"], &env));
     assert!(show.contains("latest runs"), "{show}");
 }
+
+/// A plain HTTP/1.1 GET on loopback; returns the status line and the body.
+fn http_get(addr: &str, path: &str) -> (String, String) {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(addr).expect("connect to the dashboard");
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .expect("request");
+    let mut response = String::new();
+    stream.read_to_string(&mut response).expect("response");
+    let (head, body) = response.split_once("\r\n\r\n").unwrap_or((&response, ""));
+    (
+        head.lines().next().unwrap_or("").to_string(),
+        body.to_string(),
+    )
+}
+
+#[test]
+fn dashboard_serves_the_api_for_the_broker_file_until_sigterm() {
+    use std::io::BufRead;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let db = format!("sqlite://{}", dir.path().join("celeriac.db").display());
+    let env = [("CELERIAC_BROKER_URL", db.clone())];
+    stdout(&celeriac(
+        dir.path(),
+        &[
+            "schedule",
+            "add",
+            "tick",
+            "--task",
+            "tests.tick",
+            "--every",
+            "1m",
+        ],
+        &env,
+    ));
+    stdout(&celeriac(
+        dir.path(),
+        &["call", "tests.noop", "--queue", "work"],
+        &env,
+    ));
+    let mut dashboard = Command::new(env!("CARGO_BIN_EXE_celeriac"))
+        .current_dir(dir.path())
+        .args(["dashboard", "--addr", "127.0.0.1:0"])
+        .env("CELERIAC_BROKER_URL", &db)
+        .env_remove("CELERIAC_BEAT_STORE")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("start the dashboard");
+    let mut first = String::new();
+    std::io::BufReader::new(dashboard.stdout.take().expect("stdout"))
+        .read_line(&mut first)
+        .expect("the address line");
+    let addr = first
+        .trim()
+        .strip_prefix("celeriac dashboard on http://")
+        .unwrap_or_else(|| panic!("unexpected first line {first:?}"))
+        .to_string();
+    let (status, body) = http_get(&addr, "/api/queues");
+    assert!(status.contains("200"), "{status}");
+    let queues: serde_json::Value = serde_json::from_str(&body).expect("JSON");
+    let work = queues
+        .as_array()
+        .and_then(|qs| qs.iter().find(|q| q["name"] == "work"))
+        .expect("the queue is listed");
+    assert_eq!(work["ready"], 1);
+    let (_, body) = http_get(&addr, "/api/schedules");
+    assert!(body.contains("\"tick\""), "{body}");
+    let (status, page) = http_get(&addr, "/");
+    assert!(
+        status.contains("200") && page.contains("celeriac"),
+        "{status}"
+    );
+    let _ = Command::new("kill")
+        .args(["-TERM", &dashboard.id().to_string()])
+        .status();
+    let exit = dashboard.wait().expect("the dashboard exits");
+    assert!(exit.success(), "it exits cleanly on SIGTERM");
+}

@@ -23,6 +23,7 @@ mod locks;
 mod schedule;
 
 use std::io::Write;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
@@ -32,6 +33,7 @@ use celeriac_core::{Map, SendOptions, Value};
 use celeriac_worker::QueueSettings;
 use clap::{Args, Parser, Subcommand};
 use serde_json::json;
+use tokio_util::sync::CancellationToken;
 
 use crate::app::{App, AppBuilder};
 
@@ -86,6 +88,19 @@ pub enum Command {
     Beat(BeatArgs),
     /// Add, list, show, enable, disable, remove or run schedule entries.
     Schedule(ScheduleArgs),
+    /// Serve the web dashboard and its REST API (default http://127.0.0.1:5555).
+    Dashboard(DashboardArgs),
+}
+
+/// `dashboard` flags.
+#[derive(Debug, Args)]
+pub struct DashboardArgs {
+    /// Address to listen on.
+    #[arg(long, default_value = celeriac_dashboard::DEFAULT_ADDR, value_name = "HOST:PORT")]
+    pub addr: std::net::SocketAddr,
+    /// Schedule store URL (default: CELERIAC_BEAT_STORE, else the SQLite broker's file).
+    #[arg(long, env = "CELERIAC_BEAT_STORE", value_name = "URL")]
+    pub store: Option<String>,
 }
 
 /// `worker` flags.
@@ -257,6 +272,7 @@ async fn dispatch(app: App, command: Command) -> anyhow::Result<()> {
         Command::Locks(args) => locks::run(app, args).await,
         Command::Beat(args) => schedule::run_beat(app, args).await,
         Command::Schedule(args) => schedule::run_schedule(app, args).await,
+        Command::Dashboard(args) => dashboard(app, args).await,
     }
 }
 
@@ -449,6 +465,41 @@ async fn apply(app: App, args: ApplyArgs) -> anyhow::Result<()> {
         let value = result.get(wait).await?;
         println!("{}", serde_json::to_string_pretty(&value)?);
     }
+    Ok(())
+}
+
+/// What the dashboard of `app` reads: its broker, backend and lock store, and the
+/// schedule store at `store` (else the SQLite broker's file; without one the
+/// schedules screen says so).
+pub async fn dashboard_state(app: &App, store: Option<&str>) -> celeriac_dashboard::DashboardState {
+    let schedules = match open_schedule_store(app, store).await {
+        Ok(store) => Some(store),
+        Err(error) => {
+            tracing::warn!("the dashboard shows no schedules: {error:#}");
+            None
+        }
+    };
+    celeriac_dashboard::DashboardState {
+        broker: app.broker().clone(),
+        backend: app.backend().cloned(),
+        schedules,
+        locks: app.locks().cloned(),
+        sender: Some(Arc::new(app.clone())),
+    }
+}
+
+async fn dashboard(app: App, args: DashboardArgs) -> anyhow::Result<()> {
+    let state = dashboard_state(&app, args.store.as_deref()).await;
+    let server = celeriac_dashboard::Dashboard::bind(args.addr, state).await?;
+    let addr = server.local_addr().unwrap_or(args.addr);
+    println!("celeriac dashboard on http://{addr}");
+    let stop = CancellationToken::new();
+    let signal_stop = stop.clone();
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        signal_stop.cancel();
+    });
+    server.serve(stop).await?;
     Ok(())
 }
 

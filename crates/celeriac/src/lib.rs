@@ -52,6 +52,7 @@ pub use celeriac_backend as backend;
 pub use celeriac_beat as beat;
 pub use celeriac_broker as broker;
 pub use celeriac_core as core;
+pub use celeriac_dashboard as dashboard;
 pub use celeriac_lock as lock;
 pub use celeriac_macros::task;
 pub use celeriac_worker as worker;
