@@ -346,7 +346,7 @@ impl PostgresLockManager {
             .await;
             let error = match outcome {
                 Ok(Ok(rows)) => return Ok(rows),
-                Ok(Err(error)) if error.as_db_error().is_some() && !client.is_closed() => {
+                Ok(Err(error)) if !connection_lost(&error) && !client.is_closed() => {
                     return Err(StoreError::Postgres(error).into())
                 }
                 Ok(Err(error)) => StoreError::Postgres(error),
@@ -438,6 +438,19 @@ impl LockManager for PostgresLockManager {
         match &self.inner.options.schema {
             Some(schema) => format!("{} (schema {schema})", self.inner.display),
             None => self.inner.display.clone(),
+        }
+    }
+}
+
+/// Whether an error means the connection is gone rather than the statement refused:
+/// no server error at all (I/O, closed), or a server error of class 08 (connection
+/// exception) or 57P (the server is shutting down or the backend was terminated).
+fn connection_lost(error: &tokio_postgres::Error) -> bool {
+    match error.code() {
+        None => error.as_db_error().is_none(),
+        Some(code) => {
+            let code = code.code();
+            code.starts_with("08") || code.starts_with("57P")
         }
     }
 }

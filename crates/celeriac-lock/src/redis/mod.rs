@@ -26,6 +26,13 @@
 //! and its write. Times come from Redis's clock (`TIME`) inside the scripts, so the
 //! clocks of the clients do not matter. A single Redis server is assumed (as by
 //! kombu's transport), not a cluster: `list.lua` builds hash names from the index.
+//!
+//! # Connection
+//!
+//! One self-reconnecting multiplexed connection per manager (clones share it). A
+//! script that fails because the connection dropped is run once more on the new
+//! connection; that is safe for every script here (an acquisition that did run finds
+//! the key held and returns `None`, and the lock lapses at its TTL).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -180,18 +187,40 @@ impl RedisLockManager {
         self.inner.conn.clone()
     }
 
+    /// Runs a script, once more on a new connection if the connection failed (the
+    /// shared connection reconnects by itself; the first command after a drop fails).
+    /// Safe for every script here: an acquisition that did run finds the key held
+    /// and returns `None` (the lock lapses at its TTL); renew and release repeat
+    /// harmlessly.
+    async fn invoke<T: ::redis::FromRedisValue>(
+        &self,
+        invocation: &::redis::ScriptInvocation<'_>,
+    ) -> Result<T, LockError> {
+        match invocation.invoke_async(&mut self.conn()).await {
+            Ok(value) => Ok(value),
+            Err(error) if connection::is_connection_error(&error) => {
+                tracing::debug!(%error, url = %self.inner.target.display, "Redis lock store connection lost; trying again");
+                invocation
+                    .invoke_async(&mut self.conn())
+                    .await
+                    .map_err(LockError::storage)
+            }
+            Err(error) => Err(LockError::storage(error)),
+        }
+    }
+
     /// Runs release.lua; an empty token releases whoever holds the lock.
     async fn delete(&self, key: &str, token: &str) -> Result<bool, LockError> {
         let deleted: i64 = self
-            .inner
-            .release
-            .key(self.inner.keys.lock(key))
-            .key(self.inner.keys.index())
-            .arg(key)
-            .arg(token)
-            .invoke_async(&mut self.conn())
-            .await
-            .map_err(LockError::storage)?;
+            .invoke(
+                self.inner
+                    .release
+                    .key(self.inner.keys.lock(key))
+                    .key(self.inner.keys.index())
+                    .arg(key)
+                    .arg(token),
+            )
+            .await?;
         Ok(deleted == 1)
     }
 }
@@ -202,18 +231,18 @@ impl LockManager for RedisLockManager {
         params.validate()?;
         let token = uuid::Uuid::new_v4().simple().to_string();
         let taken: Option<(u64, i64, i64)> = self
-            .inner
-            .acquire
-            .key(self.inner.keys.lock(&params.key))
-            .key(self.inner.keys.fencing())
-            .key(self.inner.keys.index())
-            .arg(&params.key)
-            .arg(&token)
-            .arg(&params.owner)
-            .arg(millis(params.ttl))
-            .invoke_async(&mut self.conn())
-            .await
-            .map_err(LockError::storage)?;
+            .invoke(
+                self.inner
+                    .acquire
+                    .key(self.inner.keys.lock(&params.key))
+                    .key(self.inner.keys.fencing())
+                    .key(self.inner.keys.index())
+                    .arg(&params.key)
+                    .arg(&token)
+                    .arg(&params.owner)
+                    .arg(millis(params.ttl)),
+            )
+            .await?;
         Ok(taken.map(|(fencing, _acquired_at, expires_at)| Lease {
             key: params.key.clone(),
             token,
@@ -230,16 +259,16 @@ impl LockManager for RedisLockManager {
             )));
         }
         let renewed: Option<i64> = self
-            .inner
-            .renew
-            .key(self.inner.keys.lock(&lease.key))
-            .key(self.inner.keys.index())
-            .arg(&lease.key)
-            .arg(&lease.token)
-            .arg(millis(ttl))
-            .invoke_async(&mut self.conn())
-            .await
-            .map_err(LockError::storage)?;
+            .invoke(
+                self.inner
+                    .renew
+                    .key(self.inner.keys.lock(&lease.key))
+                    .key(self.inner.keys.index())
+                    .arg(&lease.key)
+                    .arg(&lease.token)
+                    .arg(millis(ttl)),
+            )
+            .await?;
         Ok(renewed.is_some())
     }
 
@@ -253,13 +282,13 @@ impl LockManager for RedisLockManager {
 
     async fn list(&self) -> Result<Vec<LockInfo>, LockError> {
         let flat: Vec<String> = self
-            .inner
-            .list
-            .key(self.inner.keys.index())
-            .arg(self.inner.keys.lock_prefix())
-            .invoke_async(&mut self.conn())
-            .await
-            .map_err(LockError::storage)?;
+            .invoke(
+                self.inner
+                    .list
+                    .key(self.inner.keys.index())
+                    .arg(self.inner.keys.lock_prefix()),
+            )
+            .await?;
         let mut locks: Vec<LockInfo> = flat
             .chunks_exact(5)
             .map(|row| LockInfo {
@@ -317,6 +346,68 @@ mod tests {
         assert_eq!(millis(Duration::from_micros(1)), 1);
         assert_eq!(millis(Duration::from_millis(1500)), 1500);
         assert_eq!(millis(Duration::MAX), MAX_TTL_MS);
+    }
+
+    #[tokio::test]
+    async fn a_killed_connection_is_replaced_without_an_error() {
+        let Some(base) =
+            celeriac_redis::testing::redis_url_or_skip("redis_killed_connection_is_replaced")
+        else {
+            return;
+        };
+        let prefix = format!("celeriac-test-lock-{}:", uuid::Uuid::new_v4().simple());
+        let manager = RedisLockManager::open_url(&format!("{base}?global_keyprefix={prefix}"))
+            .await
+            .expect("open");
+        let lease = manager
+            .acquire(&AcquireParams::new(
+                "single:t",
+                Duration::from_secs(30),
+                "me",
+            ))
+            .await
+            .expect("acquire")
+            .expect("free");
+        let id: i64 = ::redis::cmd("CLIENT")
+            .arg("ID")
+            .query_async(&mut manager.conn())
+            .await
+            .expect("client id");
+        let mut admin = manager
+            .target()
+            .client()
+            .expect("client")
+            .get_multiplexed_async_connection()
+            .await
+            .expect("admin connection");
+        let killed: i64 = ::redis::cmd("CLIENT")
+            .arg("KILL")
+            .arg("ID")
+            .arg(id)
+            .query_async(&mut admin)
+            .await
+            .expect("client kill");
+        assert_eq!(killed, 1, "the manager's connection was killed");
+        assert!(
+            manager
+                .renew(&lease, Duration::from_secs(30))
+                .await
+                .expect("renew right after the kill"),
+            "renewed on a new connection"
+        );
+        let new_id: i64 = ::redis::cmd("CLIENT")
+            .arg("ID")
+            .query_async(&mut manager.conn())
+            .await
+            .expect("client id");
+        assert_ne!(new_id, id, "a new connection");
+        assert!(manager.release(&lease).await.expect("release"));
+        let keys = manager.keys();
+        let _: Result<i64, _> = ::redis::cmd("DEL")
+            .arg(keys.fencing())
+            .arg(keys.index())
+            .query_async(&mut admin)
+            .await;
     }
 
     #[tokio::test]
