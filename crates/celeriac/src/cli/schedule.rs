@@ -1,8 +1,13 @@
 //! `beat` and `schedule add | list | show | enable | disable | remove | run-now`.
 //!
 //! The schedule store is `--store URL`, else `CELERIAC_BEAT_STORE`, else the broker's
-//! own file when the broker is SQLite. Only `sqlite://` stores exist yet; other URLs
-//! get a clear "not supported yet" error.
+//! own store (its SQLite file, or its Redis):
+//!
+//! - `sqlite://PATH`: a SQLite file (normally the broker's);
+//! - `redis://HOST[:PORT][/DB][?global_keyprefix=P]` (also `rediss://`,
+//!   `redis+socket://`): Redis, for beats on several machines;
+//! - `django+postgres://USER[:PASSWORD]@HOST[:PORT]/DBNAME`: django-celery-beat's own
+//!   tables, so periodic tasks made in the Django admin run here.
 
 use std::io::Write;
 use std::sync::Arc;
@@ -25,7 +30,8 @@ use crate::app::App;
 /// `beat` flags.
 #[derive(Debug, Args)]
 pub struct BeatArgs {
-    /// Schedule store URL, e.g. sqlite://celeriac.db (default: the broker's SQLite file).
+    /// Schedule store URL: sqlite://PATH, redis://HOST[:PORT][/DB] or
+    /// django+postgres://USER@HOST/DBNAME (default: the broker's SQLite file or Redis).
     #[arg(long, env = "CELERIAC_BEAT_STORE", value_name = "URL")]
     pub store: Option<String>,
     /// How often the store is checked for edits (the longest an edit takes to apply).
@@ -40,7 +46,8 @@ pub struct BeatArgs {
 /// `schedule` flags.
 #[derive(Debug, Args)]
 pub struct ScheduleArgs {
-    /// Schedule store URL, e.g. sqlite://celeriac.db (default: the broker's SQLite file).
+    /// Schedule store URL: sqlite://PATH, redis://HOST[:PORT][/DB] or
+    /// django+postgres://USER@HOST/DBNAME (default: the broker's SQLite file or Redis).
     #[arg(long, global = true, env = "CELERIAC_BEAT_STORE", value_name = "URL")]
     pub store: Option<String>,
     /// What to do.
@@ -131,6 +138,9 @@ pub struct AddArgs {
     /// Message priority.
     #[arg(long)]
     pub priority: Option<u8>,
+    /// Extra message header (repeatable); VALUE is JSON, else a string.
+    #[arg(long = "header", value_name = "KEY=VALUE", value_parser = parse_header)]
+    pub headers: Vec<(String, Value)>,
     /// Each run expires this long after its due time, e.g. 10m.
     #[arg(long, value_parser = parse_duration, value_name = "DURATION")]
     pub expires: Option<Duration>,
@@ -154,11 +164,27 @@ pub struct AddArgs {
     pub description: String,
 }
 
+/// `KEY=VALUE`: VALUE as JSON when it parses (`3`, `true`, `{"a": 1}`), else as a
+/// string.
+fn parse_header(text: &str) -> Result<(String, Value), String> {
+    let (key, value) = text
+        .split_once('=')
+        .ok_or_else(|| format!("expected KEY=VALUE, got {text:?}"))?;
+    let key = key.trim();
+    if key.is_empty() {
+        return Err(format!("empty header name in {text:?}"));
+    }
+    let value =
+        serde_json::from_str::<Value>(value).unwrap_or_else(|_| Value::String(value.to_string()));
+    Ok((key.to_string(), value))
+}
+
 fn parse_catch_up(text: &str) -> Result<CatchUp, String> {
     text.parse::<CatchUp>().map_err(|e| e.to_string())
 }
 
-/// Opens the schedule store: `url`, else the broker's file when the broker is SQLite.
+/// Opens the schedule store: `url`, else the broker's own store when the broker is
+/// SQLite or Redis.
 pub async fn open_schedule_store(
     app: &App,
     url: Option<&str>,
@@ -167,10 +193,12 @@ pub async fn open_schedule_store(
         Some(url) => url.to_string(),
         None => {
             let broker = &app.settings().broker_url;
-            if !broker.starts_with("sqlite://") {
+            let doubles = ["sqlite://", "redis://", "rediss://", "redis+socket://"];
+            if !doubles.iter().any(|scheme| broker.starts_with(scheme)) {
                 bail!(
-                    "no schedule store: pass --store sqlite://PATH or set CELERIAC_BEAT_STORE \
-                     (only the SQLite broker doubles as a schedule store yet)"
+                    "no schedule store: pass --store URL or set CELERIAC_BEAT_STORE \
+                     (sqlite://PATH, redis://HOST/DB or django+postgres://USER@HOST/DBNAME; \
+                     only SQLite and Redis brokers double as schedule stores)"
                 );
             }
             broker.clone()
@@ -178,7 +206,18 @@ pub async fn open_schedule_store(
     };
     celeriac_beat::connect(&url)
         .await
-        .with_context(|| format!("opening the schedule store {url}"))
+        .with_context(|| format!("opening the schedule store {}", redact(&url)))
+}
+
+/// `url` with a password hidden.
+fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(start), Some(at)) if at > start => match url[start + 3..at].split_once(':') {
+            Some((user, _)) => format!("{}{user}:***{}", &url[..start + 3], &url[at..]),
+            None => url.to_string(),
+        },
+        _ => url.to_string(),
+    }
 }
 
 /// Runs beat until SIGTERM / Ctrl-C.
@@ -320,6 +359,7 @@ fn entry_from_args(args: AddArgs, now: DateTime<Utc>) -> anyhow::Result<Entry> {
     entry.routing_key = args.routing_key;
     entry.exchange = args.exchange;
     entry.priority = args.priority;
+    entry.headers = args.headers.into_iter().collect();
     entry.expires = args.expires;
     entry.start_time = args
         .start
@@ -435,6 +475,12 @@ fn details(entry: &Entry, runs: &[celeriac_beat::Run], now: DateTime<Utc>) -> St
     if let Some(priority) = entry.priority {
         line("priority", priority.to_string());
     }
+    if !entry.headers.is_empty() {
+        line(
+            "headers",
+            serde_json::to_string(&entry.headers).unwrap_or_default(),
+        );
+    }
     if let Some(expires) = entry.expires {
         line("expires", celeriac_beat::schedule::format_duration(expires));
     }
@@ -529,8 +575,14 @@ mod tests {
             "--expires",
             "10m",
             "--disabled",
+            "--header",
+            "x-tenant=acme",
+            "--header",
+            "x-retries=3",
         ])
         .expect("args");
+        assert_eq!(with_args.headers["x-tenant"], json!("acme"));
+        assert_eq!(with_args.headers["x-retries"], json!(3));
         assert_eq!(with_args.args, vec![json!(1), json!(2)]);
         assert_eq!(with_args.kwargs["k"], json!(true));
         assert_eq!(with_args.catch_up, CatchUp::Skip);
@@ -580,6 +632,10 @@ mod tests {
                 "--args must be a JSON array",
             ),
             (&["x", "--task", "t", "--every", "0s"], "at least 1 ms"),
+            (
+                &["x", "--task", "t", "--every", "1s", "--header", "novalue"],
+                "expected KEY=VALUE",
+            ),
             (
                 &["x", "--task", "t", "--every", "1s", "--catch-up", "never"],
                 "once, all or skip",
