@@ -167,6 +167,14 @@ pub struct Settings {
     pub task_queues: Vec<QueueConfig>,
     /// Task-name glob → queue name or `{queue, exchange, routing_key}`.
     pub task_routes: Map<String, Value>,
+    /// Workers send task events (`task-received`, `task-succeeded`, ...; Celery's
+    /// `-E`). Worker events (online, heartbeat, offline) are always sent.
+    pub worker_send_task_events: bool,
+    /// Exchange of monitoring events.
+    pub event_exchange: String,
+    /// Namespace of remote control: requests on `<name>.pidbox`, replies through
+    /// `reply.<name>.pidbox`.
+    pub control_exchange: String,
 }
 
 impl Default for Settings {
@@ -189,6 +197,9 @@ impl Default for Settings {
             broker_transport_options: TransportOptions::default(),
             task_queues: Vec::new(),
             task_routes: Map::new(),
+            worker_send_task_events: false,
+            event_exchange: crate::event::EVENT_EXCHANGE.into(),
+            control_exchange: crate::pidbox::DEFAULT_NAMESPACE.into(),
         }
     }
 }

@@ -19,13 +19,17 @@
 //! - [`config`]: [`Settings`] with Celery's names, loaded from `celeriac.toml`, the
 //!   `CELERIAC_*` environment and overrides.
 //! - [`options`]: per-call send options (`queue`, `countdown`, `eta`, ...).
+//! - [`event`]: Celery's task and worker events (`task-succeeded`, `worker-heartbeat`).
+//! - [`pidbox`]: remote-control requests and replies (kombu's pidbox).
 //! - [`limits`]: rate limits (`"100/m"`), durations (`"30m"`) and retry backoff.
 
 pub mod canvas;
 pub mod config;
+pub mod event;
 pub mod limits;
 pub mod message;
 pub mod options;
+pub mod pidbox;
 pub mod result;
 pub mod routing;
 pub mod state;
