@@ -187,3 +187,71 @@ async fn listen(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::SqliteHarness;
+    use crate::Broker;
+
+    /// Another process's broadcast wakes nobody here: the subscriber finds it by
+    /// polling; expired rows are purged by the next broadcast.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn another_process_is_seen_by_polling_and_old_rows_are_purged() {
+        let harness = SqliteHarness::new();
+        let broker = harness.sqlite_broker().await;
+        let mut subscription = broker
+            .subscribe(&SubscribeParams {
+                exchange: "celeryev".into(),
+                routing_key: Some("worker.#".into()),
+            })
+            .await
+            .expect("subscribe");
+        let message = |id: &str| Broadcast {
+            exchange: "celeryev".into(),
+            routing_key: "worker.heartbeat".into(),
+            envelope: Envelope {
+                headers: serde_json::Map::new(),
+                properties: Default::default(),
+                content_type: "application/json".into(),
+                content_encoding: "utf-8".into(),
+                body: serde_json::to_vec(&serde_json::json!({ "id": id })).expect("JSON"),
+            },
+        };
+        // A raw connection, as another process would write: no in-process wake-up.
+        let mut other = Connection::open(harness.path()).expect("open the file");
+        let old = now_ms() - i64::try_from(BROADCAST_TTL.as_millis()).unwrap_or(0) - 1000;
+        other
+            .execute(
+                "INSERT INTO broker_broadcasts (exchange, routing_key, payload, published_at)
+                 VALUES ('celeryev', 'worker.old', ?1, ?2)",
+                params![message("old").to_kombu_json(), old],
+            )
+            .expect("insert an old row");
+        insert(
+            &mut other,
+            "celeryev",
+            "worker.heartbeat",
+            &message("from-another-process").to_kombu_json(),
+            now_ms(),
+        )
+        .expect("insert");
+        let got = tokio::time::timeout(Duration::from_secs(10), subscription.recv())
+            .await
+            .expect("found by polling")
+            .expect("alive");
+        let body: serde_json::Value =
+            serde_json::from_slice(&got.envelope.body).expect("JSON body");
+        // The old row went in the same transaction that inserted the new one.
+        assert_eq!(body["id"], "from-another-process");
+        assert!(subscription.try_recv().is_none());
+        let left: i64 = other
+            .query_row(
+                "SELECT COUNT(*) FROM broker_broadcasts WHERE routing_key = 'worker.old'",
+                [],
+                |row| row.get(0),
+            )
+            .expect("count");
+        assert_eq!(left, 0, "rows older than the TTL are purged");
+    }
+}
