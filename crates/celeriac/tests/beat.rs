@@ -2,7 +2,7 @@
 //!
 //! - three beat *processes* send a 1-second interval entry for 20+ runs while one of
 //!   them is killed with SIGKILL midway; every due time is in the broker queue
-//!   exactly once, with no gap;
+//!   exactly once, with no gap (also with the schedules in Redis, when it answers);
 //! - entries added and disabled through another store handle while beat runs take
 //!   effect within a second.
 //!
@@ -27,6 +27,8 @@ use chrono::{DateTime, Utc};
 use support::{wait_for, TestApp};
 
 const CHILD_DB: &str = "CELERIAC_TEST_BEAT_DB";
+/// The child's schedule store, when not the broker's file.
+const CHILD_STORE: &str = "CELERIAC_TEST_BEAT_STORE";
 const QUEUE: &str = "ticks";
 
 fn app_builder(url: &str) -> celeriac::AppBuilder {
@@ -53,7 +55,10 @@ async fn child_beat() {
         return;
     };
     let app = app_builder(&url).build().await.expect("child app");
-    let store = celeriac::beat::connect(&url).await.expect("child store");
+    let store_url = std::env::var(CHILD_STORE).unwrap_or(url);
+    let store = celeriac::beat::connect(&store_url)
+        .await
+        .expect("child store");
     let claimer = format!("child-{}", std::process::id());
     Beat::new(store, Arc::new(app), Arc::new(SystemClock))
         .with_config(test_config(claimer))
@@ -61,10 +66,11 @@ async fn child_beat() {
         .await;
 }
 
-fn spawn_beat(url: &str) -> Child {
+fn spawn_beat(url: &str, store_url: &str) -> Child {
     Command::new(std::env::current_exe().expect("test binary"))
         .args(["--exact", "child_beat", "--nocapture", "--test-threads=1"])
         .env(CHILD_DB, url)
+        .env(CHILD_STORE, store_url)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
@@ -109,10 +115,50 @@ async fn drain(app: &App) -> BTreeMap<DateTime<Utc>, u32> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_beat_processes_send_every_run_exactly_once_across_a_sigkill() {
-    const RUNS: usize = 24;
     let t = TestApp::new();
-    let app = app_builder(&t.url).build().await.expect("app");
-    let store = celeriac::beat::connect(&t.url).await.expect("store");
+    three_beats_across_a_sigkill(&t.url, &t.url).await;
+}
+
+/// The same with the schedules in Redis (a key prefix of its own; skipped with a
+/// printed reason when Redis does not answer, failed with
+/// `CELERIAC_REQUIRE_SERVICES=1`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_beat_processes_on_a_redis_store_send_every_run_exactly_once() {
+    let redis = std::env::var("CELERIAC_TEST_REDIS_URL")
+        .unwrap_or_else(|_| "redis://127.0.0.1:6379".to_string());
+    let address = redis
+        .trim_start_matches("redis://")
+        .split('/')
+        .next()
+        .unwrap_or("127.0.0.1:6379")
+        .to_string();
+    let answers = std::net::ToSocketAddrs::to_socket_addrs(&address)
+        .ok()
+        .and_then(|mut a| a.next())
+        .is_some_and(|a| std::net::TcpStream::connect_timeout(&a, Duration::from_secs(1)).is_ok());
+    if !answers {
+        let required = std::env::var("CELERIAC_REQUIRE_SERVICES").is_ok_and(|v| v == "1");
+        assert!(
+            !required,
+            "Redis does not answer at {redis} and CELERIAC_REQUIRE_SERVICES=1"
+        );
+        eprintln!("skipped: Redis does not answer at {redis} (set CELERIAC_TEST_REDIS_URL)");
+        return;
+    }
+    let t = TestApp::new();
+    let prefix = format!("beat-test-{}:", uuid::Uuid::new_v4().simple());
+    let separator = if redis.contains('?') { '&' } else { '?' };
+    let store_url = format!("{redis}{separator}global_keyprefix={prefix}");
+    three_beats_across_a_sigkill(&t.url, &store_url).await;
+    let store = celeriac::beat::connect(&store_url).await.expect("store");
+    assert!(store.remove("tick").await.expect("clean up"));
+}
+
+/// Three beat processes (broker `url`, schedules in `store_url`), one killed midway.
+async fn three_beats_across_a_sigkill(url: &str, store_url: &str) {
+    const RUNS: usize = 24;
+    let app = app_builder(url).build().await.expect("app");
+    let store = celeriac::beat::connect(store_url).await.expect("store");
     let now = Utc::now();
     let anchor = DateTime::from_timestamp(now.timestamp() + 2, 0).expect("anchor");
     store
@@ -131,7 +177,7 @@ async fn three_beat_processes_send_every_run_exactly_once_across_a_sigkill() {
         .await
         .expect("upsert");
 
-    let mut beats: Vec<Child> = (0..3).map(|_| spawn_beat(&t.url)).collect();
+    let mut beats: Vec<Child> = (0..3).map(|_| spawn_beat(url, store_url)).collect();
     let runs_so_far = || async {
         store
             .get("tick")
@@ -204,7 +250,8 @@ async fn three_beat_processes_send_every_run_exactly_once_across_a_sigkill() {
         .map(|r| r.claimer)
         .collect();
     eprintln!(
-        "beat kill test: {} runs, {at_kill} before SIGKILL, 0 duplicates, 0 gaps, sent by {claimers:?}",
+        "beat kill test ({}): {} runs, {at_kill} before SIGKILL, 0 duplicates, 0 gaps, sent by {claimers:?}",
+        store.describe(),
         dues.len()
     );
 }
