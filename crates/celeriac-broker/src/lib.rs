@@ -306,6 +306,36 @@ pub struct BroadcastMessage {
 
 /// A live subscription to an exchange ([`Broker::subscribe`]). It keeps listening
 /// (reconnecting by itself where the store needs connections) until dropped.
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// use celeriac_broker::{Broadcast, SubscribeParams};
+///
+/// let dir = tempfile::tempdir()?;
+/// let url = format!("sqlite://{}", dir.path().join("broker.db").display());
+/// let broker = celeriac_broker::connect(&url).await?;
+/// // Subscribe first: broadcasts are not stored for later subscribers.
+/// let mut workers = broker
+///     .subscribe(&SubscribeParams {
+///         exchange: "celeryev".into(),
+///         routing_key: Some("worker.#".into()),
+///     })
+///     .await?;
+/// let envelope =
+///     celeriac_core::TaskMessage::new("demo", "id-1", vec![], Default::default()).encode();
+/// broker
+///     .broadcast(Broadcast {
+///         exchange: "celeryev".into(),
+///         routing_key: "worker.heartbeat".into(),
+///         envelope,
+///     })
+///     .await?;
+/// let heartbeat = workers.recv().await.expect("the subscription is alive");
+/// assert_eq!(heartbeat.routing_key, "worker.heartbeat");
+/// # Ok(())
+/// # }
+/// ```
 #[derive(Debug)]
 pub struct Subscription {
     messages: tokio::sync::mpsc::Receiver<BroadcastMessage>,

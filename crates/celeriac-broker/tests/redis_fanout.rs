@@ -199,3 +199,26 @@ async fn received_again(broker: &RedisBroker, events: &mut Subscription, context
         }
     }
 }
+
+/// A broadcast right after Redis restarted under an idle broker handle succeeds at
+/// the first call: the broken shared connection is replaced and the `PUBLISH` sent
+/// again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn broadcast_after_a_restart_succeeds_at_once() {
+    let test = "broadcast_after_a_restart_succeeds_at_once";
+    let Some(mut server) = PrivateRedis::start_or_skip(test) else {
+        return;
+    };
+    let broker = RedisBroker::open_url(&server.url(0), RedisBrokerOptions::default())
+        .await
+        .expect("open the private Redis");
+    broker
+        .broadcast(event("worker.online", "before"))
+        .await
+        .expect("broadcast");
+    server.restart().expect("restart the private Redis");
+    broker
+        .broadcast(event("worker.heartbeat", "after"))
+        .await
+        .expect("the first broadcast after a restart succeeds");
+}

@@ -115,20 +115,29 @@ pub(crate) fn parse_channel(target: &RedisTarget, channel: &str) -> Option<(Stri
     })
 }
 
-/// `PUBLISH`es one broadcast on the broker's command connection.
+/// `PUBLISH`es one broadcast on the broker's command connection. When the shared
+/// connection turns out broken (Redis restarted while idle) it is replaced and the
+/// `PUBLISH` sent once more: a subscriber may then, rarely, get the message twice
+/// (the first reply was lost after Redis had sent it), never zero times because of
+/// a stale connection.
 pub(super) async fn broadcast(broker: &Inner, message: &Broadcast) -> Result<(), BrokerError> {
-    let mut conn: ConnectionManager = broker.conn();
-    ::redis::cmd("PUBLISH")
-        .arg(channel(
-            &broker.target,
-            &message.exchange,
-            &message.routing_key,
-        ))
-        .arg(message.to_kombu_json())
-        .query_async::<i64>(&mut conn)
-        .await
-        .map(drop)
-        .map_err(redis_error)
+    let channel = channel(&broker.target, &message.exchange, &message.routing_key);
+    let payload = message.to_kombu_json();
+    let publish = || async {
+        let mut conn: ConnectionManager = broker.conn();
+        ::redis::cmd("PUBLISH")
+            .arg(&channel)
+            .arg(&payload)
+            .query_async::<i64>(&mut conn)
+            .await
+    };
+    match publish().await {
+        Err(error) if error.is_unrecoverable_error() => {
+            tracing::debug!(%error, "broadcast connection replaced; publishing once more");
+            publish().await.map(drop).map_err(redis_error)
+        }
+        other => other.map(drop).map_err(redis_error),
+    }
 }
 
 /// What a subscription listens to.
