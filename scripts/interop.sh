@@ -9,6 +9,10 @@
 # Redis: CELERIAC_INTEROP_REDIS_URL (default redis://127.0.0.1:6379/13; nothing is
 # flushed, every case uses its own task ids and queues). When Redis does not answer,
 # the suite is skipped, or fails with CELERIAC_REQUIRE_SERVICES=1.
+# The Django case (test_django_beat.py) migrates a throwaway database on the PostgreSQL
+# at CELERIAC_INTEROP_PG_URL (default postgres://postgres@127.0.0.1:5432/postgres) with
+# the real django-celery-beat; skipped when PostgreSQL does not answer (failed with
+# CELERIAC_REQUIRE_SERVICES=1).
 # Cases that need celeriac's Redis broker are skipped, with the reason printed, only
 # while `interop queues --broker redis://...` says the broker lacks Redis support.
 set -euo pipefail

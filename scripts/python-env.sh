@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Creates (idempotently) the Python virtualenv used by the interop tests: `.venv` in
 # the repository root with Celery 5.x (with its Redis extras) and pytest. Prints the
-# Celery version. Fast when everything is already installed.
+# Celery version. Fast when everything is already installed. Django,
+# django-celery-beat and psycopg serve the Django interop test
+# (tests/interop/test_django_beat.py).
 #
 #   bash scripts/python-env.sh          # then: .venv/bin/python -m pytest tests/interop
 #
@@ -10,7 +12,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 # The pinned ranges; a change here reinstalls on the next run.
-requirements=("celery[redis]>=5.4,<6" "pytest>=7,<9")
+requirements=("celery[redis]>=5.4,<6" "pytest>=7,<9"
+  "django>=4.2,<6" "django-celery-beat>=2.5,<3" "psycopg[binary]>=3.1,<4")
 
 venv=.venv
 python=${PYTHON:-python3}
@@ -23,7 +26,7 @@ if [[ ! -x "$venv/bin/python" ]]; then
 fi
 
 if [[ ! -f "$stamp" ]] || [[ "$(cat "$stamp")" != "$wanted" ]] \
-  || ! "$venv/bin/python" -c 'import celery, redis, pytest' >/dev/null 2>&1; then
+  || ! "$venv/bin/python" -c 'import celery, redis, pytest, django, django_celery_beat, psycopg' >/dev/null 2>&1; then
   echo "installing ${requirements[*]} into $venv" >&2
   "$venv/bin/python" -m pip install --quiet --disable-pip-version-check "${requirements[@]}"
   printf '%s\n' "$wanted" >"$stamp"
