@@ -11,7 +11,8 @@
 # Options:
 #   --tasks N            tasks per enqueue / drain phase (default 20000)
 #   --round-trips N      sequential send -> get round trips (default 500)
-#   --quick              N=2000, 100 round trips; does not write BENCHMARKS.md
+#   --quick              N=2000, 100 round trips, no results-stored drains; does not
+#                        write BENCHMARKS.md (options after it still apply)
 #   --redis-url URL      a Redis db of its own (default redis://127.0.0.1:6379/12);
 #                        it is FLUSHDB'd (that db only) before and after; db 0 refused
 #   --no-results-drain   skip the "results stored" drains
@@ -47,7 +48,7 @@ while [[ $# -gt 0 ]]; do
   case $1 in
     --tasks) tasks=${2:?--tasks needs a number}; shift 2 ;;
     --round-trips) round_trips=${2:?--round-trips needs a number}; shift 2 ;;
-    --quick) quick=1; tasks=2000; round_trips=100; latency_samples=200; write=0; shift ;;
+    --quick) quick=1; tasks=2000; round_trips=100; latency_samples=200; results_drain=0; write=0; shift ;;
     --redis-url) redis_url=${2:?--redis-url needs a URL}; shift 2 ;;
     --no-results-drain) results_drain=0; shift ;;
     --no-sqlite) sqlite=0; shift ;;
