@@ -25,9 +25,9 @@
 //! | `expires` (each run expires this long after its due time) | `expire_seconds` (whole seconds, rounded up; left empty when `expires` is set, as Django allows only one of them) |
 //! | `last_run_at`, `total_run_count` | `last_run_at`, `total_run_count` |
 //! | `updated_at` | `date_changed` |
-//! | [`Interval`](crate::Interval) | `interval_id` → `django_celery_beat_intervalschedule(every, period)`, period `days`, `hours`, `minutes`, `seconds` or `microseconds` |
-//! | [`Crontab`](crate::Crontab) | `crontab_id` → `django_celery_beat_crontabschedule(minute, hour, day_of_week, day_of_month, month_of_year, timezone)` |
-//! | [`Clocked`](crate::Clocked) | `clocked_id` → `django_celery_beat_clockedschedule(clocked_time)`, and `one_off` (Django requires it for clocked tasks) |
+//! | [`Interval`] | `interval_id` → `django_celery_beat_intervalschedule(every, period)`, period `days`, `hours`, `minutes`, `seconds` or `microseconds` |
+//! | [`Crontab`] | `crontab_id` → `django_celery_beat_crontabschedule(minute, hour, day_of_week, day_of_month, month_of_year, timezone)` |
+//! | [`Clocked`] | `clocked_id` → `django_celery_beat_clockedschedule(clocked_time)`, and `one_off` (Django requires it for clocked tasks) |
 //! | solar | `solar_id` → `django_celery_beat_solarschedule`: **not supported yet**; such tasks are skipped with a warning in the log |
 //!
 //! Schedule rows are shared: an upsert reuses a row with the same values or inserts
