@@ -9,7 +9,9 @@
 //! `django+postgresql://`), i.e. libpq's URL with a `django+` prefix saying "the
 //! tables of django-celery-beat", and libpq's query parameters. celeriac's own
 //! `schema=NAME` parameter sets the connection's `search_path` when the Django
-//! tables are not in `public`. TLS is not supported yet.
+//! tables are not in `public`. TLS is not supported yet. One connection per store
+//! handle, opened again after it broke or an operation took longer than 10 s. The
+//! database user needs to create tables once (celeriac's two, below).
 //!
 //! # Tables
 //!
@@ -91,6 +93,8 @@ pub const SCHEMA_SQL: &str = include_str!("schema.sql");
 const RUNS_KEPT: i64 = 100;
 /// Key of the advisory lock held while creating the tables ("celeriacbeat" hashed).
 const MIGRATION_LOCK: i64 = 0x6365_6c62_6561_7421;
+/// How long one operation may take before its connection is given up.
+const RESPONSE_TIMEOUT: Duration = Duration::from_secs(10);
 /// The longest text django-celery-beat's `CharField(max_length=200)` columns hold.
 const MAX_CHARS: usize = 200;
 
@@ -112,8 +116,8 @@ pub enum StoreError {
         /// Why.
         reason: String,
     },
-    /// Connecting took too long.
-    #[error("connecting to PostgreSQL took longer than {0:?}")]
+    /// Connecting or an operation took too long.
+    #[error("PostgreSQL did not answer within {0:?}")]
     Timeout(Duration),
     /// An instant outside the years the store can hold (1678-2261).
     #[error("{0} is outside the years the store can hold (1678-2261)")]
@@ -276,13 +280,22 @@ impl DjangoScheduleStore {
             *slot = Some(self.connect().await?);
         }
         let Some(client) = slot.as_mut() else {
-            return Err(StoreError::Timeout(Duration::ZERO).into());
+            return Err(StoreError::Timeout(RESPONSE_TIMEOUT).into());
         };
-        let result = f(client).await;
-        if result.is_err() && client.is_closed() {
-            *slot = None;
+        match tokio::time::timeout(RESPONSE_TIMEOUT, f(client)).await {
+            Ok(result) => {
+                if result.is_err() && client.is_closed() {
+                    *slot = None;
+                }
+                result
+            }
+            Err(_) => {
+                // The server or the network stalled: give the connection up (a
+                // transaction left open is rolled back when it closes).
+                *slot = None;
+                Err(StoreError::Timeout(RESPONSE_TIMEOUT).into())
+            }
         }
-        result
     }
 
     async fn connect(&self) -> Result<Client, BeatError> {
