@@ -47,4 +47,7 @@ PY
 step "interop with Python Celery on Redis"
 bash scripts/interop.sh
 
+step "dashboard in a real browser (headless Chromium)"
+bash scripts/browser.sh
+
 step "all tests passed"
