@@ -2,7 +2,8 @@
 //!
 //! - three beat *processes* send a 1-second interval entry for 20+ runs while one of
 //!   them is killed with SIGKILL midway; every due time is in the broker queue
-//!   exactly once, with no gap (also with the schedules in Redis, when it answers);
+//!   exactly once, with no gap (also with the schedules in Redis and in
+//!   django-celery-beat's PostgreSQL tables, when they answer);
 //! - entries added and disabled through another store handle while beat runs take
 //!   effect within a second.
 //!
@@ -152,6 +153,21 @@ async fn three_beat_processes_on_a_redis_store_send_every_run_exactly_once() {
     three_beats_across_a_sigkill(&t.url, &store_url).await;
     let store = celeriac::beat::connect(&store_url).await.expect("store");
     assert!(store.remove("tick").await.expect("clean up"));
+}
+
+/// The same with the schedules in django-celery-beat's tables (a private schema
+/// holding the tables its migrations create; skipped with a printed reason when
+/// PostgreSQL does not answer, failed with `CELERIAC_REQUIRE_SERVICES=1`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_beat_processes_on_a_django_store_send_every_run_exactly_once() {
+    let Some(postgres) = celeriac_beat::testing::postgres_url_or_skip(
+        "three_beat_processes_on_a_django_store_send_every_run_exactly_once",
+    ) else {
+        return;
+    };
+    let harness = celeriac_beat::testing::DjangoHarness::new(&postgres).await;
+    let t = TestApp::new();
+    three_beats_across_a_sigkill(&t.url, &harness.url()).await;
 }
 
 /// Three beat processes (broker `url`, schedules in `store_url`), one killed midway.
