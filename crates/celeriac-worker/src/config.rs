@@ -105,6 +105,13 @@ pub struct WorkerConfig {
     pub ignore_result: bool,
     /// How often the worker records its heartbeat (Celery's default: 2 s).
     pub heartbeat_interval: Duration,
+    /// Send task events (`-E`, `worker_send_task_events`); worker events are always
+    /// sent.
+    pub send_task_events: bool,
+    /// Exchange of events (`celeryev`).
+    pub event_exchange: String,
+    /// Remote-control namespace (`celery`: requests on `celery.pidbox`).
+    pub control_exchange: String,
 }
 
 impl WorkerConfig {
@@ -141,6 +148,9 @@ impl WorkerConfig {
             max_message_bytes: settings.task_max_message_bytes,
             ignore_result: settings.task_ignore_result,
             heartbeat_interval: Duration::from_secs(2),
+            send_task_events: settings.worker_send_task_events,
+            event_exchange: settings.event_exchange.clone(),
+            control_exchange: settings.control_exchange.clone(),
         }
     }
 }

@@ -4,6 +4,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use celeriac_broker::{Delivery, DeliveryTag, Publish, RejectAction};
+use celeriac_core::event::{self, EventKind};
 use celeriac_core::message::DecodeError;
 use celeriac_core::task::RetryRequest;
 use celeriac_core::{
@@ -18,6 +19,7 @@ use tokio_util::sync::CancellationToken;
 use crate::canvas;
 use crate::completer::Completion;
 use crate::config::QueueSettings;
+use crate::control::RequestState;
 use crate::locks::{self, release_unique, Admission};
 use crate::stats::WorkerStats;
 use crate::worker::{Running, Shared};
@@ -48,6 +50,8 @@ pub(crate) async fn process(
     let Some((message, task)) = admit(&shared, &delivery).await else {
         return;
     };
+    let _tracked = crate::control::Requests::track(&shared, &delivery, &message);
+    shared.events.task(|| received_event(&message));
     let mut window_permit = Some(window_permit);
 
     // Wait for the ETA while holding the (renewed) lease. ETA messages do not count
@@ -57,11 +61,16 @@ pub(crate) async fn process(
         if !wait.is_zero() {
             window_permit = None;
             ticket = None;
+            let id = &message.headers.id;
+            shared
+                .requests
+                .set_state(id, RequestState::Scheduled, false);
             tokio::select! {
                 biased;
                 _ = stop.cancelled() => return release(&shared, &delivery.tag).await,
                 _ = tokio::time::sleep(wait) => {}
             }
+            shared.requests.set_state(id, RequestState::Reserved, false);
         }
     }
     if let Some(start) = shared
@@ -290,6 +299,12 @@ async fn expired_or_revoked(
         return false;
     };
     tracing::info!(id = %message.headers.id, task = %message.headers.task, reason, "not running task");
+    shared.events.task(|| EventKind::TaskRevoked {
+        uuid: message.headers.id.clone(),
+        terminated: false,
+        signum: None,
+        expired: reason == "expired",
+    });
     release_unique(shared, message).await;
     WorkerStats::bump(&shared.stats.revoked);
     let mut meta = base_meta(
@@ -379,6 +394,12 @@ async fn execute(
         .stats
         .active
         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    shared
+        .requests
+        .set_state(&id, RequestState::Active, !acks_late);
+    shared
+        .events
+        .task(|| EventKind::TaskStarted { uuid: id.clone() });
     let soft = message
         .headers
         .soft_time_limit()
@@ -414,6 +435,12 @@ async fn execute(
             Err(TaskError::Failed(failure))
         }
         RunEnd::Terminated => {
+            shared.events.task(|| EventKind::TaskRevoked {
+                uuid: id.clone(),
+                terminated: true,
+                signum: Some(15),
+                expired: false,
+            });
             release_unique(shared, &message).await;
             WorkerStats::bump(&shared.stats.revoked);
             let meta = base_meta(
@@ -466,6 +493,9 @@ async fn execute(
         }
         other => other,
     };
+    if shared.events.task_events() {
+        outcome_event(shared, &id, &outcome, runtime);
+    }
     settle(
         shared,
         delivery,
@@ -605,6 +635,11 @@ async fn retry(
         release_unique(shared, message).await;
         WorkerStats::bump(&shared.stats.failed);
         let traceback = request.cause.as_ref().and_then(|c| c.traceback.clone());
+        shared.events.task(|| EventKind::TaskFailed {
+            uuid: message.headers.id.clone(),
+            exception: exception_repr(&exception),
+            traceback: traceback.clone().unwrap_or_default(),
+        });
         if !ignores_result(message, task) {
             let meta = failure_meta(
                 shared,
@@ -650,6 +685,20 @@ async fn retry(
     }
     WorkerStats::bump(&shared.stats.retried);
     tracing::info!(id = %message.headers.id, task = %message.headers.task, retries = next.headers.retries, %eta, "retry scheduled");
+    shared.events.task(|| {
+        let (exception, traceback) = match &request.cause {
+            Some(cause) => (
+                exception_repr(&cause.to_exception()),
+                cause.traceback.clone().unwrap_or_default(),
+            ),
+            None => (format!("Retry('Retry in {eta}')"), String::new()),
+        };
+        EventKind::TaskRetried {
+            uuid: message.headers.id.clone(),
+            exception,
+            traceback,
+        }
+    });
     if !ignores_result(message, task) {
         let exception = request
             .cause
@@ -701,6 +750,62 @@ async fn run_with_limits(
             }
         }
     }
+}
+
+/// `task-received` for a message about to be held.
+fn received_event(message: &TaskMessage) -> EventKind {
+    let headers = &message.headers;
+    EventKind::TaskReceived {
+        uuid: headers.id.clone(),
+        name: headers.task.clone(),
+        args: headers
+            .argsrepr
+            .clone()
+            .unwrap_or_else(|| event::py_repr_args(&message.args)),
+        kwargs: headers
+            .kwargsrepr
+            .clone()
+            .unwrap_or_else(|| event::py_repr_kwargs(&message.kwargs)),
+        root_id: headers.root_id.clone(),
+        parent_id: headers.parent_id.clone(),
+        retries: headers.retries,
+        eta: headers.eta.map(celeriac_core::time::format_iso),
+        expires: headers.expires.map(celeriac_core::time::format_iso),
+    }
+}
+
+/// An exception as Python prints it: `ValueError('kaboom')`.
+fn exception_repr(exception: &ExceptionInfo) -> String {
+    let args: Vec<String> = exception.exc_message.iter().map(event::py_repr).collect();
+    format!("{}({})", exception.exc_type, args.join(", "))
+}
+
+/// The event of a run's outcome (retries send theirs when the retry is sent).
+fn outcome_event(shared: &Shared, id: &str, outcome: &Result<Value, TaskError>, runtime: Duration) {
+    let uuid = id.to_string();
+    let kind = match outcome {
+        Ok(value) => EventKind::TaskSucceeded {
+            uuid,
+            result: event::py_repr(value),
+            runtime: runtime.as_secs_f64(),
+        },
+        Err(TaskError::Failed(failure)) => EventKind::TaskFailed {
+            uuid,
+            exception: exception_repr(&failure.to_exception()),
+            traceback: failure.traceback.clone().unwrap_or_default(),
+        },
+        Err(TaskError::InvalidArguments(reason)) => EventKind::TaskFailed {
+            uuid,
+            exception: exception_repr(&ExceptionInfo::new("TypeError", "builtins", reason.clone())),
+            traceback: String::new(),
+        },
+        Err(TaskError::Reject { requeue, .. }) => EventKind::TaskRejected {
+            uuid,
+            requeue: *requeue,
+        },
+        Err(TaskError::Retry(_)) | Err(TaskError::Ignore) => return,
+    };
+    shared.events.task(|| kind);
 }
 
 pub(crate) fn ignores_result(message: &TaskMessage, task: &dyn Task) -> bool {

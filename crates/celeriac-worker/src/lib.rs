@@ -26,6 +26,11 @@
 //!   renewed every third of its lease while the task runs and released as soon as it
 //!   ends (conflict policy: skip, retry, wait); and the unique-enqueue lock of a
 //!   message, released when its task reaches a final outcome.
+//! - **events** (`events`): Celery's `worker-online` / `worker-heartbeat` (every
+//!   2 s) / `worker-offline` events, and task events when on (`-E`), published off the
+//!   hot path in batches on the `celeryev` exchange.
+//! - **control** (`control`): kombu's pidbox remote control (`celery inspect`,
+//!   `celery control`, `celeriac inspect`, `celeriac control`).
 //! - **heartbeat**: records the worker's liveness and load in the broker's worker
 //!   registry every 2 s, and marks it offline on shutdown (`celeriac workers`).
 //!
@@ -48,6 +53,8 @@ pub mod builtins;
 mod canvas;
 pub mod completer;
 pub mod config;
+pub(crate) mod control;
+pub(crate) mod events;
 pub mod executor;
 pub mod locks;
 pub mod rate;

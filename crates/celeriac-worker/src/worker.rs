@@ -50,6 +50,12 @@ pub(crate) struct Shared {
     /// Woken whenever this worker releases a single-instance lock, so runs waiting for
     /// one (`on_conflict = wait`) in this process try again at once.
     pub lock_released: Notify,
+    /// Celery events: task events on or off, the Lamport clock, the publisher's channel.
+    pub events: crate::events::Events,
+    /// Messages held now, for `inspect active / reserved / scheduled`.
+    pub requests: crate::control::Requests,
+    /// When the worker was made (`inspect stats` uptime).
+    pub started: std::time::Instant,
 }
 
 impl Shared {
@@ -66,6 +72,7 @@ impl Shared {
 pub struct Worker {
     shared: Arc<Shared>,
     completions: mpsc::UnboundedReceiver<Completion>,
+    events: mpsc::UnboundedReceiver<crate::events::Pending>,
 }
 
 /// Controls a running worker from outside: counters, revoke, rate limits.
@@ -84,6 +91,8 @@ impl Worker {
     ) -> Worker {
         let (tx, rx) = mpsc::unbounded_channel();
         let registry = crate::builtins::with_builtins(registry);
+        let (events, events_rx) =
+            crate::events::Events::new(&config.hostname, config.send_task_events);
         Worker {
             shared: Arc::new(Shared {
                 config,
@@ -99,8 +108,12 @@ impl Worker {
                 completions: tx,
                 locks: None,
                 lock_released: Notify::new(),
+                events,
+                requests: crate::control::Requests::default(),
+                started: std::time::Instant::now(),
             }),
             completions: rx,
+            events: events_rx,
         }
     }
 
@@ -151,6 +164,17 @@ impl Worker {
         let renewer = tokio::spawn(renew_leases(shared.clone(), stop_maintenance.clone()));
         let heartbeat = tokio::spawn(heartbeat(shared.clone(), stop_maintenance.clone()));
         let rescuer = tokio::spawn(rescue_expired(shared.clone(), stop_fetching.clone()));
+        let events = tokio::spawn(crate::events::run(
+            shared.clone(),
+            self.events,
+            stop_maintenance.clone(),
+        ));
+        let remote_shutdown = CancellationToken::new();
+        let control = tokio::spawn(crate::control::run(
+            shared.clone(),
+            remote_shutdown.clone(),
+            stop_maintenance.clone(),
+        ));
 
         if shared.locks.is_none() {
             let single: Vec<String> = shared
@@ -195,7 +219,10 @@ impl Worker {
             })
             .collect();
 
-        shutdown.await;
+        tokio::select! {
+            _ = shutdown => {}
+            _ = remote_shutdown.cancelled() => {}
+        }
         tracing::info!("shutting down: no new messages; returning unstarted ones");
         stop_fetching.cancel();
         for consumer in consumers {
@@ -220,6 +247,8 @@ impl Worker {
         stop_maintenance.cancel();
         let _ = renewer.await;
         let _ = heartbeat.await;
+        let _ = control.await;
+        let _ = events.await;
         let report = shared.stats.snapshot();
         tracing::info!(?report, "worker stopped");
         report

@@ -19,6 +19,7 @@
 //! variables, which win over `celeriac.toml`, which wins over the code.
 
 mod bench;
+mod control;
 mod locks;
 mod schedule;
 
@@ -90,6 +91,11 @@ pub enum Command {
     Schedule(ScheduleArgs),
     /// Serve the web dashboard and its REST API (default http://127.0.0.1:5555).
     Dashboard(DashboardArgs),
+    /// Ask running workers (celeriac or Python Celery): ping, active, reserved,
+    /// scheduled, registered, stats, revoked, active_queues, query_task.
+    Inspect(control::InspectArgs),
+    /// Command running workers: revoke, rate_limit, shutdown, enable/disable_events.
+    Control(control::ControlArgs),
 }
 
 /// `dashboard` flags.
@@ -129,6 +135,9 @@ pub struct WorkerArgs {
     /// worker's messages come back after at most this long.
     #[arg(long, value_name = "SECONDS")]
     pub lease: Option<f64>,
+    /// Send task events (worker_send_task_events; worker events are always sent).
+    #[arg(short = 'E', long = "task-events")]
+    pub task_events: bool,
 }
 
 /// `call` flags.
@@ -273,6 +282,8 @@ async fn dispatch(app: App, command: Command) -> anyhow::Result<()> {
         Command::Beat(args) => schedule::run_beat(app, args).await,
         Command::Schedule(args) => schedule::run_schedule(app, args).await,
         Command::Dashboard(args) => dashboard(app, args).await,
+        Command::Inspect(args) => control::inspect(app, args).await,
+        Command::Control(args) => control::control(app, args).await,
     }
 }
 
@@ -385,6 +396,9 @@ pub fn worker_config(
             queues.push(QueueSettings::parse(spec, &defaults).map_err(anyhow::Error::msg)?);
         }
         config.queues = queues;
+    }
+    if args.task_events {
+        config.send_task_events = true;
     }
     Ok(config)
 }

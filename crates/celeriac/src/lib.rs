@@ -26,6 +26,7 @@
 //! - [`App`] / [`AppBuilder`]: configuration, tasks, routing, connections; sending.
 //! - [`AsyncResult`]: waiting for and reading results.
 //! - [`task`]: the `#[task]` attribute (from `celeriac-macros`).
+//! - [`control`]: remote control of workers (`ping`, `inspect`, `revoke`, ...).
 //! - [`cli`]: the command line every celeriac binary gets (`worker`, `call`, ...).
 //! - Re-exported seams: [`core`], [`broker`], [`backend`], [`worker`], [`lock`],
 //!   [`beat`] (schedules, the schedule store, the beat service).
@@ -44,6 +45,7 @@
 pub mod app;
 pub mod canvas;
 pub mod cli;
+pub mod control;
 pub mod error;
 pub mod result;
 
