@@ -10,7 +10,7 @@
 //!
 //! Commands: `ping`, `active` (`safe`), `reserved`, `scheduled`, `registered`,
 //! `stats`, `revoked`, `active_queues`, `query_task`, `clock`, `revoke` (`terminate`),
-//! `rate_limit`, `enable_events`, `disable_events`, `shutdown`. `add_consumer` and
+//! `terminate`, `rate_limit`, `enable_events`, `disable_events`, `shutdown`. `add_consumer` and
 //! `cancel_consumer` answer `{"error": ...}`: a celeriac worker's queues (each with its
 //! own slots and prefetch window) are fixed when it starts. Unknown commands answer
 //! `{"error": "KeyError('<name>')"}` as Celery's workers do.
@@ -331,6 +331,8 @@ async fn dispatch(
         }
         "clock" => json!({ "clock": shared.events.clock() }),
         "revoke" => revoke(shared, ids(args.get("task_id")), flag("terminate")).await,
+        // `celery control terminate SIGNAL ID...`: revoke with terminate.
+        "terminate" => revoke(shared, ids(args.get("task_id")), true).await,
         "rate_limit" => rate_limit(shared, args),
         "enable_events" => {
             if shared.events.set_task_events(true) {
