@@ -9,7 +9,7 @@
 //! both work. A malformed or expired request is logged and ignored.
 //!
 //! Commands: `ping`, `active` (`safe`), `reserved`, `scheduled`, `registered`,
-//! `stats`, `revoked`, `active_queues`, `query_task`, `clock`, `revoke` (`terminate`),
+//! `stats`, `revoked`, `active_queues`, `query_task`, `clock`, `conf`, `revoke` (`terminate`),
 //! `terminate`, `rate_limit`, `enable_events`, `disable_events`, `shutdown`. `add_consumer` and
 //! `cancel_consumer` answer `{"error": ...}`: a celeriac worker's queues (each with its
 //! own slots and prefetch window) are fixed when it starts. Unknown commands answer
@@ -330,6 +330,10 @@ async fn dispatch(
             Value::Object(found)
         }
         "clock" => json!({ "clock": shared.events.clock() }),
+        "conf" => conf(shared),
+        "time_limit" => pidbox::error(
+            "time_limit is not supported: set soft_time_limit / time_limit on the task",
+        ),
         "revoke" => revoke(shared, ids(args.get("task_id")), flag("terminate")).await,
         // `celery control terminate SIGNAL ID...`: revoke with terminate.
         "terminate" => revoke(shared, ids(args.get("task_id")), true).await,
@@ -476,6 +480,25 @@ fn stats(shared: &Arc<Shared>) -> Value {
         "sw_ver": env!("CARGO_PKG_VERSION"),
         "celeriac": counters,
         "rusage": "N/A",
+    })
+}
+
+/// Celery's `inspect conf`: the worker's settings that matter to a monitor (no URLs,
+/// so nothing secret).
+fn conf(shared: &Arc<Shared>) -> Value {
+    let config = &shared.config;
+    json!({
+        "task_acks_late": config.acks_late,
+        "task_reject_on_failure": config.reject_on_failure,
+        "task_track_started": config.track_started,
+        "task_ignore_result": config.ignore_result,
+        "result_extended": config.result_extended,
+        "result_expires": config.result_expires.map(|d| d.as_secs_f64()),
+        "worker_send_task_events": shared.events.task_events(),
+        "worker_shutdown_timeout": config.shutdown_timeout.as_secs_f64(),
+        "event_exchange": config.event_exchange,
+        "control_exchange": config.control_exchange,
+        "task_queues": config.queues.iter().map(|q| q.name.clone()).collect::<Vec<_>>(),
     })
 }
 

@@ -185,6 +185,13 @@ async fn ping_and_inspect_see_held_tasks() {
     )
     .await;
     assert_eq!(queues[0]["name"], "celery");
+    let conf = reply_of(
+        control.inspect("conf", &quick()).await.expect("conf"),
+        &node,
+    )
+    .await;
+    assert_eq!(conf["worker_send_task_events"], false);
+    assert_eq!(conf["control_exchange"], "celery");
     let reserved = reply_of(
         control
             .inspect("reserved", &quick())
@@ -515,4 +522,42 @@ async fn the_cli_inspects_and_controls_workers() {
     tokio::time::timeout(Duration::from_secs(15), worker.stop())
         .await
         .expect("the worker shut down");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn enable_events_turns_task_events_on_at_runtime() {
+    let t = TestApp::new();
+    let starts = Arc::new(AtomicU32::new(0));
+    let app = app_with(&t, &starts, false).await;
+    let worker = RunningWorker::start_default(&app);
+    let control = app.control();
+    let node = app.hostname().to_string();
+    wait_for_node(&control, &node).await;
+    let mut events = subscribe_events(&app).await;
+    let reply = reply_of(
+        control
+            .broadcast("enable_events", Map::new(), &quick())
+            .await
+            .expect("enable"),
+        &node,
+    )
+    .await;
+    assert_eq!(reply, json!({"ok": "task events enabled"}));
+    let result = app
+        .send_task(
+            "tests.add",
+            vec![json!(4), json!(4)],
+            Map::new(),
+            SendOptions::new(),
+        )
+        .await
+        .expect("sent");
+    assert_eq!(result.get(WAIT).await.expect("result"), json!(8));
+    worker.stop().await;
+    let seen = event_types(&mut events, &node).await;
+    assert!(
+        seen.iter()
+            .any(|(k, e)| k == "task-succeeded" && e["uuid"] == result.id()),
+        "{seen:?}"
+    );
 }
