@@ -516,6 +516,12 @@ async fn the_cli_inspects_and_controls_workers() {
     )
     .await;
     assert_eq!(revoked, json!(["some-id"]));
+    // Reply queues leave nothing behind on the embedded broker.
+    let queues = app.broker().queue_stats(&[]).await.expect("stats");
+    assert!(
+        queues.iter().all(|q| !q.name.ends_with(".pidbox")),
+        "{queues:?}"
+    );
     celeriac::cli::run_with_args(app.clone(), ["app", "control", "shutdown"])
         .await
         .expect("shutdown");
