@@ -8,8 +8,9 @@
 //!
 //! Cheap by construction: with task events off, the executor's only cost is one
 //! relaxed atomic load per event point (the event is not even built). With them on,
-//! the executor builds the event's fields and hands them to an unbounded channel;
-//! the publisher adds clock-independent encoding and sends whatever accumulated
+//! the executor builds the event's fields and hands them to a channel (bounded by
+//! [`MAX_PENDING`]; when the broker cannot keep up, events are dropped, not
+//! buffered without end); the publisher encodes them and sends whatever accumulated
 //! while it was busy as one `task.multi` message (up to [`MAX_BATCH`] events), so
 //! the broker sees a few messages per burst rather than one per event.
 
@@ -28,6 +29,10 @@ use crate::worker::Shared;
 /// Most task events in one `task.multi` message.
 pub const MAX_BATCH: usize = 100;
 
+/// Task events waiting for the publisher; beyond this (the broker is down or too
+/// slow) new ones are dropped and counted, never buffered without bound.
+pub const MAX_PENDING: usize = 10_000;
+
 /// A task event with the clock and time of the moment it happened.
 pub(crate) struct Pending {
     kind: EventKind,
@@ -41,16 +46,14 @@ pub(crate) struct Events {
     task_events: AtomicBool,
     clock: AtomicU64,
     origin: Origin,
-    tx: mpsc::UnboundedSender<Pending>,
+    tx: mpsc::Sender<Pending>,
+    dropped: AtomicU64,
 }
 
 impl Events {
     /// Events of node `hostname`; task events on when `task_events`.
-    pub(crate) fn new(
-        hostname: &str,
-        task_events: bool,
-    ) -> (Events, mpsc::UnboundedReceiver<Pending>) {
-        let (tx, rx) = mpsc::unbounded_channel();
+    pub(crate) fn new(hostname: &str, task_events: bool) -> (Events, mpsc::Receiver<Pending>) {
+        let (tx, rx) = mpsc::channel(MAX_PENDING);
         let events = Events {
             task_events: AtomicBool::new(task_events),
             clock: AtomicU64::new(0),
@@ -60,6 +63,7 @@ impl Events {
                 pid: std::process::id(),
             },
             tx,
+            dropped: AtomicU64::new(0),
         };
         (events, rx)
     }
@@ -87,9 +91,19 @@ impl Events {
             clock: self.forward(),
             timestamp: celeriac_core::time::unix_now(),
         };
-        // The receiver lives as long as the worker runs; events after it stopped
-        // are dropped, as Celery drops events of a closed dispatcher.
-        let _ = self.tx.send(pending);
+        // Full (the broker is not keeping up) or closed (the worker stopped): the
+        // event is dropped, as Celery drops events it cannot send.
+        if self.tx.try_send(pending).is_err()
+            && self
+                .dropped
+                .fetch_add(1, Ordering::Relaxed)
+                .is_multiple_of(1000)
+        {
+            tracing::warn!(
+                dropped = self.dropped.load(Ordering::Relaxed),
+                "task events are dropped: the event publisher is not keeping up"
+            );
+        }
     }
 
     /// Advances the Lamport clock; returns the new value.
@@ -155,7 +169,7 @@ fn status(shared: &Shared) -> WorkerStatus {
 /// `worker-offline`.
 pub(crate) async fn run(
     shared: Arc<Shared>,
-    mut rx: mpsc::UnboundedReceiver<Pending>,
+    mut rx: mpsc::Receiver<Pending>,
     stop: CancellationToken,
 ) {
     let mut publisher = Publisher {
@@ -282,6 +296,18 @@ mod tests {
         let pending = rx.try_recv().expect("sent");
         assert_eq!(pending.kind.type_name(), "task-started");
         assert_eq!(pending.clock, 1);
+    }
+
+    #[test]
+    fn a_full_channel_drops_events_instead_of_growing() {
+        let (events, mut rx) = Events::new("w@h", true);
+        for i in 0..MAX_PENDING + 5 {
+            events.task(|| EventKind::TaskStarted {
+                uuid: i.to_string(),
+            });
+        }
+        assert_eq!(events.dropped.load(Ordering::Relaxed), 5);
+        assert_eq!(rx.try_recv().map(|p| p.clock).ok(), Some(1));
     }
 
     #[test]

@@ -72,7 +72,7 @@ impl Shared {
 pub struct Worker {
     shared: Arc<Shared>,
     completions: mpsc::UnboundedReceiver<Completion>,
-    events: mpsc::UnboundedReceiver<crate::events::Pending>,
+    events: mpsc::Receiver<crate::events::Pending>,
 }
 
 /// Controls a running worker from outside: counters, revoke, rate limits.
