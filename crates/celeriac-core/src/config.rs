@@ -170,6 +170,8 @@ pub struct Settings {
     /// Workers send task events (`task-received`, `task-succeeded`, ...; Celery's
     /// `-E`). Worker events (online, heartbeat, offline) are always sent.
     pub worker_send_task_events: bool,
+    /// Clients send a `task-sent` event for every task they publish.
+    pub task_send_sent_event: bool,
     /// Exchange of monitoring events.
     pub event_exchange: String,
     /// Namespace of remote control: requests on `<name>.pidbox`, replies through
@@ -198,6 +200,7 @@ impl Default for Settings {
             task_queues: Vec::new(),
             task_routes: Map::new(),
             worker_send_task_events: false,
+            task_send_sent_event: false,
             event_exchange: crate::event::EVENT_EXCHANGE.into(),
             control_exchange: crate::pidbox::DEFAULT_NAMESPACE.into(),
         }

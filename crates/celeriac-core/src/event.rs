@@ -281,6 +281,41 @@ impl EventKind {
     }
 }
 
+/// Offset of local time from UTC in hours as Celery's `utcoffset()` computes it
+/// (positive west of UTC; 0 on a UTC machine).
+pub fn local_utcoffset() -> f64 {
+    let east = chrono::Local::now().offset().local_minus_utc();
+    f64::from(-east) / 3600.0
+}
+
+/// `task-sent` for a message published to `queue`.
+pub fn task_sent(message: &crate::TaskMessage, queue: &str) -> EventKind {
+    let headers = &message.headers;
+    let info = message.properties.delivery_info.as_ref();
+    EventKind::TaskSent {
+        uuid: headers.id.clone(),
+        name: headers.task.clone(),
+        args: headers
+            .argsrepr
+            .clone()
+            .unwrap_or_else(|| py_repr_args(&message.args)),
+        kwargs: headers
+            .kwargsrepr
+            .clone()
+            .unwrap_or_else(|| py_repr_kwargs(&message.kwargs)),
+        root_id: headers.root_id.clone(),
+        parent_id: headers.parent_id.clone(),
+        retries: headers.retries,
+        eta: headers.eta.map(crate::time::format_iso),
+        expires: headers.expires.map(crate::time::format_iso),
+        queue: queue.to_string(),
+        exchange: info.map(|i| i.exchange.clone()).unwrap_or_default(),
+        routing_key: info
+            .map(|i| i.routing_key.clone())
+            .unwrap_or_else(|| queue.to_string()),
+    }
+}
+
 /// The routing key of an event type: `-` becomes `.` (`task-succeeded` →
 /// `task.succeeded`).
 pub fn routing_key(event_type: &str) -> String {

@@ -59,7 +59,7 @@ impl Events {
             clock: AtomicU64::new(0),
             origin: Origin {
                 hostname: hostname.to_string(),
-                utcoffset: utcoffset(),
+                utcoffset: celeriac_core::event::local_utcoffset(),
                 pid: std::process::id(),
             },
             tx,
@@ -121,13 +121,6 @@ impl Events {
     pub(crate) fn clock(&self) -> u64 {
         self.clock.load(Ordering::Relaxed)
     }
-}
-
-/// Offset of local time from UTC in hours, as Celery's `utcoffset()` computes it
-/// (positive west of UTC).
-fn utcoffset() -> f64 {
-    let east = chrono::Local::now().offset().local_minus_utc();
-    f64::from(-east) / 3600.0
 }
 
 /// 1, 5 and 15 minute load averages (zeros where the system does not say).

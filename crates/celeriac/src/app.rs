@@ -421,7 +421,9 @@ impl App {
                 ids.push(id);
                 publishes.append(&mut batch);
             }
+            let sent_events = crate::control::sent_events(self, &publishes);
             self.inner.broker.publish(publishes).await?;
+            crate::control::send_events(self, sent_events).await;
             Ok(())
         }
         .await;
@@ -446,13 +448,14 @@ impl App {
             .claim_unique(name, &args, &kwargs, &mut options)
             .await?;
         let sent = match self.prepare(name, task_options, args, kwargs, options) {
-            Ok((id, publishes)) => self
-                .inner
-                .broker
-                .publish(publishes)
-                .await
-                .map(|()| id)
-                .map_err(Error::from),
+            Ok((id, publishes)) => {
+                let sent_events = crate::control::sent_events(self, &publishes);
+                let published = self.inner.broker.publish(publishes).await;
+                if published.is_ok() {
+                    crate::control::send_events(self, sent_events).await;
+                }
+                published.map(|()| id).map_err(Error::from)
+            }
             Err(error) => Err(error),
         };
         match sent {

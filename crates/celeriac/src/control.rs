@@ -218,6 +218,47 @@ impl Control {
     }
 }
 
+/// Lamport clock of this process's `task-sent` events.
+static SENT_CLOCK: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// The `task-sent` events of `publishes` when the app sends them
+/// (`task_send_sent_event`); nothing is built otherwise.
+pub(crate) fn sent_events(app: &App, publishes: &[celeriac_broker::Publish]) -> Vec<Broadcast> {
+    let settings = app.settings();
+    if !settings.task_send_sent_event {
+        return Vec::new();
+    }
+    let origin = celeriac_core::event::Origin {
+        hostname: app.hostname().to_string(),
+        utcoffset: celeriac_core::event::local_utcoffset(),
+        pid: std::process::id(),
+    };
+    publishes
+        .iter()
+        .filter_map(|p| {
+            let message = celeriac_core::TaskMessage::decode(&p.envelope).ok()?;
+            let kind = celeriac_core::event::task_sent(&message, &p.queue);
+            let clock = SENT_CLOCK.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+            let body = kind.to_body(&origin, clock, celeriac_core::time::unix_now());
+            Some(Broadcast {
+                exchange: settings.event_exchange.clone(),
+                routing_key: kind.routing_key(),
+                envelope: celeriac_core::event::event_envelope(&origin.hostname, &body),
+            })
+        })
+        .collect()
+}
+
+/// Sends `task-sent` events; a failure is logged, never fails the send.
+pub(crate) async fn send_events(app: &App, events: Vec<Broadcast>) {
+    for event in events {
+        if let Err(error) = app.broker().broadcast(event).await {
+            tracing::debug!(%error, "sending task-sent failed");
+            return;
+        }
+    }
+}
+
 fn object(value: Value) -> Map<String, Value> {
     match value {
         Value::Object(map) => map,

@@ -567,3 +567,48 @@ async fn enable_events_turns_task_events_on_at_runtime() {
         "{seen:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_send_task_sent_when_asked() {
+    let t = TestApp::new();
+    let app = t
+        .builder()
+        .task(add())
+        .configure(|s| s.task_send_sent_event = true)
+        .build()
+        .await
+        .expect("app");
+    let mut events = subscribe_events(&app).await;
+    let result = app
+        .send_task(
+            "tests.add",
+            vec![json!(2), json!(3)],
+            Map::new(),
+            SendOptions::new(),
+        )
+        .await
+        .expect("sent");
+    let message = tokio::time::timeout(WAIT, events.recv())
+        .await
+        .expect("an event")
+        .expect("open");
+    assert_eq!(message.routing_key, "task.sent");
+    let sent = events_in(&message.envelope);
+    assert_eq!(sent.len(), 1);
+    assert_eq!(sent[0]["type"], "task-sent");
+    assert_eq!(sent[0]["uuid"], result.id());
+    assert_eq!(sent[0]["name"], "tests.add");
+    assert_eq!(sent[0]["args"], "(2, 3)");
+    assert_eq!(sent[0]["queue"], "celery");
+    // Off by default: a plain app sends none.
+    let quiet = t.builder().task(add()).build().await.expect("app");
+    quiet
+        .send_task("tests.add", vec![json!(1)], Map::new(), SendOptions::new())
+        .await
+        .expect("sent");
+    assert!(
+        tokio::time::timeout(Duration::from_millis(300), events.recv())
+            .await
+            .is_err()
+    );
+}
