@@ -131,6 +131,22 @@ async fn ping_and_inspect_see_held_tasks() {
     assert_eq!(active[0]["hostname"], node.as_str());
     assert!(active[0]["time_start"].as_f64().is_some());
     assert_eq!(active[0]["worker_pid"], std::process::id());
+    // The same fields as a Python worker's reply (captured, PROTOCOL.md §7.7).
+    let captured: Value = serde_json::from_str(include_str!(
+        "../../celeriac-core/tests/golden/pidbox_active_reply.json"
+    ))
+    .expect("fixture");
+    let python = &captured["body"]["w2@vm"][0];
+    let keys = |v: &Value| {
+        let mut k: Vec<String> = v.as_object().expect("object").keys().cloned().collect();
+        k.sort();
+        k
+    };
+    assert_eq!(keys(&active[0]), keys(python));
+    assert_eq!(
+        keys(&active[0]["delivery_info"]),
+        keys(&python["delivery_info"])
+    );
 
     // The SQLite broker keeps ETA messages until they are due: nothing is held
     // here for the scheduled one (on Redis it is, see tests/interop/test_control.py).
