@@ -191,3 +191,14 @@ def test_python_map_starmap_and_chunks_run_on_celeriac(celeriac_queue):
     assert tasks.add.starmap([(1, 2), (3, 4)]).apply_async(queue=q).get(timeout=30) == [3, 7]
     chunked = tasks.add.chunks([(i, i) for i in range(5)], 2).apply_async(queue=q)
     assert chunked.get(timeout=30) == [[0, 2], [4, 6], [8]]
+
+
+def test_a_python_chord_with_chains_in_its_header_runs_on_celeriac(celeriac_queue):
+    q = celeriac_queue
+    header = [
+        chain(tasks.add.s(1, 1).set(queue=q), tasks.add.s(10).set(queue=q)),
+        chain(tasks.add.s(2, 2).set(queue=q), tasks.add.s(100).set(queue=q)),
+        tasks.add.s(5, 5).set(queue=q),
+    ]
+    result = chord(header, tasks.echo.s().set(queue=q)).apply_async()
+    assert result.get(timeout=30) == {"args": [[12, 104, 10]], "kwargs": {}}

@@ -42,8 +42,10 @@ impl Signature {
 
     /// The send options Celery's `apply_async(**options)` would use for this
     /// signature: task id, routing, priority, countdown/eta, expiry, time limits,
-    /// group membership, and `link` / `link_error` carried as the new message's
-    /// callbacks / errbacks. Options celeriac does not know are ignored.
+    /// group membership, `link` / `link_error` carried as the new message's
+    /// callbacks / errbacks, and `chord` (a chord body the task reports to, as the
+    /// last step of a chain in a chord header). Options celeriac does not know are
+    /// ignored.
     pub fn send_options(&self) -> SendOptions {
         let o = &self.options;
         let mut options = SendOptions::new();
@@ -75,10 +77,16 @@ impl Signature {
         }
         let callbacks = signatures(o.get("link"));
         let errbacks = signatures(o.get("link_error"));
-        if !callbacks.is_empty() || !errbacks.is_empty() {
+        // A chord body carried by the last step of a chain in a chord header.
+        let chord = o
+            .get("chord")
+            .filter(|body| body.is_object())
+            .and_then(|body| serde_json::from_value::<Signature>(body.clone()).ok());
+        if !callbacks.is_empty() || !errbacks.is_empty() || chord.is_some() {
             options.embed = Some(Embed {
                 callbacks: (!callbacks.is_empty()).then_some(callbacks),
                 errbacks: (!errbacks.is_empty()).then_some(errbacks),
+                chord,
                 ..Embed::default()
             });
         }

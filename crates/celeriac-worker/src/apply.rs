@@ -14,8 +14,9 @@
 //! - **chord**: the chord size is recorded in the result backend, then each header
 //!   task is sent as a group member carrying the body in `embed.chord`. Steps that
 //!   follow a chord in a chain travel with its body (the body becomes a chain).
-//!   Header members must be plain tasks (a chain or group inside a chord header is
-//!   refused with a clear error).
+//!   Header members are plain tasks or chains (a chain's last step carries the
+//!   membership and the body); a group inside a chord header is refused with a
+//!   clear error.
 
 use celeriac_backend::ResultBackend;
 use celeriac_core::canvas::group_members;
@@ -287,9 +288,12 @@ pub async fn apply(
                 let applied = Box::pin(apply(ctx, &body, Some(&json!([])), Vec::new())).await?;
                 return Ok(applied);
             }
-            if let Some(nested) = header.iter().find(|member| !member.is_plain()) {
+            if let Some(nested) = header
+                .iter()
+                .find(|member| !member.is_plain() && member.subtask_type.as_deref() != Some(CHAIN))
+            {
                 return Err(format!(
-                    "a {} inside a chord header is not supported yet (only plain tasks are)",
+                    "a {} inside a chord header is not supported yet (plain tasks and chains are)",
                     nested.subtask_type.as_deref().unwrap_or("canvas")
                 ));
             }
@@ -301,6 +305,13 @@ pub async fn apply(
                 .await
                 .map_err(|e| format!("recording the chord size failed: {e}"))?;
             for (index, member) in header.iter().enumerate() {
+                if member.subtask_type.as_deref() == Some(CHAIN) {
+                    // The chain's last step is the chord member: it carries the
+                    // membership and the body (Celery's encoding), the others run first.
+                    let chained = chain_as_chord_member(member, &group_id, index, &body)?;
+                    Box::pin(apply(ctx, &chained, parent_result, Vec::new())).await?;
+                    continue;
+                }
                 let membership = (group_id.as_str(), index, Some(&body));
                 send_member(ctx, member, parent_result, membership).await?;
             }
@@ -312,6 +323,28 @@ pub async fn apply(
         }
         Some(other) => Err(format!("{other} signatures are not supported yet")),
     }
+}
+
+/// A chain whose last step reports to chord `group_id` as member `index`.
+fn chain_as_chord_member(
+    chain: &Signature,
+    group_id: &str,
+    index: usize,
+    body: &Signature,
+) -> Result<Signature, String> {
+    let mut steps = celeriac_core::canvas::signatures(chain.kwargs.get("tasks"));
+    let Some(last) = steps.last_mut() else {
+        return Err("an empty chain in a chord header".into());
+    };
+    if !last.is_plain() {
+        return Err("a chain in a chord header must end with a plain task".into());
+    }
+    last.options
+        .insert("group_id".into(), Value::String(group_id.to_string()));
+    last.options
+        .insert("group_index".into(), Value::from(index));
+    last.options.insert("chord".into(), to_value(body));
+    Ok(chain_signature(steps))
 }
 
 /// The result id of a frozen signature.
@@ -364,7 +397,9 @@ async fn send_plain(
             reversed.reverse();
             embed.chain = Some(reversed);
         }
-        embed.chord = chord;
+        if chord.is_some() {
+            embed.chord = chord;
+        }
     }
     sender_send(ctx.sender, signature, parent_result, options).await
 }

@@ -441,7 +441,7 @@ async fn a_typed_chain_passes_typed_results() {
 }
 
 #[tokio::test]
-async fn a_group_may_hold_chains_and_a_chord_header_refuses_them() {
+async fn groups_and_chord_headers_may_hold_chains() {
     let t = TestApp::new();
     let app = app_with_tasks(&t, Arc::default()).await;
     let worker = RunningWorker::start_default(&app);
@@ -460,13 +460,35 @@ async fn a_group_may_hold_chains_and_a_chord_header_refuses_them() {
         vec![json!(20), json!(7)],
         "a chain member's result is its last step's"
     );
-    let refused = app
+    // Chains in a chord header: each chain's last result is one header result.
+    let chained = app
         .apply(chord(
-            [chain([sig("t.add", [json!(1), json!(1)])])],
+            [
+                chain([
+                    sig("t.add", [json!(1), json!(1)]),
+                    sig("t.mul", [json!(10)]),
+                ]),
+                chain([
+                    sig("t.add", [json!(2), json!(2)]),
+                    sig("t.mul", [json!(100)]),
+                ]),
+                sig("t.add", [json!(5), json!(5)]),
+            ],
             sig("t.sum", []),
         ))
         .await
-        .expect_err("a chain in a chord header is refused");
+        .expect("a chord with chains in its header");
+    assert_eq!(
+        chained.get(WAIT).await.expect("chord"),
+        json!(20 + 400 + 10)
+    );
+    let refused = app
+        .apply(chord(
+            [group([sig("t.add", [json!(1), json!(1)])])],
+            sig("t.sum", []),
+        ))
+        .await
+        .expect_err("a group in a chord header is refused");
     assert!(refused.to_string().contains("chord header"), "{refused}");
     worker.stop().await;
 }
