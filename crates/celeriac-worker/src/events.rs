@@ -11,7 +11,7 @@
 //! the executor builds the event's fields and hands them to a channel (bounded by
 //! [`MAX_PENDING`]; when the broker cannot keep up, events are dropped, not
 //! buffered without end); the publisher encodes them and sends whatever accumulated
-//! while it was busy as one `task.multi` message (up to [`MAX_BATCH`] events), so
+//! within [`FLUSH_WINDOW`] as one `task.multi` message (up to [`MAX_BATCH`] events), so
 //! the broker sees a few messages per burst rather than one per event.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -27,7 +27,11 @@ use tokio_util::sync::CancellationToken;
 use crate::worker::Shared;
 
 /// Most task events in one `task.multi` message.
-pub const MAX_BATCH: usize = 100;
+pub const MAX_BATCH: usize = 256;
+
+/// How long the publisher collects task events after the first of a burst before
+/// it sends them (Celery flushes its buffer once per event-loop tick).
+pub const FLUSH_WINDOW: Duration = Duration::from_millis(50);
 
 /// Task events waiting for the publisher; beyond this (the broker is down or too
 /// slow) new ones are dropped and counted, never buffered without bound.
@@ -187,10 +191,12 @@ pub(crate) async fn run(
             received = rx.recv() => match received {
                 Some(pending) => {
                     batch.push(pending);
+                    // Collect what comes within FLUSH_WINDOW: one message per burst.
+                    let flush_at = tokio::time::Instant::now() + FLUSH_WINDOW;
                     while batch.len() < MAX_BATCH {
-                        match rx.try_recv() {
-                            Ok(pending) => batch.push(pending),
-                            Err(_) => break,
+                        match tokio::time::timeout_at(flush_at, rx.recv()).await {
+                            Ok(Some(pending)) => batch.push(pending),
+                            _ => break,
                         }
                     }
                     publisher.tasks(&mut batch).await;
