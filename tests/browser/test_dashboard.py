@@ -51,6 +51,17 @@ def test_workers_and_queues_update_live(system, browser):
     reasons = eventually(lambda: cell_texts(browser, "#dead-body tr"), what="dead letters listed")
     assert all("demo.task" in r for r in reasons), reasons
 
+    # Remote control from the page: the worker shuts down when asked.
+    browser.find_element(By.CSS_SELECTOR, "nav button[data-tab=workers]").click()
+    eventually(lambda: browser.find_element(By.CSS_SELECTOR, "button[data-shutdown='browser-worker@test']"),
+               what="the shutdown button").click()
+    browser.switch_to.alert.accept()
+    eventually(lambda: "browser-worker@test" in browser.find_element(By.ID, "message").text, what="the worker replied")
+    eventually(
+        lambda: "gone" in browser.find_element(By.CSS_SELECTOR, "tr[data-worker='browser-worker@test']").text,
+        what="the worker shows as gone after its remote shutdown",
+    )
+
     browser.find_element(By.CSS_SELECTOR, "nav button[data-tab=tasks]").click()
     Select(browser.find_element(By.CSS_SELECTOR, "#task-filters select[name=state]")).select_by_visible_text("FAILURE")
     browser.find_element(By.CSS_SELECTOR, "#task-filters button").click()

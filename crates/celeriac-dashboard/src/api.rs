@@ -48,6 +48,10 @@ pub fn router(state: DashboardState) -> Router {
         .route("/api/schedules/{name}/run", post(run_schedule))
         .route("/api/locks", get(locks))
         .route("/api/locks/{key}", axum::routing::delete(release_lock))
+        .route("/api/tasks/{id}/revoke", post(revoke))
+        .route("/api/control/rate-limit", post(rate_limit))
+        .route("/api/workers/{hostname}/shutdown", post(shutdown))
+        .route("/api/workers/{hostname}/inspect/{what}", get(inspect))
         .route("/api/stream", get(stream))
         .route("/metrics", get(prometheus))
         .with_state(state)
@@ -509,6 +513,124 @@ async fn release_lock(
     } else {
         Err(ApiError::not_found(format!("no live lock {key:?}")))
     }
+}
+
+fn controller(state: &DashboardState) -> Result<&std::sync::Arc<dyn crate::Controller>, ApiError> {
+    state
+        .control
+        .as_ref()
+        .ok_or(ApiError::unavailable("remote control"))
+}
+
+/// Replies as `{"replies": {node: reply}}`.
+fn replies(pairs: Vec<(String, Value)>) -> Value {
+    let map: serde_json::Map<String, Value> = pairs.into_iter().collect();
+    json!({"replies": map})
+}
+
+fn object(value: Value) -> serde_json::Map<String, Value> {
+    match value {
+        Value::Object(map) => map,
+        _ => serde_json::Map::new(),
+    }
+}
+
+/// `POST /api/tasks/{id}/revoke` body.
+#[derive(Debug, Default, Deserialize)]
+struct RevokeBody {
+    /// Also stop it if it is running.
+    #[serde(default)]
+    terminate: bool,
+}
+
+async fn revoke(
+    State(state): State<DashboardState>,
+    Path(id): Path<String>,
+    body: Option<Json<RevokeBody>>,
+) -> ApiResult<Value> {
+    let control = controller(&state)?;
+    let terminate = body.map(|Json(b)| b.terminate).unwrap_or(false);
+    let arguments = object(json!({"task_id": id, "terminate": terminate, "signal": "SIGTERM"}));
+    let pairs = control
+        .command("revoke", arguments, None)
+        .await
+        .map_err(ApiError::internal)?;
+    Ok(Json(replies(pairs)))
+}
+
+/// `POST /api/control/rate-limit` body.
+#[derive(Debug, Deserialize)]
+struct RateLimitBody {
+    /// The task type.
+    task: String,
+    /// `"10/m"`, `"5/s"`; `"0"` removes the limit.
+    rate: String,
+    /// Only these workers.
+    #[serde(default)]
+    destination: Option<Vec<String>>,
+}
+
+async fn rate_limit(
+    State(state): State<DashboardState>,
+    Json(body): Json<RateLimitBody>,
+) -> ApiResult<Value> {
+    if body.task.trim().is_empty() {
+        return Err(ApiError::bad_request("a task name is required"));
+    }
+    if body.rate.trim() != "0" && celeriac_core::RateLimit::parse(&body.rate).is_err() {
+        return Err(ApiError::bad_request(format!(
+            "{:?} is not a rate limit (e.g. 10/m, 5/s, 100/h; 0 removes it)",
+            body.rate
+        )));
+    }
+    let control = controller(&state)?;
+    let arguments = object(json!({"task_name": body.task, "rate_limit": body.rate}));
+    let pairs = control
+        .command("rate_limit", arguments, body.destination)
+        .await
+        .map_err(ApiError::internal)?;
+    Ok(Json(replies(pairs)))
+}
+
+async fn shutdown(
+    State(state): State<DashboardState>,
+    Path(hostname): Path<String>,
+) -> ApiResult<Value> {
+    let control = controller(&state)?;
+    let pairs = control
+        .command("shutdown", serde_json::Map::new(), Some(vec![hostname]))
+        .await
+        .map_err(ApiError::internal)?;
+    Ok(Json(replies(pairs)))
+}
+
+/// The inspect commands the API forwards.
+const INSPECT: &[&str] = &[
+    "active",
+    "reserved",
+    "scheduled",
+    "registered",
+    "stats",
+    "revoked",
+    "active_queues",
+];
+
+async fn inspect(
+    State(state): State<DashboardState>,
+    Path((hostname, what)): Path<(String, String)>,
+) -> ApiResult<Value> {
+    if !INSPECT.contains(&what.as_str()) {
+        return Err(ApiError::bad_request(format!(
+            "unknown inspect command {what:?} (one of {})",
+            INSPECT.join(", ")
+        )));
+    }
+    let control = controller(&state)?;
+    let pairs = control
+        .command(&what, serde_json::Map::new(), Some(vec![hostname]))
+        .await
+        .map_err(ApiError::internal)?;
+    Ok(Json(replies(pairs)))
 }
 
 async fn stream(

@@ -15,6 +15,10 @@
 //! | `GET, PUT, DELETE /api/schedules/{name}` | one entry |
 //! | `POST /api/schedules/{name}/enable`, `/disable`, `/run` | toggle, or send now |
 //! | `GET /api/locks`, `DELETE /api/locks/{key}` | live locks, force release |
+//! | `POST /api/tasks/{id}/revoke` (`{"terminate": bool}`) | revoke (and stop) a task on every worker |
+//! | `POST /api/control/rate-limit` (`{"task", "rate", "destination"?}`) | change a task type's rate limit |
+//! | `POST /api/workers/{hostname}/shutdown` | graceful shutdown of one worker |
+//! | `GET /api/workers/{hostname}/inspect/{what}` | `active`, `reserved`, `scheduled`, `registered`, `stats`, `revoked`, `active_queues` |
 //! | `GET /api/stream` | Server-Sent Events: an `overview` event every second |
 //! | `GET /api/openapi.json` | the OpenAPI 3 description of this API |
 //! | `GET /metrics` | Prometheus text format |
@@ -29,6 +33,7 @@ mod metrics;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use async_trait::async_trait;
 use celeriac_backend::ResultBackend;
 use celeriac_beat::ScheduleStore;
 use celeriac_broker::Broker;
@@ -55,6 +60,23 @@ pub struct DashboardState {
     pub locks: Option<Arc<dyn LockManager>>,
     /// Sends tasks (schedule "run now").
     pub sender: Option<Arc<dyn TaskSender>>,
+    /// Remote control of the workers (revoke, terminate, rate limit, shutdown,
+    /// inspect).
+    pub control: Option<Arc<dyn Controller>>,
+}
+
+/// Celery remote control as the dashboard uses it (the facade's `Control`
+/// implements it over the broker's pidbox broadcast).
+#[async_trait]
+pub trait Controller: Send + Sync {
+    /// Sends the remote-control `method` with `arguments` to `destination` (`None`
+    /// = every worker) and returns the replies as `(node, reply)` pairs.
+    async fn command(
+        &self,
+        method: &str,
+        arguments: serde_json::Map<String, serde_json::Value>,
+        destination: Option<Vec<String>>,
+    ) -> Result<Vec<(String, serde_json::Value)>, String>;
 }
 
 impl DashboardState {
@@ -66,6 +88,7 @@ impl DashboardState {
             schedules: None,
             locks: None,
             sender: None,
+            control: None,
         }
     }
 }

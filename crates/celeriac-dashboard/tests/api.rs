@@ -42,6 +42,32 @@ impl TaskSender for RecordingSender {
     }
 }
 
+/// A recorded remote-control command: method, arguments, destination.
+type Command = (String, Value, Option<Vec<String>>);
+
+/// Records remote-control commands; every node "worker@test" answers ok.
+#[derive(Default)]
+struct FakeControl {
+    commands: Mutex<Vec<Command>>,
+}
+
+#[async_trait::async_trait]
+impl celeriac_dashboard::Controller for FakeControl {
+    async fn command(
+        &self,
+        method: &str,
+        arguments: Map<String, Value>,
+        destination: Option<Vec<String>>,
+    ) -> Result<Vec<(String, Value)>, String> {
+        self.commands.lock().expect("lock").push((
+            method.to_string(),
+            Value::Object(arguments),
+            destination,
+        ));
+        Ok(vec![("worker@test".to_string(), json!({"ok": method}))])
+    }
+}
+
 struct Fixture {
     _dir: tempfile::TempDir,
     state: DashboardState,
@@ -58,6 +84,7 @@ async fn fixture() -> Fixture {
         schedules: Some(celeriac_beat::connect(&url).await.expect("schedules")),
         locks: Some(celeriac_lock::connect(&url).await.expect("locks")),
         sender: Some(sender.clone()),
+        control: Some(Arc::new(FakeControl::default())),
     };
     Fixture {
         _dir: dir,
@@ -337,4 +364,56 @@ async fn a_dashboard_without_stores_says_what_is_missing() {
         .contains("schedule store"));
     let (status, _) = get(&state, "/api/overview").await;
     assert_eq!(status, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn control_actions_reach_the_workers() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let url = format!("sqlite://{}", dir.path().join("celeriac.db").display());
+    let control = Arc::new(FakeControl::default());
+    let mut state = DashboardState::new(celeriac_broker::connect(&url).await.expect("broker"));
+    state.control = Some(control.clone());
+
+    let (status, reply) = call(
+        &state,
+        Method::POST,
+        "/api/tasks/t-1/revoke",
+        Some(json!({"terminate": true})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{reply}");
+    assert_eq!(reply["replies"]["worker@test"]["ok"], json!("revoke"));
+    let (status, _) = call(&state, Method::POST, "/api/tasks/t-2/revoke", None).await;
+    assert_eq!(status, StatusCode::OK);
+
+    let limit = json!({"task": "notify.send", "rate": "10/m"});
+    let (status, _) = call(&state, Method::POST, "/api/control/rate-limit", Some(limit)).await;
+    assert_eq!(status, StatusCode::OK);
+    let bad = json!({"task": "notify.send", "rate": "fast"});
+    let (status, error) = call(&state, Method::POST, "/api/control/rate-limit", Some(bad)).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{error}");
+
+    let (status, _) = call(&state, Method::POST, "/api/workers/w1@host/shutdown", None).await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, _) = get(&state, "/api/workers/w1@host/inspect/active").await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, _) = get(&state, "/api/workers/w1@host/inspect/secrets").await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+
+    let commands = control.commands.lock().expect("lock").clone();
+    let methods: Vec<&str> = commands.iter().map(|(m, _, _)| m.as_str()).collect();
+    assert_eq!(
+        methods,
+        ["revoke", "revoke", "rate_limit", "shutdown", "active"]
+    );
+    assert_eq!(commands[0].1["task_id"], json!("t-1"));
+    assert_eq!(commands[0].1["terminate"], json!(true));
+    assert_eq!(commands[1].1["terminate"], json!(false));
+    assert_eq!(commands[2].1["rate_limit"], json!("10/m"));
+    assert_eq!(commands[3].2, Some(vec!["w1@host".to_string()]));
+    assert_eq!(commands[0].2, None, "a revoke goes to every worker");
+
+    let without = DashboardState::new(state.broker.clone());
+    let (status, _) = call(&without, Method::POST, "/api/tasks/t-1/revoke", None).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
 }

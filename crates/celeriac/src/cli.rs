@@ -499,6 +499,7 @@ pub async fn dashboard_state(app: &App, store: Option<&str>) -> celeriac_dashboa
         schedules,
         locks: app.locks().cloned(),
         sender: Some(Arc::new(app.clone())),
+        control: Some(Arc::new(app.control())),
     }
 }
 

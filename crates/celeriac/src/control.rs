@@ -265,3 +265,21 @@ fn object(value: Value) -> Map<String, Value> {
         _ => Map::new(),
     }
 }
+
+#[async_trait::async_trait]
+impl celeriac_dashboard::Controller for Control {
+    async fn command(
+        &self,
+        method: &str,
+        arguments: Map<String, Value>,
+        destination: Option<Vec<String>>,
+    ) -> Result<Vec<(String, Value)>, String> {
+        let options = BroadcastOptions {
+            destination,
+            ..BroadcastOptions::default()
+        };
+        self.broadcast(method, arguments, &options)
+            .await
+            .map_err(|e| e.to_string())
+    }
+}
