@@ -192,7 +192,7 @@ impl Worker {
                 tracing::error!(
                     tasks = ?single,
                     broker = %shared.broker.describe(),
-                    "single-instance tasks cannot run here: locks need a supported store (sqlite://PATH) and this broker has none yet; their runs will fail with LockUnavailable"
+                    "single-instance tasks cannot run here: this worker has no lock store (the broker's SQLite file or Redis database, or lock_store / CELERIAC_LOCK_STORE naming a sqlite://, redis:// or postgres:// store); their runs will fail with LockUnavailable"
                 );
             }
         }
