@@ -47,9 +47,9 @@ class System:
             assert done.returncode == 0, done.stderr
         return done.stdout
 
-    def start_dashboard(self):
+    def start_dashboard(self, *extra):
         process = subprocess.Popen(
-            [str(CELERIAC), "--log", "warn", "dashboard", "--addr", "127.0.0.1:0"],
+            [str(CELERIAC), "--log", "warn", "dashboard", "--addr", "127.0.0.1:0", *extra],
             cwd=self.dir, env=self.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
         )
         self.processes.append(process)

@@ -2,8 +2,12 @@
 task search, and the django-celery-beat-style schedule workflow (create, disable,
 run now, delete) and lock release, each checked against the REST API too."""
 
+import base64
 import json
+import urllib.error
 import urllib.request
+
+import pytest
 
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import Select
@@ -21,10 +25,23 @@ def cell_texts(driver, row_css):
     return [row.text for row in driver.find_elements(By.CSS_SELECTOR, row_css)]
 
 
+def log_in(browser, user, password):
+    """What a browser does once its user answered the basic-auth prompt: send the
+    credentials with every request to the dashboard (set through DevTools here)."""
+    token = base64.b64encode(f"{user}:{password}".encode()).decode()
+    browser.execute_cdp_cmd("Network.enable", {})
+    browser.execute_cdp_cmd("Network.setExtraHTTPHeaders", {"headers": {"Authorization": f"Basic {token}"}})
+
+
 def test_workers_and_queues_update_live(system, browser):
     system.run("call", "demo.task", "--queue", "backlog")
     system.run("call", "demo.task", "--queue", "backlog")
-    system.start_dashboard()
+    # Control actions need credentials.
+    system.start_dashboard("--user", "ops", "--password", "browser-test")
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        api(system, "/api/queues")
+    assert refused.value.code == 401
+    log_in(browser, "ops", "browser-test")
     browser.get(system.url)
     eventually(lambda: browser.find_element(By.ID, "live").text == "live", what="the page goes live")
 

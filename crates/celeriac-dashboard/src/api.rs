@@ -54,6 +54,10 @@ pub fn router(state: DashboardState) -> Router {
         .route("/api/workers/{hostname}/inspect/{what}", get(inspect))
         .route("/api/stream", get(stream))
         .route("/metrics", get(prometheus))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            crate::auth::guard,
+        ))
         .with_state(state)
 }
 

@@ -23,11 +23,15 @@
 //! | `GET /api/openapi.json` | the OpenAPI 3 description of this API |
 //! | `GET /metrics` | Prometheus text format |
 //!
+//! Access: see [`Credentials`] — loopback needs no login, any other address needs
+//! credentials, and control actions always do.
+//!
 //! The dashboard holds no state of its own: every screen reads the broker, the
 //! result backend, the schedule store and the lock store it is given
 //! ([`DashboardState`]), so any number of dashboards can run against one system.
 
 mod api;
+mod auth;
 mod metrics;
 
 use std::net::SocketAddr;
@@ -42,6 +46,7 @@ use celeriac_lock::LockManager;
 use tokio_util::sync::CancellationToken;
 
 pub use api::router;
+pub use auth::Credentials;
 
 /// The default address, Flower's port on loopback.
 pub const DEFAULT_ADDR: &str = "127.0.0.1:5555";
@@ -63,6 +68,9 @@ pub struct DashboardState {
     /// Remote control of the workers (revoke, terminate, rate limit, shutdown,
     /// inspect).
     pub control: Option<Arc<dyn Controller>>,
+    /// Who may use the dashboard (see [`Credentials`]); control actions are refused
+    /// without.
+    pub credentials: Option<Credentials>,
 }
 
 /// Celery remote control as the dashboard uses it (the facade's `Control`
@@ -89,6 +97,7 @@ impl DashboardState {
             locks: None,
             sender: None,
             control: None,
+            credentials: None,
         }
     }
 }
@@ -106,6 +115,12 @@ pub enum DashboardError {
         #[source]
         source: std::io::Error,
     },
+    /// A non-loopback address without credentials.
+    #[error("refusing to serve the dashboard on {addr} without credentials: set --token or --user/--password (or listen on 127.0.0.1)")]
+    NeedsCredentials {
+        /// The address.
+        addr: SocketAddr,
+    },
     /// The server failed.
     #[error("dashboard server error: {0}")]
     Serve(#[source] std::io::Error),
@@ -118,11 +133,15 @@ pub struct Dashboard {
 }
 
 impl Dashboard {
-    /// Binds `addr` (port 0 picks a free port).
+    /// Binds `addr` (port 0 picks a free port). A non-loopback address needs
+    /// credentials in `state`.
     pub async fn bind(
         addr: SocketAddr,
         state: DashboardState,
     ) -> Result<Dashboard, DashboardError> {
+        if !addr.ip().is_loopback() && state.credentials.is_none() {
+            return Err(DashboardError::NeedsCredentials { addr });
+        }
         let listener = tokio::net::TcpListener::bind(addr)
             .await
             .map_err(|source| DashboardError::Bind { addr, source })?;

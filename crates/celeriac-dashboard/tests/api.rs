@@ -85,6 +85,7 @@ async fn fixture() -> Fixture {
         locks: Some(celeriac_lock::connect(&url).await.expect("locks")),
         sender: Some(sender.clone()),
         control: Some(Arc::new(FakeControl::default())),
+        credentials: None,
     };
     Fixture {
         _dir: dir,
@@ -100,7 +101,21 @@ async fn call(
     path: &str,
     body: Option<Value>,
 ) -> (StatusCode, Value) {
+    call_as(state, method, path, body, None).await
+}
+
+/// [`call`] with an `Authorization` header.
+async fn call_as(
+    state: &DashboardState,
+    method: Method,
+    path: &str,
+    body: Option<Value>,
+    authorization: Option<&str>,
+) -> (StatusCode, Value) {
     let mut request = Request::builder().method(method).uri(path);
+    if let Some(value) = authorization {
+        request = request.header("authorization", value);
+    }
     let body = match body {
         Some(value) => {
             request = request.header("content-type", "application/json");
@@ -374,6 +389,28 @@ async fn control_actions_reach_the_workers() {
     let mut state = DashboardState::new(celeriac_broker::connect(&url).await.expect("broker"));
     state.control = Some(control.clone());
 
+    // Without credentials configured, control actions are refused with a hint.
+    let (status, error) = call(&state, Method::POST, "/api/tasks/t-0/revoke", None).await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    assert!(
+        error["error"].as_str().expect("error").contains("--token"),
+        "{error}"
+    );
+    state.credentials = Some(celeriac_dashboard::Credentials::bearer("t0k"));
+    let (status, _) = call(&state, Method::POST, "/api/tasks/t-0/revoke", None).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED, "credentials are checked");
+    let (status, _) = get(&state, "/api/queues").await;
+    assert_eq!(
+        status,
+        StatusCode::UNAUTHORIZED,
+        "every route needs them once configured"
+    );
+    let call = |state: &DashboardState, method: Method, path: &str, body: Option<Value>| {
+        let (state, path) = (state.clone(), path.to_string());
+        async move { call_as(&state, method, &path, body, Some("Bearer t0k")).await }
+    };
+    let get = |state: &DashboardState, path: &str| call(state, Method::GET, path, None);
+
     let (status, reply) = call(
         &state,
         Method::POST,
@@ -413,7 +450,26 @@ async fn control_actions_reach_the_workers() {
     assert_eq!(commands[3].2, Some(vec!["w1@host".to_string()]));
     assert_eq!(commands[0].2, None, "a revoke goes to every worker");
 
-    let without = DashboardState::new(state.broker.clone());
+    let mut without = DashboardState::new(state.broker.clone());
+    without.credentials = state.credentials.clone();
     let (status, _) = call(&without, Method::POST, "/api/tasks/t-1/revoke", None).await;
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+}
+
+#[tokio::test]
+async fn a_non_loopback_address_needs_credentials() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let url = format!("sqlite://{}", dir.path().join("celeriac.db").display());
+    let mut state = DashboardState::new(celeriac_broker::connect(&url).await.expect("broker"));
+    let anywhere: std::net::SocketAddr = "0.0.0.0:0".parse().expect("addr");
+    let refused = celeriac_dashboard::Dashboard::bind(anywhere, state.clone()).await;
+    let error = refused
+        .err()
+        .expect("refused without credentials")
+        .to_string();
+    assert!(error.contains("without credentials"), "{error}");
+    state.credentials = Some(celeriac_dashboard::Credentials::basic("ops", "pw"));
+    assert!(celeriac_dashboard::Dashboard::bind(anywhere, state)
+        .await
+        .is_ok());
 }

@@ -107,6 +107,25 @@ pub struct DashboardArgs {
     /// Schedule store URL (default: CELERIAC_BEAT_STORE, else the SQLite broker's file).
     #[arg(long, env = "CELERIAC_BEAT_STORE", value_name = "URL")]
     pub store: Option<String>,
+    /// Basic-auth user (with --password). Needed off loopback and for control actions.
+    #[arg(long, env = "CELERIAC_DASHBOARD_USER", requires = "password")]
+    pub user: Option<String>,
+    /// Basic-auth password (with --user).
+    #[arg(
+        long,
+        env = "CELERIAC_DASHBOARD_PASSWORD",
+        requires = "user",
+        hide_env_values = true
+    )]
+    pub password: Option<String>,
+    /// Bearer token (`Authorization: Bearer TOKEN`), instead of --user/--password.
+    #[arg(
+        long,
+        env = "CELERIAC_DASHBOARD_TOKEN",
+        conflicts_with = "user",
+        hide_env_values = true
+    )]
+    pub token: Option<String>,
 }
 
 /// `worker` flags.
@@ -500,11 +519,19 @@ pub async fn dashboard_state(app: &App, store: Option<&str>) -> celeriac_dashboa
         locks: app.locks().cloned(),
         sender: Some(Arc::new(app.clone())),
         control: Some(Arc::new(app.control())),
+        credentials: None,
     }
 }
 
 async fn dashboard(app: App, args: DashboardArgs) -> anyhow::Result<()> {
-    let state = dashboard_state(&app, args.store.as_deref()).await;
+    let mut state = dashboard_state(&app, args.store.as_deref()).await;
+    state.credentials = match (args.user, args.password, args.token) {
+        (Some(user), Some(password), _) => {
+            Some(celeriac_dashboard::Credentials::basic(user, password))
+        }
+        (_, _, Some(token)) => Some(celeriac_dashboard::Credentials::bearer(token)),
+        _ => None,
+    };
     let server = celeriac_dashboard::Dashboard::bind(args.addr, state).await?;
     let addr = server.local_addr().unwrap_or(args.addr);
     println!("celeriac dashboard on http://{addr}");
