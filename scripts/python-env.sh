@@ -14,7 +14,8 @@ cd "$(dirname "$0")/.."
 
 # The pinned ranges; a change here reinstalls on the next run.
 requirements=("celery[redis]>=5.4,<6" "pytest>=7,<9"
-  "django>=4.2,<6" "django-celery-beat>=2.5,<3" "psycopg[binary]>=3.1,<4" "selenium>=4.20,<5")
+  "django>=4.2,<6" "django-celery-beat>=2.5,<3" "psycopg[binary]>=3.1,<4" "selenium>=4.20,<5"
+  "flower>=2,<3")
 
 venv=.venv
 python=${PYTHON:-python3}
