@@ -4,6 +4,8 @@ run now, delete) and lock release, each checked against the REST API too."""
 
 import base64
 import json
+import os
+import pathlib
 import urllib.error
 import urllib.request
 
@@ -19,6 +21,17 @@ def api(system, path, method="GET"):
     request = urllib.request.Request(system.url + path, method=method)
     with urllib.request.urlopen(request, timeout=10) as response:
         return json.loads(response.read())
+
+
+SHOTS = os.environ.get("CELERIAC_SCREENSHOTS")
+
+
+def shot(browser, name):
+    """Saves a screenshot of the page when CELERIAC_SCREENSHOTS names a folder
+    (scripts/screenshots.sh writes docs/screenshots this way)."""
+    if SHOTS:
+        pathlib.Path(SHOTS).mkdir(parents=True, exist_ok=True)
+        browser.save_screenshot(str(pathlib.Path(SHOTS) / f"{name}.png"))
 
 
 def cell_texts(driver, row_css):
@@ -57,6 +70,7 @@ def test_workers_and_queues_update_live(system, browser):
         lambda: "online" in browser.find_element(By.CSS_SELECTOR, "tr[data-worker='browser-worker@test']").text,
         what="the worker shows as online",
     )
+    shot(browser, "workers")
     browser.find_element(By.CSS_SELECTOR, "nav button[data-tab=queues]").click()
 
     def drained():
@@ -66,6 +80,7 @@ def test_workers_and_queues_update_live(system, browser):
     eventually(drained, what="the queue drains into dead letters, live")
     browser.find_element(By.CSS_SELECTOR, "button[data-dead=backlog]").click()
     reasons = eventually(lambda: cell_texts(browser, "#dead-body tr"), what="dead letters listed")
+    shot(browser, "queues")
     assert all("demo.task" in r for r in reasons), reasons
 
     # Remote control from the page: the worker shuts down when asked.
@@ -84,6 +99,7 @@ def test_workers_and_queues_update_live(system, browser):
     browser.find_element(By.CSS_SELECTOR, "#task-filters button").click()
     rows = eventually(lambda: cell_texts(browser, "#tasks-body tr[data-task]"), what="failed tasks listed")
     assert len(rows) == 2 and all("FAILURE" in r for r in rows), rows
+    shot(browser, "tasks")
 
 
 def test_schedule_workflow_and_lock_release(system, browser):
@@ -101,6 +117,7 @@ def test_schedule_workflow_and_lock_release(system, browser):
 
     row = eventually(lambda: browser.find_element(By.CSS_SELECTOR, "tr[data-entry=nightly-report]"), what="the new entry")
     assert "crontab 30 2 * * * (Europe/Berlin)" in row.text
+    shot(browser, "schedules")
     entry = api(system, "/api/schedules/nightly-report")
     assert entry["schedule"]["crontab"]["timezone"] == "Europe/Berlin" and entry["enabled"] is True
 
