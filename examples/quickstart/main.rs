@@ -142,7 +142,12 @@ async fn main() -> anyhow::Result<()> {
     if args.dashboard != "off" {
         match args.dashboard.parse::<std::net::SocketAddr>() {
             Ok(addr) => {
-                let state = celeriac::cli::dashboard_state(&app, None).await;
+                let state = celeriac::cli::dashboard_state(
+                    &app,
+                    None,
+                    celeriac::dashboard::history::DEFAULT_CAPACITY,
+                )
+                .await;
                 match celeriac::dashboard::Dashboard::bind(addr, state).await {
                     Ok(server) => {
                         println!(

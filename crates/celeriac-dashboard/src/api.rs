@@ -208,11 +208,35 @@ async fn tasks(
     State(state): State<DashboardState>,
     Query(filter): Query<TaskFilter>,
 ) -> ApiResult<Vec<Value>> {
+    let limit = filter.limit.unwrap_or(100).min(1000);
+    if let Some(history) = state.history.as_ref().filter(|h| !h.is_empty()) {
+        // Task events give the richest view (received, started, runtime, worker).
+        let records = history.list(limit, |r| {
+            filter.state.as_ref().is_none_or(|s| &r.status == s)
+                && filter
+                    .name
+                    .as_ref()
+                    .is_none_or(|n| r.name.as_ref() == Some(n))
+                && filter
+                    .queue
+                    .as_ref()
+                    .is_none_or(|q| r.routing_key.as_ref() == Some(q))
+                && filter
+                    .q
+                    .as_ref()
+                    .is_none_or(|q| r.task_id.contains(q.as_str()))
+        });
+        return Ok(Json(
+            records
+                .into_iter()
+                .map(|r| serde_json::to_value(r).unwrap_or(Value::Null))
+                .collect(),
+        ));
+    }
     let backend = state
         .backend
         .as_ref()
         .ok_or(ApiError::unavailable("result backend"))?;
-    let limit = filter.limit.unwrap_or(100).min(1000);
     if let Some(id) = filter.q.as_deref().filter(|q| q.len() >= 32) {
         // A whole task id: read it directly (works on backends without listings).
         let found = backend.get(id).await.map_err(ApiError::internal)?;
@@ -271,13 +295,25 @@ fn meta_json(meta: celeriac_core::TaskMeta) -> Value {
 }
 
 async fn task(State(state): State<DashboardState>, Path(id): Path<String>) -> ApiResult<Value> {
-    let backend = state
-        .backend
+    let events = state
+        .history
         .as_ref()
-        .ok_or(ApiError::unavailable("result backend"))?;
-    match backend.get(&id).await.map_err(ApiError::internal)? {
-        Some(meta) => Ok(Json(meta_json(meta))),
-        None => Err(ApiError::not_found(format!(
+        .and_then(|h| h.get(&id))
+        .map(|r| serde_json::to_value(r).unwrap_or(Value::Null));
+    let stored = match &state.backend {
+        Some(backend) => backend.get(&id).await.map_err(ApiError::internal)?,
+        None => None,
+    };
+    match (stored, events) {
+        (Some(meta), events) => {
+            let mut value = meta_json(meta);
+            if let (Value::Object(fields), Some(events)) = (&mut value, events) {
+                fields.insert("events".into(), events);
+            }
+            Ok(Json(value))
+        }
+        (None, Some(events)) => Ok(Json(events)),
+        (None, None) => Err(ApiError::not_found(format!(
             "no result stored for task {id} (PENDING: unknown, queued, or expired)"
         ))),
     }

@@ -32,6 +32,7 @@
 
 mod api;
 mod auth;
+pub mod history;
 mod metrics;
 
 use std::net::SocketAddr;
@@ -71,6 +72,8 @@ pub struct DashboardState {
     /// Who may use the dashboard (see [`Credentials`]); control actions are refused
     /// without.
     pub credentials: Option<Credentials>,
+    /// Task history from task events ([`history::follow`] fills it).
+    pub history: Option<Arc<history::TaskHistory>>,
 }
 
 /// Celery remote control as the dashboard uses it (the facade's `Control`
@@ -98,6 +101,7 @@ impl DashboardState {
             sender: None,
             control: None,
             credentials: None,
+            history: None,
         }
     }
 }

@@ -109,6 +109,9 @@ pub(crate) async fn render(state: &DashboardState) -> Result<String, ApiError> {
             label(state_name)
         );
     }
+    if let Some(history) = &state.history {
+        render_history(&mut out, history);
+    }
     let _ = writeln!(
         out,
         "# HELP celeriac_dashboard_scrape_timestamp_seconds When these metrics were read."
@@ -123,6 +126,51 @@ pub(crate) async fn render(state: &DashboardState) -> Result<String, ApiError> {
         Utc::now().timestamp_millis() as f64 / 1000.0
     );
     Ok(out)
+}
+
+/// Tasks by state and name, and the runtime histogram, from the event history.
+fn render_history(out: &mut String, history: &crate::history::TaskHistory) {
+    let _ = writeln!(
+        out,
+        "# HELP celeriac_tasks Tasks in the dashboard's event history by state and name."
+    );
+    let _ = writeln!(out, "# TYPE celeriac_tasks gauge");
+    for ((state_name, name), count) in history.counts() {
+        let _ = writeln!(
+            out,
+            "celeriac_tasks{{state=\"{}\",name=\"{}\"}} {count}",
+            label(&state_name),
+            label(&name)
+        );
+    }
+    let _ = writeln!(out, "# HELP celeriac_task_runtime_seconds Runtimes of succeeded tasks (from task events) by name.");
+    let _ = writeln!(out, "# TYPE celeriac_task_runtime_seconds histogram");
+    for (name, stats) in history.runtimes() {
+        let name = label(&name);
+        let mut cumulative = 0;
+        for (bound, count) in crate::history::RUNTIME_BUCKETS.iter().zip(&stats.buckets) {
+            cumulative += count;
+            let _ = writeln!(
+                out,
+                "celeriac_task_runtime_seconds_bucket{{name=\"{name}\",le=\"{bound}\"}} {cumulative}"
+            );
+        }
+        let _ = writeln!(
+            out,
+            "celeriac_task_runtime_seconds_bucket{{name=\"{name}\",le=\"+Inf\"}} {}",
+            stats.count
+        );
+        let _ = writeln!(
+            out,
+            "celeriac_task_runtime_seconds_sum{{name=\"{name}\"}} {}",
+            stats.sum
+        );
+        let _ = writeln!(
+            out,
+            "celeriac_task_runtime_seconds_count{{name=\"{name}\"}} {}",
+            stats.count
+        );
+    }
 }
 
 #[cfg(test)]

@@ -86,6 +86,7 @@ async fn fixture() -> Fixture {
         sender: Some(sender.clone()),
         control: Some(Arc::new(FakeControl::default())),
         credentials: None,
+        history: None,
     };
     Fixture {
         _dir: dir,
@@ -472,4 +473,72 @@ async fn a_non_loopback_address_needs_credentials() {
     assert!(celeriac_dashboard::Dashboard::bind(anywhere, state)
         .await
         .is_ok());
+}
+
+#[tokio::test]
+async fn task_events_fill_the_history_the_tasks_screen_and_the_runtime_histogram() {
+    use celeriac_dashboard::history::{follow, TaskHistory};
+    let f = fixture().await;
+    let mut state = f.state.clone();
+    let history = Arc::new(TaskHistory::new(1000));
+    state.history = Some(history.clone());
+    let stop = tokio_util::sync::CancellationToken::new();
+    tokio::spawn(follow(history.clone(), state.broker.clone(), stop.clone()));
+    // Give the subscription a moment, then publish a batch as a worker with -E does.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let now = Utc::now().timestamp_millis() as f64 / 1000.0;
+    let batch = json!([
+        {"type": "task-received", "uuid": "ev-1", "name": "reports.build", "args": "(1,)",
+         "kwargs": "{}", "retries": 0, "hostname": "w1@host", "timestamp": now},
+        {"type": "task-started", "uuid": "ev-1", "hostname": "w1@host", "timestamp": now + 0.01},
+        {"type": "task-succeeded", "uuid": "ev-1", "result": "42", "runtime": 0.2,
+         "hostname": "w1@host", "timestamp": now + 0.21},
+        {"type": "task-received", "uuid": "ev-2", "name": "reports.build", "hostname": "w1@host", "timestamp": now},
+        {"type": "task-failed", "uuid": "ev-2", "exception": "ValueError('no')", "hostname": "w1@host", "timestamp": now}
+    ]);
+    state
+        .broker
+        .broadcast(celeriac_broker::Broadcast {
+            exchange: "celeryev".into(),
+            routing_key: "task.multi".into(),
+            envelope: celeriac_core::event::event_envelope("w1@host", &batch),
+        })
+        .await
+        .expect("broadcast");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while history.len() < 2 {
+        assert!(std::time::Instant::now() < deadline, "the events arrive");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let (_, tasks) = get(&state, "/api/tasks").await;
+    let ids: Vec<&Value> = tasks
+        .as_array()
+        .expect("list")
+        .iter()
+        .map(|t| &t["task_id"])
+        .collect();
+    assert_eq!(ids, vec![&json!("ev-2"), &json!("ev-1")], "newest first");
+    let (_, failed) = get(&state, "/api/tasks?state=FAILURE").await;
+    assert_eq!(failed[0]["exception"], json!("ValueError('no')"));
+    let (_, one) = get(&state, "/api/tasks/ev-1").await;
+    assert_eq!(
+        (one["status"].clone(), one["runtime"].clone()),
+        (json!("SUCCESS"), json!(0.2))
+    );
+    assert_eq!(one["worker"], json!("w1@host"));
+    let (_, metrics) = get(&state, "/metrics").await;
+    let text = metrics.as_str().expect("text");
+    assert!(
+        text.contains("celeriac_task_runtime_seconds_bucket{name=\"reports.build\",le=\"0.25\"} 1"),
+        "{text}"
+    );
+    assert!(
+        text.contains("celeriac_task_runtime_seconds_count{name=\"reports.build\"} 1"),
+        "{text}"
+    );
+    assert!(
+        text.contains("celeriac_tasks{state=\"FAILURE\",name=\"reports.build\"} 1"),
+        "{text}"
+    );
+    stop.cancel();
 }

@@ -118,6 +118,10 @@ pub struct DashboardArgs {
         hide_env_values = true
     )]
     pub password: Option<String>,
+    /// Tasks kept in the dashboard's history, built from task events (workers
+    /// send them with `-E`); 0 turns the history off.
+    #[arg(long, default_value_t = celeriac_dashboard::history::DEFAULT_CAPACITY, value_name = "TASKS")]
+    pub history: usize,
     /// Bearer token (`Authorization: Bearer TOKEN`), instead of --user/--password.
     #[arg(
         long,
@@ -501,10 +505,24 @@ async fn apply(app: App, args: ApplyArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// What the dashboard of `app` reads: its broker, backend and lock store, and the
+/// What the dashboard of `app` reads: its broker, backend and lock store, the
 /// schedule store at `store` (else the SQLite broker's file; without one the
-/// schedules screen says so).
-pub async fn dashboard_state(app: &App, store: Option<&str>) -> celeriac_dashboard::DashboardState {
+/// schedules screen says so), and a history of the last `history` tasks built from
+/// task events (0: none), which this call starts following.
+pub async fn dashboard_state(
+    app: &App,
+    store: Option<&str>,
+    history: usize,
+) -> celeriac_dashboard::DashboardState {
+    let history = (history > 0).then(|| {
+        let history = Arc::new(celeriac_dashboard::history::TaskHistory::new(history));
+        tokio::spawn(celeriac_dashboard::history::follow(
+            history.clone(),
+            app.broker().clone(),
+            CancellationToken::new(),
+        ));
+        history
+    });
     let schedules = match open_schedule_store(app, store).await {
         Ok(store) => Some(store),
         Err(error) => {
@@ -520,11 +538,12 @@ pub async fn dashboard_state(app: &App, store: Option<&str>) -> celeriac_dashboa
         sender: Some(Arc::new(app.clone())),
         control: Some(Arc::new(app.control())),
         credentials: None,
+        history,
     }
 }
 
 async fn dashboard(app: App, args: DashboardArgs) -> anyhow::Result<()> {
-    let mut state = dashboard_state(&app, args.store.as_deref()).await;
+    let mut state = dashboard_state(&app, args.store.as_deref(), args.history).await;
     state.credentials = match (args.user, args.password, args.token) {
         (Some(user), Some(password), _) => {
             Some(celeriac_dashboard::Credentials::basic(user, password))
