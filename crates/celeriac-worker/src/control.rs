@@ -304,9 +304,7 @@ async fn dispatch(
             json!(names)
         }
         "revoked" | "dump_revoked" => {
-            let mut revoked: Vec<String> = shared.revoked.lock().iter().cloned().collect();
-            revoked.sort();
-            json!(revoked)
+            json!(shared.revoked.lock().ids())
         }
         "stats" => stats(shared),
         "active_queues" => active_queues(shared),

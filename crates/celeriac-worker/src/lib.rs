@@ -58,6 +58,7 @@ pub(crate) mod events;
 pub mod executor;
 pub mod locks;
 pub mod rate;
+pub mod revoked;
 pub mod stats;
 pub mod worker;
 

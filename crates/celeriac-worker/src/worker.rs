@@ -41,7 +41,7 @@ pub(crate) struct Shared {
     pub stats: Arc<WorkerStats>,
     pub held: Arc<Mutex<HashSet<DeliveryTag>>>,
     pub running: Mutex<HashMap<String, Running>>,
-    pub revoked: Mutex<HashSet<String>>,
+    pub revoked: Mutex<crate::revoked::RevokedSet>,
     pub rate: Arc<RateLimiters>,
     pub completions: CompletionSender,
     /// Single-instance and unique-enqueue locks; `None` when the broker has no lock
@@ -103,7 +103,7 @@ impl Worker {
                 stats: Arc::new(WorkerStats::default()),
                 held: Arc::new(Mutex::new(HashSet::new())),
                 running: Mutex::new(HashMap::new()),
-                revoked: Mutex::new(HashSet::new()),
+                revoked: Mutex::new(crate::revoked::RevokedSet::default()),
                 rate: RateLimiters::new(),
                 completions: tx,
                 locks: None,
