@@ -9,6 +9,7 @@
 //! | `K.t` | parts added later (`add_to_chord`) |
 //! | `K.c` | the dispatch claim token, then `done` for 300 s after dispatch |
 
+use std::sync::LazyLock;
 use std::time::Duration;
 
 use ::redis::Script;
@@ -23,6 +24,11 @@ pub const CHORD_PART_RETURN_SCRIPT: &str = include_str!("chord_part_return.lua")
 pub const CHORD_EXTEND_CLAIM_SCRIPT: &str = include_str!("chord_extend_claim.lua");
 /// Deletes the bookkeeping of a dispatched chord and marks it done.
 pub const CHORD_FINISH_SCRIPT: &str = include_str!("chord_finish.lua");
+
+/// The three scripts, hashed once per process rather than on every call.
+static PART_RETURN: LazyLock<Script> = LazyLock::new(|| Script::new(CHORD_PART_RETURN_SCRIPT));
+static EXTEND_CLAIM: LazyLock<Script> = LazyLock::new(|| Script::new(CHORD_EXTEND_CLAIM_SCRIPT));
+static FINISH: LazyLock<Script> = LazyLock::new(|| Script::new(CHORD_FINISH_SCRIPT));
 
 /// How long the `done` marker keeps late duplicates from acting (Celery: 300 s).
 const DONE_MARKER: Duration = Duration::from_secs(300);
@@ -81,8 +87,7 @@ impl RedisBackend {
             .map(|i| i.to_string())
             .unwrap_or_else(|| "+inf".into());
         let expires = whole_seconds(expires.filter(|d| !d.is_zero()));
-        let script = Script::new(CHORD_PART_RETURN_SCRIPT);
-        let mut invocation = script.prepare_invoke();
+        let mut invocation = PART_RETURN.prepare_invoke();
         invocation
             .key(keys.suffixed(".j"))
             .key(keys.suffixed(".t"))
@@ -150,8 +155,7 @@ impl RedisBackend {
         ttl: Duration,
     ) -> Result<bool, BackendError> {
         let keys = ChordKeys::new(self, group_id);
-        let script = Script::new(CHORD_EXTEND_CLAIM_SCRIPT);
-        let mut invocation = script.prepare_invoke();
+        let mut invocation = EXTEND_CLAIM.prepare_invoke();
         invocation
             .key(keys.suffixed(".c"))
             .key(keys.suffixed(".s"))
@@ -171,8 +175,7 @@ impl RedisBackend {
         claim: &str,
     ) -> Result<bool, BackendError> {
         let keys = ChordKeys::new(self, group_id);
-        let script = Script::new(CHORD_FINISH_SCRIPT);
-        let mut invocation = script.prepare_invoke();
+        let mut invocation = FINISH.prepare_invoke();
         invocation
             .key(keys.suffixed(".c"))
             .key(keys.suffixed(".j"))
