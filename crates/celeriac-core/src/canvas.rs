@@ -50,9 +50,9 @@ impl Signature {
         let o = &self.options;
         let mut options = SendOptions::new();
         options.task_id = string(o.get("task_id"));
-        options.queue = o.get("queue").and_then(queue_name);
+        options.queue = o.get("queue").and_then(kombu_name);
         options.routing_key = string(o.get("routing_key"));
-        options.exchange = o.get("exchange").and_then(exchange_name);
+        options.exchange = o.get("exchange").and_then(kombu_name);
         options.priority = o
             .get("priority")
             .and_then(Value::as_u64)
@@ -117,18 +117,14 @@ fn string(value: Option<&Value>) -> Option<String> {
     value.and_then(Value::as_str).map(str::to_string)
 }
 
-/// A queue option: a name or kombu's `Queue` as a dict with `name`.
-fn queue_name(value: &Value) -> Option<String> {
+/// A queue or exchange option: a name, or kombu's `Queue` / `Exchange` as a dict
+/// with `name`.
+fn kombu_name(value: &Value) -> Option<String> {
     match value {
         Value::String(name) => Some(name.clone()),
         Value::Object(fields) => string(fields.get("name")),
         _ => None,
     }
-}
-
-/// An exchange option: a name or kombu's `Exchange` as a dict with `name`.
-fn exchange_name(value: &Value) -> Option<String> {
-    queue_name(value)
 }
 
 /// A duration in seconds, as Celery writes countdowns and limits.

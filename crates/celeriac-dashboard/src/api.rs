@@ -78,11 +78,8 @@ impl ApiError {
             format!("no {what} is configured for this dashboard"),
         )
     }
-    fn internal(error: impl std::fmt::Display) -> ApiError {
+    pub(crate) fn internal(error: impl std::fmt::Display) -> ApiError {
         ApiError(StatusCode::INTERNAL_SERVER_ERROR, error.to_string())
-    }
-    pub(crate) fn internal_error(message: String) -> ApiError {
-        ApiError(StatusCode::INTERNAL_SERVER_ERROR, message)
     }
 }
 

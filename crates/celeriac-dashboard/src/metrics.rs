@@ -24,7 +24,7 @@ pub(crate) async fn render(state: &DashboardState) -> Result<String, ApiError> {
         .broker
         .queue_stats(&[])
         .await
-        .map_err(|e| ApiError::internal_error(e.to_string()))?;
+        .map_err(ApiError::internal)?;
     let tasks = task_counts(state).await?;
 
     let _ = writeln!(
