@@ -36,6 +36,7 @@ pub fn router(state: DashboardState) -> Router {
         .route("/api/tasks", get(tasks))
         .route("/api/tasks/{id}", get(task))
         .route("/api/queues", get(queues))
+        .route("/api/queues/rates", get(queue_rates))
         .route("/api/queues/{name}/dead-letters", get(dead_letters))
         .route("/api/queues/{name}/purge", post(purge))
         .route("/api/schedules", get(schedules).post(put_schedule))
@@ -323,6 +324,18 @@ async fn queues(State(state): State<DashboardState>) -> ApiResult<Value> {
         .await
         .map_err(ApiError::internal)?;
     Ok(Json(json!(stats)))
+}
+
+async fn queue_rates(State(state): State<DashboardState>) -> ApiResult<Value> {
+    let rates = state
+        .rates
+        .as_ref()
+        .ok_or(ApiError::unavailable("queue rate sampler"))?;
+    Ok(Json(json!({
+        "interval_seconds": crate::rates::SAMPLE_INTERVAL.as_secs_f64(),
+        "queues": rates.series(),
+        "unattributed": rates.unattributed(),
+    })))
 }
 
 async fn dead_letters(

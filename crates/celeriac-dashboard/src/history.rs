@@ -2,18 +2,29 @@
 //! screen shows received / started / runtime, works on result backends that keep no
 //! index (Redis), and `/metrics` has a runtime histogram.
 //!
-//! The history keeps the most recent `capacity` tasks in memory (oldest first out);
-//! it starts empty when the dashboard starts. Workers send task events with `-E`
-//! (`worker_send_task_events`).
+//! The history keeps the most recent `capacity` tasks in memory (oldest first out).
+//! Made with [`TaskHistory::persistent`] it also keeps them in a SQLite table
+//! ([`store`]): it starts from the newest `capacity` rows there, and [`persist`]
+//! writes what changed once a second (a batch, off the event path), pruning the
+//! rows of tasks that left the memory bound, so the history survives a dashboard
+//! restart. Workers send task events with `-E` (`worker_send_task_events`).
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+pub mod store;
+
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::sync::Arc;
+use std::time::Duration;
 
 use celeriac_broker::{Broker, SubscribeParams};
 use parking_lot::Mutex;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use tokio_util::sync::CancellationToken;
+
+pub use store::{HistoryError, HistoryStore};
+
+/// How often [`persist`] writes the changed records.
+pub const FLUSH_INTERVAL: Duration = Duration::from_secs(1);
 
 /// Default number of tasks kept.
 pub const DEFAULT_CAPACITY: usize = 100_000;
@@ -24,7 +35,8 @@ pub const RUNTIME_BUCKETS: &[f64] = &[
 ];
 
 /// What the events told about one task.
-#[derive(Debug, Clone, Default, Serialize, PartialEq)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(default)]
 pub struct TaskRecord {
     /// Task id.
     pub task_id: String,
@@ -69,18 +81,67 @@ pub struct RuntimeStats {
     pub count: u64,
 }
 
+/// One kept task: its record and when it was first seen (`seq`).
+struct Slot {
+    seq: i64,
+    record: TaskRecord,
+}
+
 #[derive(Default)]
 struct Inner {
     order: VecDeque<String>,
-    tasks: HashMap<String, TaskRecord>,
+    tasks: HashMap<String, Slot>,
     runtimes: BTreeMap<String, RuntimeStats>,
     events: u64,
+    /// The last `seq` given out.
+    last_seq: i64,
+    /// Tasks changed since the last flush (kept only with a store).
+    dirty: HashSet<String>,
+    /// Tasks left the bound since the last flush (their rows are to be pruned).
+    evicted: bool,
+}
+
+impl Inner {
+    /// A new `seq`: now in Unix microseconds, above every one given out before.
+    fn next_seq(&mut self) -> i64 {
+        let now = chrono::Utc::now().timestamp_micros();
+        self.last_seq = now.max(self.last_seq + 1);
+        self.last_seq
+    }
+
+    fn count_runtime(&mut self, name: String, runtime: f64) {
+        let stats = self.runtimes.entry(name).or_insert_with(|| RuntimeStats {
+            buckets: vec![0; RUNTIME_BUCKETS.len()],
+            ..RuntimeStats::default()
+        });
+        match RUNTIME_BUCKETS.iter().position(|bound| runtime <= *bound) {
+            Some(bucket) => stats.buckets[bucket] += 1,
+            None => stats.overflow += 1,
+        }
+        stats.sum += runtime;
+        stats.count += 1;
+    }
+}
+
+/// What one applied task event was about (for per-queue counts, see
+/// [`crate::rates`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Observed {
+    /// The event type (`task-sent`, `task-received`, `task-succeeded`, ...).
+    pub kind: &'static str,
+    /// The task's name, when known (from this or an earlier event).
+    pub name: Option<String>,
+    /// The worker that sent the event (none for `task-sent`).
+    pub worker: Option<String>,
+    /// The queue the task was sent to, when the event says (`task-sent`).
+    pub queue: Option<String>,
 }
 
 /// The history. Cheap to share (`Arc`).
 pub struct TaskHistory {
     capacity: usize,
     inner: Mutex<Inner>,
+    store: Option<HistoryStore>,
 }
 
 fn text(event: &Map<String, Value>, key: &str) -> Option<String> {
@@ -95,36 +156,78 @@ fn number(event: &Map<String, Value>, key: &str) -> Option<f64> {
     event.get(key).and_then(Value::as_f64)
 }
 
+/// The event types the history follows, with the state each one means.
+fn task_state(kind: &str) -> Option<(&'static str, &'static str)> {
+    Some(match kind {
+        "task-sent" => ("task-sent", "PENDING"),
+        "task-received" => ("task-received", "RECEIVED"),
+        "task-started" => ("task-started", "STARTED"),
+        "task-succeeded" => ("task-succeeded", "SUCCESS"),
+        "task-failed" => ("task-failed", "FAILURE"),
+        "task-retried" => ("task-retried", "RETRY"),
+        "task-revoked" => ("task-revoked", "REVOKED"),
+        "task-rejected" => ("task-rejected", "REJECTED"),
+        _ => return None,
+    })
+}
+
 impl TaskHistory {
-    /// A history of at most `capacity` tasks (at least 1).
+    /// An in-memory history of at most `capacity` tasks (at least 1); it starts empty.
     pub fn new(capacity: usize) -> TaskHistory {
         TaskHistory {
             capacity: capacity.max(1),
             inner: Mutex::new(Inner::default()),
+            store: None,
         }
     }
 
-    /// Applies one Celery event (worker events and unknown types are ignored).
-    pub fn apply(&self, event: &Map<String, Value>) {
-        let Some(kind) = event.get("type").and_then(Value::as_str) else {
-            return;
-        };
-        let Some(state) = (match kind {
-            "task-sent" => Some("PENDING"),
-            "task-received" => Some("RECEIVED"),
-            "task-started" => Some("STARTED"),
-            "task-succeeded" => Some("SUCCESS"),
-            "task-failed" => Some("FAILURE"),
-            "task-retried" => Some("RETRY"),
-            "task-revoked" => Some("REVOKED"),
-            "task-rejected" => Some("REJECTED"),
-            _ => None,
-        }) else {
-            return;
-        };
-        let Some(id) = text(event, "uuid") else {
-            return;
-        };
+    /// A history of at most `capacity` tasks kept in `store` too: it starts with the
+    /// newest `capacity` tasks stored there (and their runtimes), and [`persist`]
+    /// (or [`TaskHistory::flush`]) writes what changes.
+    pub async fn persistent(
+        capacity: usize,
+        store: HistoryStore,
+    ) -> Result<TaskHistory, HistoryError> {
+        let capacity = capacity.max(1);
+        let reader = store.clone();
+        let (loaded, stored) = tokio::task::spawn_blocking(move || {
+            Ok::<_, HistoryError>((reader.load(capacity)?, reader.count()?))
+        })
+        .await
+        .map_err(|e| HistoryError::Writer(e.to_string()))??;
+        let mut inner = Inner::default();
+        for (seq, record) in loaded {
+            if let (Some(runtime), Some(name), "SUCCESS") =
+                (record.runtime, record.name.clone(), record.status.as_str())
+            {
+                inner.count_runtime(name, runtime);
+            }
+            inner.last_seq = inner.last_seq.max(seq);
+            inner.order.push_back(record.task_id.clone());
+            inner
+                .tasks
+                .insert(record.task_id.clone(), Slot { seq, record });
+        }
+        // A smaller bound than the file holds: prune at the first flush.
+        inner.evicted = stored > inner.order.len() as u64;
+        Ok(TaskHistory {
+            capacity,
+            inner: Mutex::new(inner),
+            store: Some(store),
+        })
+    }
+
+    /// The store it persists to, if any.
+    pub fn store(&self) -> Option<&HistoryStore> {
+        self.store.as_ref()
+    }
+
+    /// Applies one Celery event (worker events and unknown types are ignored) and
+    /// says what it was about.
+    pub fn apply(&self, event: &Map<String, Value>) -> Option<Observed> {
+        let kind = event.get("type").and_then(Value::as_str)?;
+        let (kind, state) = task_state(kind)?;
+        let id = text(event, "uuid")?;
         let timestamp = number(event, "timestamp");
         let mut inner = self.inner.lock();
         inner.events += 1;
@@ -132,20 +235,35 @@ impl TaskHistory {
             if inner.order.len() >= self.capacity {
                 if let Some(oldest) = inner.order.pop_front() {
                     inner.tasks.remove(&oldest);
+                    inner.dirty.remove(&oldest);
+                    inner.evicted = true;
                 }
             }
+            let seq = inner.next_seq();
             inner.order.push_back(id.clone());
             inner.tasks.insert(
                 id.clone(),
-                TaskRecord {
-                    task_id: id.clone(),
-                    status: state.to_string(),
-                    ..TaskRecord::default()
+                Slot {
+                    seq,
+                    record: TaskRecord {
+                        task_id: id.clone(),
+                        status: state.to_string(),
+                        ..TaskRecord::default()
+                    },
                 },
             );
         }
+        if self.store.is_some() {
+            inner.dirty.insert(id.clone());
+        }
         let mut finished_runtime = None;
-        if let Some(record) = inner.tasks.get_mut(&id) {
+        let mut observed = Observed {
+            kind,
+            name: None,
+            worker: None,
+            queue: text(event, "queue").or_else(|| text(event, "routing_key")),
+        };
+        if let Some(Slot { record, .. }) = inner.tasks.get_mut(&id) {
             // A late event of an earlier state does not move a finished task back.
             let finished = matches!(record.status.as_str(), "SUCCESS" | "FAILURE" | "REVOKED");
             if !finished || matches!(state, "SUCCESS" | "FAILURE" | "REVOKED") {
@@ -164,6 +282,7 @@ impl TaskHistory {
                 record.retries = Some(retries);
             }
             if let Some(host) = text(event, "hostname").filter(|_| kind != "task-sent") {
+                observed.worker = Some(host.clone());
                 record.worker = Some(host);
             }
             if let Some(key) = text(event, "routing_key") {
@@ -185,19 +304,56 @@ impl TaskHistory {
                 "task-retried" => record.exception = text(event, "exception"),
                 _ => {}
             }
+            observed.name = record.name.clone();
         }
         if let Some((runtime, name)) = finished_runtime {
-            let stats = inner.runtimes.entry(name).or_insert_with(|| RuntimeStats {
-                buckets: vec![0; RUNTIME_BUCKETS.len()],
-                ..RuntimeStats::default()
-            });
-            match RUNTIME_BUCKETS.iter().position(|bound| runtime <= *bound) {
-                Some(bucket) => stats.buckets[bucket] += 1,
-                None => stats.overflow += 1,
-            }
-            stats.sum += runtime;
-            stats.count += 1;
+            inner.count_runtime(name, runtime);
         }
+        Some(observed)
+    }
+
+    /// Writes the records changed since the last flush to the store (a no-op
+    /// without one) and prunes the rows of tasks that left the bound; returns how
+    /// many records it wrote. On an error the records stay to be written next time.
+    pub async fn flush(&self) -> Result<usize, HistoryError> {
+        let Some(store) = self.store.clone() else {
+            return Ok(0);
+        };
+        let (rows, prune_below, ids) = {
+            let mut inner = self.inner.lock();
+            let ids: Vec<String> = inner.dirty.drain().collect();
+            let mut rows: Vec<(i64, TaskRecord)> = ids
+                .iter()
+                .filter_map(|id| inner.tasks.get(id))
+                .map(|slot| (slot.seq, slot.record.clone()))
+                .collect();
+            rows.sort_by_key(|(seq, _)| *seq);
+            let prune_below = if std::mem::take(&mut inner.evicted) {
+                inner
+                    .order
+                    .front()
+                    .and_then(|id| inner.tasks.get(id))
+                    .map(|slot| slot.seq)
+            } else {
+                None
+            };
+            (rows, prune_below, ids)
+        };
+        if rows.is_empty() && prune_below.is_none() {
+            return Ok(0);
+        }
+        let written = rows.len();
+        let result = tokio::task::spawn_blocking(move || store.write(&rows, prune_below))
+            .await
+            .map_err(|e| HistoryError::Writer(e.to_string()))
+            .and_then(|result| result);
+        if let Err(error) = result {
+            let mut inner = self.inner.lock();
+            inner.dirty.extend(ids);
+            inner.evicted |= prune_below.is_some();
+            return Err(error);
+        }
+        Ok(written)
     }
 
     /// The newest records first, those matching `keep`, at most `limit`.
@@ -208,6 +364,7 @@ impl TaskHistory {
             .iter()
             .rev()
             .filter_map(|id| inner.tasks.get(id))
+            .map(|slot| &slot.record)
             .filter(|record| keep(record))
             .take(limit)
             .cloned()
@@ -216,7 +373,11 @@ impl TaskHistory {
 
     /// One task's record.
     pub fn get(&self, task_id: &str) -> Option<TaskRecord> {
-        self.inner.lock().tasks.get(task_id).cloned()
+        self.inner
+            .lock()
+            .tasks
+            .get(task_id)
+            .map(|slot| slot.record.clone())
     }
 
     /// How many tasks are kept.
@@ -224,7 +385,7 @@ impl TaskHistory {
         self.inner.lock().order.len()
     }
 
-    /// Whether no task event arrived yet.
+    /// Whether no task is kept.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
@@ -238,16 +399,46 @@ impl TaskHistory {
     pub fn counts(&self) -> BTreeMap<(String, String), u64> {
         let inner = self.inner.lock();
         let mut counts = BTreeMap::new();
-        for record in inner.tasks.values() {
-            let name = record.name.clone().unwrap_or_default();
-            *counts.entry((record.status.clone(), name)).or_insert(0) += 1;
+        for slot in inner.tasks.values() {
+            let name = slot.record.name.clone().unwrap_or_default();
+            *counts
+                .entry((slot.record.status.clone(), name))
+                .or_insert(0) += 1;
         }
         counts
     }
 }
 
-/// Follows the task events on `broker` into `history` until `stop`.
-pub async fn follow(history: Arc<TaskHistory>, broker: Arc<dyn Broker>, stop: CancellationToken) {
+/// Writes `history`'s changes to its store every [`FLUSH_INTERVAL`] until `stop`,
+/// then once more (returns at once for a history without a store).
+pub async fn persist(history: Arc<TaskHistory>, stop: CancellationToken) {
+    if history.store.is_none() {
+        return;
+    }
+    let mut tick = tokio::time::interval(FLUSH_INTERVAL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        let stopping = tokio::select! {
+            _ = stop.cancelled() => true,
+            _ = tick.tick() => false,
+        };
+        if let Err(error) = history.flush().await {
+            tracing::warn!(%error, "the dashboard could not save its task history; retrying");
+        }
+        if stopping {
+            return;
+        }
+    }
+}
+
+/// Follows the task events on `broker` into `history` (and counts them per queue in
+/// `rates`) until `stop`.
+pub async fn follow(
+    history: Arc<TaskHistory>,
+    rates: Option<Arc<crate::rates::QueueRates>>,
+    broker: Arc<dyn Broker>,
+    stop: CancellationToken,
+) {
     let params = SubscribeParams {
         exchange: "celeryev".into(),
         routing_key: Some("task.#".into()),
@@ -270,7 +461,10 @@ pub async fn follow(history: Arc<TaskHistory>, broker: Arc<dyn Broker>, stop: Ca
             message = subscription.recv() => {
                 let Some(message) = message else { return };
                 for event in celeriac_core::event::events_in(&message.envelope) {
-                    history.apply(&event);
+                    let observed = history.apply(&event);
+                    if let (Some(rates), Some(observed)) = (&rates, observed) {
+                        rates.observe(&observed);
+                    }
                 }
             }
         }

@@ -9,6 +9,7 @@
 //! | `GET /api/tasks?state=&name=&q=&limit=` | recent results, filtered |
 //! | `GET /api/tasks/{id}` | one task's stored meta |
 //! | `GET /api/queues` | depth, scheduled, held, dead letters per queue |
+//! | `GET /api/queues/rates` | per-queue in / out rates over the last five minutes ([`rates`]) |
 //! | `GET /api/queues/{name}/dead-letters` | a queue's dead letters with reasons |
 //! | `POST /api/queues/{name}/purge` | deletes a queue's ready messages |
 //! | `GET, POST /api/schedules` | list / create-or-replace schedule entries |
@@ -26,14 +27,17 @@
 //! Access: see [`Credentials`] — loopback needs no login, any other address needs
 //! credentials, and control actions always do.
 //!
-//! The dashboard holds no state of its own: every screen reads the broker, the
-//! result backend, the schedule store and the lock store it is given
-//! ([`DashboardState`]), so any number of dashboards can run against one system.
+//! Every screen reads the broker, the result backend, the schedule store and the
+//! lock store it is given ([`DashboardState`]), so any number of dashboards can run
+//! against one system. The dashboard's own state is what it learns from task events:
+//! the task history ([`history`], in memory, or in a SQLite table so it survives a
+//! restart) and the queue rates ([`rates`], in memory: the last five minutes).
 
 mod api;
 mod auth;
 pub mod history;
 mod metrics;
+pub mod rates;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -74,6 +78,9 @@ pub struct DashboardState {
     pub credentials: Option<Credentials>,
     /// Task history from task events ([`history::follow`] fills it).
     pub history: Option<Arc<history::TaskHistory>>,
+    /// Per-queue in / out rates ([`rates::sample_queues`] and [`history::follow`]
+    /// fill them).
+    pub rates: Option<Arc<rates::QueueRates>>,
 }
 
 /// Celery remote control as the dashboard uses it (the facade's `Control`
@@ -102,6 +109,7 @@ impl DashboardState {
             control: None,
             credentials: None,
             history: None,
+            rates: None,
         }
     }
 }

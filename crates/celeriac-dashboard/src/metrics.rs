@@ -112,6 +112,9 @@ pub(crate) async fn render(state: &DashboardState) -> Result<String, ApiError> {
     if let Some(history) = &state.history {
         render_history(&mut out, history);
     }
+    if let Some(rates) = &state.rates {
+        render_rates(&mut out, rates);
+    }
     let _ = writeln!(
         out,
         "# HELP celeriac_dashboard_scrape_timestamp_seconds When these metrics were read."
@@ -169,6 +172,44 @@ fn render_history(out: &mut String, history: &crate::history::TaskHistory) {
             out,
             "celeriac_task_runtime_seconds_count{{name=\"{name}\"}} {}",
             stats.count
+        );
+    }
+}
+
+/// Task events counted per queue, and the latest in / out rates.
+fn render_rates(out: &mut String, rates: &crate::rates::QueueRates) {
+    let _ = writeln!(out, "# HELP celeriac_queue_tasks_total Task events counted per queue since the dashboard started: sent (task-sent), received (taken by a worker), succeeded, failed.");
+    let _ = writeln!(out, "# TYPE celeriac_queue_tasks_total counter");
+    for (queue, counters) in rates.counters() {
+        let queue = label(&queue);
+        for (event, value) in [
+            ("sent", counters.sent),
+            ("received", counters.received),
+            ("succeeded", counters.succeeded),
+            ("failed", counters.failed),
+        ] {
+            let _ = writeln!(
+                out,
+                "celeriac_queue_tasks_total{{queue=\"{queue}\",event=\"{event}\"}} {value}"
+            );
+        }
+    }
+    let _ = writeln!(
+        out,
+        "# HELP celeriac_queue_rate Messages per second into and out of each queue over the last sample interval."
+    );
+    let _ = writeln!(out, "# TYPE celeriac_queue_rate gauge");
+    for series in rates.series() {
+        let queue = label(&series.name);
+        let _ = writeln!(
+            out,
+            "celeriac_queue_rate{{queue=\"{queue}\",direction=\"in\"}} {}",
+            series.in_rate
+        );
+        let _ = writeln!(
+            out,
+            "celeriac_queue_rate{{queue=\"{queue}\",direction=\"out\"}} {}",
+            series.out_rate
         );
     }
 }

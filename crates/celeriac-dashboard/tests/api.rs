@@ -87,6 +87,7 @@ async fn fixture() -> Fixture {
         control: Some(Arc::new(FakeControl::default())),
         credentials: None,
         history: None,
+        rates: None,
     };
     Fixture {
         _dir: dir,
@@ -362,6 +363,7 @@ async fn metrics_page_and_openapi_are_served() {
         "/api/tasks",
         "/api/schedules/{name}/run",
         "/api/locks/{key}",
+        "/api/queues/rates",
         "/metrics",
     ] {
         assert!(paths.contains_key(documented), "{documented} is documented");
@@ -483,7 +485,12 @@ async fn task_events_fill_the_history_the_tasks_screen_and_the_runtime_histogram
     let history = Arc::new(TaskHistory::new(1000));
     state.history = Some(history.clone());
     let stop = tokio_util::sync::CancellationToken::new();
-    tokio::spawn(follow(history.clone(), state.broker.clone(), stop.clone()));
+    tokio::spawn(follow(
+        history.clone(),
+        None,
+        state.broker.clone(),
+        stop.clone(),
+    ));
     // Give the subscription a moment, then publish a batch as a worker with -E does.
     tokio::time::sleep(Duration::from_millis(200)).await;
     let now = Utc::now().timestamp_millis() as f64 / 1000.0;
@@ -541,4 +548,192 @@ async fn task_events_fill_the_history_the_tasks_screen_and_the_runtime_histogram
         "{text}"
     );
     stop.cancel();
+}
+
+/// Publishes `batch` as a worker with `-E` does (one `task.multi` message).
+async fn publish_events(state: &DashboardState, batch: Value) {
+    state
+        .broker
+        .broadcast(celeriac_broker::Broadcast {
+            exchange: "celeryev".into(),
+            routing_key: "task.multi".into(),
+            envelope: celeriac_core::event::event_envelope("w1@host", &batch),
+        })
+        .await
+        .expect("broadcast");
+}
+
+#[tokio::test]
+async fn the_task_history_survives_a_dashboard_restart_bounded_oldest_first() {
+    use celeriac_dashboard::history::{follow, persist, HistoryStore, TaskHistory};
+    use celeriac_dashboard::rates::QueueRates;
+    let f = fixture().await;
+    let url = format!("sqlite://{}", f._dir.path().join("celeriac.db").display());
+
+    // The first dashboard: keeps 3 tasks, in the broker's own file.
+    let store = HistoryStore::open_url(&url).expect("store");
+    let history = Arc::new(TaskHistory::persistent(3, store).await.expect("history"));
+    assert!(history.is_empty(), "a new file holds no tasks");
+    let rates = Arc::new(QueueRates::default());
+    let mut state = f.state.clone();
+    state.history = Some(history.clone());
+    state.rates = Some(rates.clone());
+    let stop = tokio_util::sync::CancellationToken::new();
+    let following = tokio::spawn(follow(
+        history.clone(),
+        Some(rates.clone()),
+        state.broker.clone(),
+        stop.clone(),
+    ));
+    let saving = tokio::spawn(persist(history.clone(), stop.clone()));
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let now = Utc::now().timestamp_millis() as f64 / 1000.0;
+    let mut batch = vec![
+        json!({"type": "task-sent", "uuid": "old-0", "name": "reports.build",
+        "queue": "reports", "routing_key": "reports", "timestamp": now}),
+    ];
+    for i in 0..4 {
+        batch.push(json!({"type": "task-received", "uuid": format!("old-{i}"),
+            "name": "reports.build", "args": format!("({i},)"), "hostname": "w1@host",
+            "timestamp": now + i as f64}));
+    }
+    batch.push(
+        json!({"type": "task-succeeded", "uuid": "old-3", "result": "7",
+        "runtime": 0.3, "hostname": "w1@host", "timestamp": now + 4.0}),
+    );
+    publish_events(&state, Value::Array(batch)).await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while history.get("old-3").is_none_or(|r| r.status != "SUCCESS") {
+        assert!(std::time::Instant::now() < deadline, "the events arrive");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Counted for the queue the task-sent event named, the later ones by name.
+    let counters = rates.counters();
+    assert_eq!(
+        (counters["reports"].sent, counters["reports"].received),
+        (1, 4)
+    );
+    // Stopping saves what the last periodic save missed.
+    stop.cancel();
+    saving.await.expect("saved");
+    following.await.expect("stopped");
+    drop(state);
+    drop(history);
+
+    // The second dashboard on the same file sees the newest 3 tasks.
+    let store = HistoryStore::open_url(&url).expect("store again");
+    assert_eq!(store.count().expect("rows"), 3, "the oldest row was pruned");
+    let history = Arc::new(TaskHistory::persistent(3, store).await.expect("reloaded"));
+    let mut state = f.state.clone();
+    state.history = Some(history.clone());
+    let (status, tasks) = get(&state, "/api/tasks").await;
+    assert_eq!(status, StatusCode::OK);
+    let seen: Vec<(&str, &str)> = tasks
+        .as_array()
+        .expect("list")
+        .iter()
+        .map(|t| {
+            (
+                t["task_id"].as_str().unwrap_or(""),
+                t["status"].as_str().unwrap_or(""),
+            )
+        })
+        .collect();
+    assert_eq!(
+        seen,
+        vec![
+            ("old-3", "SUCCESS"),
+            ("old-2", "RECEIVED"),
+            ("old-1", "RECEIVED")
+        ],
+        "newest first, as before the restart"
+    );
+    let (_, one) = get(&state, "/api/tasks/old-2").await;
+    assert_eq!(one["args"], json!("(2,)"));
+    let (_, metrics) = get(&state, "/metrics").await;
+    let text = metrics.as_str().expect("text");
+    assert!(
+        text.contains("celeriac_task_runtime_seconds_count{name=\"reports.build\"} 1"),
+        "runtimes are rebuilt from the kept tasks: {text}"
+    );
+
+    // A later event of a reloaded task updates its row; a new task pushes out the
+    // oldest, in memory and in the file.
+    history.apply(&map(json!({"type": "task-failed", "uuid": "old-2",
+        "exception": "ValueError('late')", "timestamp": now + 9.0})));
+    history.apply(&map(json!({"type": "task-received", "uuid": "new-1",
+        "name": "reports.build", "timestamp": now + 10.0})));
+    assert_eq!(history.flush().await.expect("flush"), 2);
+    let store = HistoryStore::open_url(&url).expect("store a third time");
+    let kept: Vec<(String, String)> = store
+        .load(10)
+        .expect("load")
+        .into_iter()
+        .map(|(_, r)| (r.task_id, r.status))
+        .collect();
+    assert_eq!(
+        kept,
+        vec![
+            ("old-2".to_string(), "FAILURE".to_string()),
+            ("old-3".to_string(), "SUCCESS".to_string()),
+            ("new-1".to_string(), "RECEIVED".to_string()),
+        ]
+    );
+}
+
+fn map(value: Value) -> Map<String, Value> {
+    match value {
+        Value::Object(map) => map,
+        _ => Map::new(),
+    }
+}
+
+#[tokio::test]
+async fn queue_rates_are_served_and_exported() {
+    use celeriac_broker::QueueStats;
+    use celeriac_dashboard::history::Observed;
+    use celeriac_dashboard::rates::QueueRates;
+    let f = fixture().await;
+    let mut state = f.state.clone();
+    let (status, body) = get(&state, "/api/queues/rates").await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+
+    let rates = Arc::new(QueueRates::default());
+    state.rates = Some(rates.clone());
+    let stats = |ready| QueueStats {
+        name: "reports".into(),
+        ready,
+        ..QueueStats::default()
+    };
+    rates.sample(10.0, &[stats(4)], &[]);
+    for kind in ["task-sent", "task-sent", "task-sent", "task-received"] {
+        rates.observe(&Observed {
+            kind,
+            name: Some("reports.build".into()),
+            worker: None,
+            queue: (kind == "task-sent").then(|| "reports".to_string()),
+        });
+    }
+    rates.sample(12.0, &[stats(6)], &[]);
+    let (status, body) = get(&state, "/api/queues/rates").await;
+    assert_eq!(status, StatusCode::OK);
+    let queue = &body["queues"][0];
+    assert_eq!(queue["name"], json!("reports"));
+    assert_eq!(
+        (queue["in_rate"].clone(), queue["out_rate"].clone()),
+        (json!(1.5), json!(0.5))
+    );
+    assert_eq!(queue["samples"][0]["depth"], json!(6));
+    assert_eq!(queue["source"], json!("events"));
+    assert_eq!(body["interval_seconds"], json!(2.0));
+    let (_, metrics) = get(&state, "/metrics").await;
+    let text = metrics.as_str().expect("text");
+    assert!(
+        text.contains("celeriac_queue_tasks_total{queue=\"reports\",event=\"sent\"} 3"),
+        "{text}"
+    );
+    assert!(
+        text.contains("celeriac_queue_rate{queue=\"reports\",direction=\"in\"} 1.5"),
+        "{text}"
+    );
 }

@@ -122,6 +122,15 @@ pub struct DashboardArgs {
     /// send them with `-E`); 0 turns the history off.
     #[arg(long, default_value_t = celeriac_dashboard::history::DEFAULT_CAPACITY, value_name = "TASKS")]
     pub history: usize,
+    /// SQLite file that keeps the task history across dashboard restarts (Flower's
+    /// --db), `PATH` or `sqlite://PATH`. Default: the SQLite broker's own file; with
+    /// other brokers the history is kept in memory unless this is given.
+    #[arg(long, env = "CELERIAC_DASHBOARD_DB", value_name = "FILE")]
+    pub db: Option<String>,
+    /// Keep the task history across restarts (Flower's --persistent);
+    /// --persistent=false keeps it in memory only.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set, value_name = "BOOL")]
+    pub persistent: bool,
     /// Bearer token (`Authorization: Bearer TOKEN`), instead of --user/--password.
     #[arg(
         long,
@@ -505,24 +514,106 @@ async fn apply(app: App, args: ApplyArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Where the dashboard keeps its task history.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum HistoryDb {
+    /// The SQLite broker's file; in memory on other brokers.
+    #[default]
+    Default,
+    /// This SQLite file (`PATH` or `sqlite://PATH`).
+    File(String),
+    /// In memory only: a restart starts empty.
+    Memory,
+}
+
 /// What the dashboard of `app` reads: its broker, backend and lock store, the
 /// schedule store at `store` (else the SQLite broker's file; without one the
-/// schedules screen says so), and a history of the last `history` tasks built from
-/// task events (0: none), which this call starts following.
+/// schedules screen says so), a history of the last `history` tasks built from
+/// task events (0: none), kept in the SQLite broker's file across restarts, and
+/// per-queue in / out rates. This call starts following the events, sampling the
+/// queues and saving the history.
 pub async fn dashboard_state(
     app: &App,
     store: Option<&str>,
     history: usize,
 ) -> celeriac_dashboard::DashboardState {
-    let history = (history > 0).then(|| {
-        let history = Arc::new(celeriac_dashboard::history::TaskHistory::new(history));
+    dashboard_state_with(app, store, history, HistoryDb::Default).await
+}
+
+/// [`dashboard_state`] with the history kept where `db` says.
+pub async fn dashboard_state_with(
+    app: &App,
+    store: Option<&str>,
+    history: usize,
+    db: HistoryDb,
+) -> celeriac_dashboard::DashboardState {
+    use celeriac_dashboard::history::{HistoryStore, TaskHistory};
+    use celeriac_dashboard::rates::QueueRates;
+
+    let routing = app.clone();
+    let rates = Arc::new(QueueRates::new(Some(Arc::new(move |name: &str| {
+        let task = routing.registry().get(name).map(|task| task.options());
+        routing
+            .router()
+            .resolve(name, task, &SendOptions::default())
+            .ok()
+            .and_then(|destinations| destinations.into_iter().next())
+            .map(|destination| destination.queue)
+    }))));
+    tokio::spawn(celeriac_dashboard::rates::sample_queues(
+        rates.clone(),
+        app.broker().clone(),
+        CancellationToken::new(),
+    ));
+    let history = if history == 0 {
+        None
+    } else {
+        let file = match db {
+            HistoryDb::File(file) => Some(file),
+            HistoryDb::Default => {
+                Some(app.settings().broker_url.clone()).filter(|url| url.starts_with("sqlite://"))
+            }
+            HistoryDb::Memory => None,
+        };
+        let kept = match file {
+            Some(file) => {
+                let opened = tokio::task::spawn_blocking(move || HistoryStore::open_url(&file))
+                    .await
+                    .map_err(|e| e.to_string())
+                    .and_then(|opened| opened.map_err(|e| e.to_string()));
+                match opened {
+                    Ok(store) => match TaskHistory::persistent(history, store).await {
+                        Ok(kept) => Some(kept),
+                        Err(error) => {
+                            tracing::warn!(
+                                "the dashboard keeps its task history in memory only: {error}"
+                            );
+                            None
+                        }
+                    },
+                    Err(error) => {
+                        tracing::warn!(
+                            "the dashboard keeps its task history in memory only: {error}"
+                        );
+                        None
+                    }
+                }
+            }
+            None => None,
+        };
+        let history = Arc::new(kept.unwrap_or_else(|| TaskHistory::new(history)));
         tokio::spawn(celeriac_dashboard::history::follow(
             history.clone(),
+            Some(rates.clone()),
             app.broker().clone(),
             CancellationToken::new(),
         ));
-        history
-    });
+        tokio::spawn(celeriac_dashboard::history::persist(
+            history.clone(),
+            CancellationToken::new(),
+        ));
+        Some(history)
+    };
     let schedules = match open_schedule_store(app, store).await {
         Ok(store) => Some(store),
         Err(error) => {
@@ -539,11 +630,18 @@ pub async fn dashboard_state(
         control: Some(Arc::new(app.control())),
         credentials: None,
         history,
+        rates: Some(rates),
     }
 }
 
 async fn dashboard(app: App, args: DashboardArgs) -> anyhow::Result<()> {
-    let mut state = dashboard_state(&app, args.store.as_deref(), args.history).await;
+    let db = match (args.persistent, args.db) {
+        (false, _) => HistoryDb::Memory,
+        (true, Some(file)) => HistoryDb::File(file),
+        (true, None) => HistoryDb::Default,
+    };
+    let mut state = dashboard_state_with(&app, args.store.as_deref(), args.history, db).await;
+    let history = state.history.clone();
     state.credentials = match (args.user, args.password, args.token) {
         (Some(user), Some(password), _) => {
             Some(celeriac_dashboard::Credentials::basic(user, password))
@@ -554,6 +652,9 @@ async fn dashboard(app: App, args: DashboardArgs) -> anyhow::Result<()> {
     let server = celeriac_dashboard::Dashboard::bind(args.addr, state).await?;
     let addr = server.local_addr().unwrap_or(args.addr);
     println!("celeriac dashboard on http://{addr}");
+    if let Some(file) = history.as_ref().and_then(|h| h.store()) {
+        println!("task history kept in {}", file.path().display());
+    }
     let stop = CancellationToken::new();
     let signal_stop = stop.clone();
     tokio::spawn(async move {
@@ -561,6 +662,10 @@ async fn dashboard(app: App, args: DashboardArgs) -> anyhow::Result<()> {
         signal_stop.cancel();
     });
     server.serve(stop).await?;
+    if let Some(history) = history {
+        // What changed since the last periodic save.
+        history.flush().await?;
+    }
     Ok(())
 }
 
