@@ -6,9 +6,12 @@
 //! 1. **Reload** every entry when the store's change marker moved (polled every
 //!    [`BeatConfig::poll_interval`], 250 ms: an edit through any process applies
 //!    within a poll).
-//! 2. **Take over** runs other beats claimed but never published (their lease of
-//!    [`BeatConfig::claim_lease`] lapsed: they died), and publish them with their
-//!    original task ids.
+//! 2. **Take over** runs other beats claimed but never recorded as sent (their lease
+//!    of [`BeatConfig::claim_lease`] lapsed: they died), and publish them with their
+//!    original task ids. Every send is a publish-once keyed by that task id
+//!    ([`BeatConfig::publish_once_window`]), so when the dead beat had published the
+//!    run before dying, the broker drops the second send: exactly once, not at least
+//!    once, on the SQLite and Redis brokers.
 //! 3. **Claim and publish** every due run ([`Entry::due_runs`], with the catch-up
 //!    policy): only a successful [`ScheduleStore::claim_run`] publishes; a lost
 //!    claim means another beat has it, and the entry is read again.
@@ -95,6 +98,12 @@ pub struct BeatConfig {
     /// At most this many runs of one entry per pass (`catch_up = all` after a long
     /// downtime continues in the next passes) (100).
     pub max_runs_per_pass: usize,
+    /// How long the broker remembers a sent run's task id, so that a beat taking over
+    /// a run whose beat died between publishing it and recording it as sent does not
+    /// queue it twice ([`SendOptions::publish_once`](celeriac_core::SendOptions); SQLite
+    /// and Redis brokers). A take-over later than this after the first send (every
+    /// beat down that long) may send the run again (24 h).
+    pub publish_once_window: Duration,
 }
 
 impl Default for BeatConfig {
@@ -105,6 +114,7 @@ impl Default for BeatConfig {
             misfire_grace: Duration::from_secs(5),
             claim_lease: Duration::from_secs(30),
             max_runs_per_pass: 100,
+            publish_once_window: Duration::from_secs(24 * 3600),
         }
     }
 }
@@ -426,7 +436,8 @@ impl Beat {
 
     /// Publishes a claimed run and records it as sent.
     async fn publish(&self, state: &mut State, entry: &Entry, run: &Run, taken_over: bool) {
-        let options = entry.send_options(run.due_at, &run.task_id);
+        let mut options = entry.send_options(run.due_at, &run.task_id);
+        options.publish_once = Some(self.config.publish_once_window);
         let sent = self
             .sender
             .send_task(

@@ -101,6 +101,9 @@ pub struct Capabilities {
     pub priority: PriorityOrder,
     /// Rejected messages can be dead-lettered and inspected.
     pub dead_letters: bool,
+    /// [`Broker::publish_once`] drops a second publish under the same key, atomically
+    /// with the first one's store (otherwise it publishes every time).
+    pub idempotent_publish: bool,
 }
 
 /// One message to publish.
@@ -377,6 +380,25 @@ pub trait Broker: Send + Sync + 'static {
 
     /// Publishes messages; all are stored when this returns `Ok`.
     async fn publish(&self, messages: Vec<Publish>) -> Result<(), BrokerError>;
+
+    /// Publishes `messages` unless a publish under `key` was stored within the last
+    /// `window`: the key is recorded in the same atomic step as the messages, so a
+    /// sender that re-sends after a crash (beat taking over a run its dead replica
+    /// may have sent) never duplicates. Returns `true` when the messages were stored
+    /// now, `false` when the key was already there (nothing stored; this includes a
+    /// retried call whose first attempt landed but whose reply was lost).
+    ///
+    /// Brokers without [`Capabilities::idempotent_publish`] publish every time and
+    /// return `true`.
+    async fn publish_once(
+        &self,
+        key: &str,
+        window: Duration,
+        messages: Vec<Publish>,
+    ) -> Result<bool, BrokerError> {
+        let _ = (key, window);
+        self.publish(messages).await.map(|()| true)
+    }
 
     /// Takes up to `max` messages under a lease, waiting up to `wait` for the first.
     /// Messages are served by priority (per [`Capabilities::priority`]), then in

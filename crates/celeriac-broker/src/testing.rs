@@ -92,6 +92,7 @@ macro_rules! broker_conformance_tests {
             broadcast_reaches_every_subscriber
             broadcast_follows_binding_keys
             broadcast_is_not_stored_for_later_subscribers
+            publish_once_stores_each_key_once_per_window
         );
     };
     (@each ($harness:expr) $($name:ident)*) => {
@@ -1386,5 +1387,79 @@ pub mod conformance {
             "a subscriber receives only what was sent after it subscribed"
         );
         assert!(late.try_recv().is_none());
+    }
+
+    /// `publish_once` stores a key's batch once: a second call with the key (also
+    /// concurrent ones) stores nothing and returns `false`, other keys are independent,
+    /// and once the window ends the key publishes again.
+    pub async fn publish_once_stores_each_key_once_per_window(h: &dyn BrokerHarness) {
+        let test = "publish_once_stores_each_key_once_per_window";
+        let broker = h.broker().await;
+        if !broker.capabilities().idempotent_publish {
+            return skip(test, "the broker has no idempotent publish");
+        }
+        let queue = queue_name("once");
+        let key = format!("{queue}-first");
+        let window = Duration::from_secs(60);
+        let first = vec![message(&queue, "once-1"), message(&queue, "once-2")];
+        assert!(broker
+            .publish_once(&key, window, first)
+            .await
+            .expect("publish once"));
+        let again = vec![message(&queue, "once-dup")];
+        assert!(
+            !broker
+                .publish_once(&key, window, again)
+                .await
+                .expect("publish again"),
+            "a second publish under the same key must store nothing"
+        );
+        let other = vec![message(&queue, "once-3")];
+        assert!(broker
+            .publish_once(&format!("{queue}-other"), window, other)
+            .await
+            .expect("publish under another key"));
+
+        let racing = format!("{queue}-race");
+        let mut attempts = tokio::task::JoinSet::new();
+        for i in 0..8 {
+            let broker = broker.clone();
+            let racing = racing.clone();
+            let batch = vec![message(&queue, &format!("race-{i}"))];
+            attempts.spawn(async move { broker.publish_once(&racing, window, batch).await });
+        }
+        let mut stored = 0;
+        while let Some(attempt) = attempts.join_next().await {
+            if attempt.expect("racing task").expect("racing publish once") {
+                stored += 1;
+            }
+        }
+        assert_eq!(
+            stored, 1,
+            "exactly one of the racing publishes stores its batch"
+        );
+
+        let short = format!("{queue}-short");
+        let brief = Duration::from_millis(300);
+        assert!(broker
+            .publish_once(&short, brief, vec![message(&queue, "short-1")])
+            .await
+            .expect("publish with a short window"));
+        tokio::time::sleep(Duration::from_millis(700)).await;
+        assert!(
+            broker
+                .publish_once(&short, brief, vec![message(&queue, "short-2")])
+                .await
+                .expect("publish after the window"),
+            "after its window a key publishes again"
+        );
+
+        let got = drain(&*broker, &queue, 6, 10).await;
+        let (raced, mut rest): (Vec<String>, Vec<String>) =
+            got.into_iter().partition(|id| id.starts_with("race-"));
+        assert_eq!(raced.len(), 1, "one racing batch stored: {raced:?}");
+        rest.sort();
+        assert_eq!(rest, ["once-1", "once-2", "once-3", "short-1", "short-2"]);
+        assert_nothing_to_fetch(&*broker, &queue, "after draining").await;
     }
 }

@@ -60,6 +60,12 @@ pub struct SendOptions {
     /// Refuse this send while an identical task is queued or running (unique enqueue).
     #[serde(default)]
     pub unique: Option<Unique>,
+    /// Idempotent publish: the broker remembers the task id for this long and drops a
+    /// re-send of the same id in that window, atomically with the first publish
+    /// (SQLite and Redis brokers; others publish every time). Beat uses it so a run
+    /// re-sent after a replica died mid-send is not queued twice.
+    #[serde(with = "opt_secs", default)]
+    pub publish_once: Option<Duration>,
 }
 
 /// Unique enqueue: a send is refused while an identical one is queued or running.
@@ -99,6 +105,12 @@ impl SendOptions {
     /// Sets the queue.
     pub fn queue(mut self, queue: impl Into<String>) -> Self {
         self.queue = Some(queue.into());
+        self
+    }
+    /// Publishes at most once per task id within `window` (see
+    /// [`SendOptions::publish_once`]); pair it with an explicit task id.
+    pub fn publish_once(mut self, window: Duration) -> Self {
+        self.publish_once = Some(window);
         self
     }
     /// Sets the routing key.

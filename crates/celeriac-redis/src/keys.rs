@@ -99,6 +99,12 @@ impl BrokerKeys {
         &self.prefix
     }
 
+    /// celeriac: STRING marking that a publish under `key` was stored (it expires
+    /// after the publish-once window).
+    pub fn published(&self, key: &str) -> String {
+        format!("{}celeriac.published:{key}", self.prefix)
+    }
+
     /// The list holding `queue`'s messages of `priority` (kombu's `_q_for_pri`).
     pub fn queue(&self, queue: &str, priority: i64) -> String {
         self.queue_at_step(queue, priority_step(priority))

@@ -398,6 +398,7 @@ impl App {
         let mut ids = Vec::with_capacity(calls.len());
         let mut publishes = Vec::with_capacity(calls.len());
         let mut claimed = Vec::new();
+        let mut once = Vec::new();
         let prepared: Result<(), Error> = async {
             for mut call in calls {
                 if let Some(lease) = self
@@ -411,6 +412,7 @@ impl App {
                     .registry
                     .get(&call.name)
                     .map(|t| t.options().clone());
+                let publish_once = call.options.publish_once;
                 let (id, mut batch) = self.prepare(
                     &call.name,
                     task_options.as_ref(),
@@ -418,12 +420,18 @@ impl App {
                     call.kwargs,
                     call.options,
                 )?;
+                match publish_once {
+                    Some(window) => once.push((id.clone(), window, batch)),
+                    None => publishes.append(&mut batch),
+                }
                 ids.push(id);
-                publishes.append(&mut batch);
             }
             let sent_events = crate::control::sent_events(self, &publishes);
             self.inner.broker.publish(publishes).await?;
             crate::control::send_events(self, sent_events).await;
+            for (id, window, batch) in once {
+                self.publish_send(&id, Some(window), batch).await?;
+            }
             Ok(())
         }
         .await;
@@ -447,15 +455,12 @@ impl App {
         let claimed = self
             .claim_unique(name, &args, &kwargs, &mut options)
             .await?;
+        let publish_once = options.publish_once;
         let sent = match self.prepare(name, task_options, args, kwargs, options) {
-            Ok((id, publishes)) => {
-                let sent_events = crate::control::sent_events(self, &publishes);
-                let published = self.inner.broker.publish(publishes).await;
-                if published.is_ok() {
-                    crate::control::send_events(self, sent_events).await;
-                }
-                published.map(|()| id).map_err(Error::from)
-            }
+            Ok((id, publishes)) => self
+                .publish_send(&id, publish_once, publishes)
+                .await
+                .map(|()| id),
             Err(error) => Err(error),
         };
         match sent {
@@ -467,6 +472,36 @@ impl App {
                 Err(error)
             }
         }
+    }
+
+    /// Publishes one send's messages and its `task-sent` events; with `publish_once`,
+    /// at most once per task id within that window ([`SendOptions::publish_once`]).
+    async fn publish_send(
+        &self,
+        id: &str,
+        publish_once: Option<Duration>,
+        publishes: Vec<Publish>,
+    ) -> Result<(), Error> {
+        let sent_events = crate::control::sent_events(self, &publishes);
+        let stored = match publish_once {
+            Some(window) => {
+                let key = format!("task:{id}");
+                self.inner
+                    .broker
+                    .publish_once(&key, window, publishes)
+                    .await?
+            }
+            None => {
+                self.inner.broker.publish(publishes).await?;
+                true
+            }
+        };
+        if stored {
+            crate::control::send_events(self, sent_events).await;
+        } else {
+            tracing::debug!(task_id = %id, "already published within its publish-once window; not sent again");
+        }
+        Ok(())
     }
 
     /// Unique enqueue: takes `unique:<key>` for the TTL and names it in the message's

@@ -359,3 +359,81 @@ async fn next_sent(events: &mut tokio::sync::broadcast::Receiver<BeatEvent>) -> 
     .await
     .expect("a run is sent within 10 s")
 }
+
+/// The window a SIGKILL can hit: a beat claimed a run and published it, then died
+/// before recording it as sent. The beat that takes the run over sends it again with
+/// the same task id, and the broker's publish-once drops that second copy: the run is
+/// queued exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_published_by_a_beat_that_died_before_recording_it_is_queued_once() {
+    let t = TestApp::new();
+    let app = app_builder(&t.url).build().await.expect("app");
+    let store: Arc<dyn ScheduleStore> = celeriac::beat::connect(&t.url).await.expect("store");
+    // Whole seconds: the beat header carries microseconds.
+    let now = DateTime::from_timestamp(Utc::now().timestamp(), 0).expect("now");
+    let due = now - chrono::Duration::seconds(2);
+    let hourly = Interval::new(Duration::from_secs(3600))
+        .expect("1h")
+        .anchored(due - chrono::Duration::hours(1));
+    let entry = Entry::new("dying", "beat.tick", hourly)
+        .queue(QUEUE)
+        .created_at(due - chrono::Duration::hours(1));
+    store.upsert(&entry).await.expect("upsert");
+
+    // The dead beat: claims the run with a 1 s lease, publishes it as beat does, and
+    // dies before finish_run.
+    let task_id = "published-by-the-dead-beat";
+    assert!(store
+        .claim_run(&celeriac::beat::ClaimParams::new(
+            "dying",
+            due,
+            "dead-beat",
+            task_id,
+            now,
+            now + chrono::Duration::seconds(1),
+        ))
+        .await
+        .expect("claim"));
+    let mut options = entry.send_options(due, task_id);
+    options.publish_once = Some(BeatConfig::default().publish_once_window);
+    app.send_task("beat.tick", Vec::new(), Default::default(), options)
+        .await
+        .expect("the dead beat's publish");
+
+    // The live beat takes the run over once the lease lapses and sends it again.
+    let mut config = test_config("live-beat".into());
+    config.claim_lease = Duration::from_secs(1);
+    let beat =
+        Beat::new(store.clone(), Arc::new(app.clone()), Arc::new(SystemClock)).with_config(config);
+    let mut events = beat.subscribe();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let running = tokio::spawn(beat.run_until(async {
+        let _ = stopped.await;
+    }));
+    let taken_over = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            if let Ok(BeatEvent::Sent {
+                due_at,
+                task_id,
+                taken_over: true,
+                ..
+            }) = events.recv().await
+            {
+                return (due_at, task_id);
+            }
+        }
+    })
+    .await
+    .expect("the live beat takes the run over within 10 s");
+    assert_eq!(taken_over, (due, task_id.to_string()));
+    let _ = stop.send(());
+    let report = running.await.expect("beat task");
+    assert_eq!(report.taken_over, 1, "{report:?}");
+
+    let counts = drain(&app).await;
+    assert_eq!(
+        counts.into_iter().collect::<Vec<_>>(),
+        vec![(due, 1)],
+        "the run is in the queue exactly once"
+    );
+}

@@ -213,6 +213,11 @@ async fn every_due_run_is_sent_once_with_the_entrys_options() {
         assert_eq!(s.options.queue.as_deref(), Some("periodic"));
         assert_eq!(s.options.task_id.as_ref(), Some(task_id));
         assert_eq!(
+            s.options.publish_once,
+            Some(BeatConfig::default().publish_once_window),
+            "beat sends publish-once, so a take-over's re-send cannot queue a run twice"
+        );
+        assert_eq!(
             s.options.expires_at,
             Some(due + chrono::Duration::seconds(10))
         );

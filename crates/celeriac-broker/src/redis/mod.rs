@@ -1152,6 +1152,7 @@ impl Broker for RedisBroker {
             leases: true,
             priority: PriorityOrder::LowerFirst,
             dead_letters: true,
+            idempotent_publish: true,
         }
     }
 
@@ -1216,6 +1217,49 @@ impl Broker for RedisBroker {
         }
         pipe.cmd("SADD").arg(&k.queues).arg(queues).ignore();
         self.inner.publish_retrying(&pipe, last).await
+    }
+
+    async fn publish_once(
+        &self,
+        key: &str,
+        window: Duration,
+        messages: Vec<Publish>,
+    ) -> Result<bool, BrokerError> {
+        let k = &self.inner.keys;
+        let queues: BTreeSet<&str> = messages.iter().map(|m| m.queue.as_str()).collect();
+        let mut invocation = self.inner.scripts.publish_once.prepare_invoke();
+        invocation
+            .key(k.published(key))
+            .key(&k.queues)
+            .arg(millis(window).max(1))
+            .arg(queues.len());
+        for queue in &queues {
+            invocation.arg(*queue);
+        }
+        for message in &messages {
+            let (element, priority) = wire::publish_element(&message.envelope, &message.queue);
+            invocation
+                .key(k.queue(&message.queue, priority))
+                .arg(element);
+        }
+        // The script is idempotent (a retry after a lost reply finds the marker), so a
+        // lost connection is retried like a plain publish.
+        let started = Instant::now();
+        let mut backoff = RETRY_MIN;
+        loop {
+            let error = match invocation.invoke_async::<i64>(&mut self.inner.conn()).await {
+                Ok(stored) => return Ok(stored == 1),
+                Err(error) if connection::is_connection_error(&error) => error,
+                Err(error) => return Err(redis_error(error)),
+            };
+            if started.elapsed() + backoff > self.inner.options.publish_retry_for {
+                tracing::warn!(%error, "publishing once failed; giving up");
+                return Err(redis_error(error));
+            }
+            tracing::warn!(%error, retry_in = ?backoff, "publishing once failed; retrying");
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(RETRY_MAX);
+        }
     }
 
     async fn fetch(&self, params: &FetchParams) -> Result<Vec<Delivery>, BrokerError> {

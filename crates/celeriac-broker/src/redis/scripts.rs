@@ -23,6 +23,8 @@ pub const RESTORE_VISIBLE: &str = include_str!("lua/restore_visible.lua");
 pub const UNLOCK: &str = include_str!("lua/unlock.lua");
 /// Deletes the ready messages of one queue.
 pub const PURGE: &str = include_str!("lua/purge.lua");
+/// Publishes a batch unless its publish-once marker is set, and sets it.
+pub const PUBLISH_ONCE: &str = include_str!("lua/publish_once.lua");
 
 /// The loaded scripts (SHA1 computed once; `EVALSHA`, falling back to `EVAL`).
 pub(crate) struct Scripts {
@@ -35,6 +37,7 @@ pub(crate) struct Scripts {
     pub restore_visible: ::redis::Script,
     pub unlock: ::redis::Script,
     pub purge: ::redis::Script,
+    pub publish_once: ::redis::Script,
 }
 
 impl Scripts {
@@ -49,6 +52,7 @@ impl Scripts {
             restore_visible: ::redis::Script::new(RESTORE_VISIBLE),
             unlock: ::redis::Script::new(UNLOCK),
             purge: ::redis::Script::new(PURGE),
+            publish_once: ::redis::Script::new(PUBLISH_ONCE),
         }
     }
 }

@@ -13,6 +13,7 @@ pub(super) const MIGRATIONS: &[(i64, &str)] = &[
     (1, include_str!("../../migrations/0001_broker.sql")),
     (2, include_str!("../../migrations/0002_workers.sql")),
     (3, include_str!("../../migrations/0003_broadcasts.sql")),
+    (4, include_str!("../../migrations/0004_published.sql")),
 ];
 
 /// Shared by every celeriac component that stores its schema in the file.

@@ -326,6 +326,7 @@ impl Broker for SqliteBroker {
             leases: true,
             priority: PriorityOrder::HigherFirst,
             dead_letters: true,
+            idempotent_publish: true,
         }
     }
 
@@ -353,20 +354,37 @@ impl Broker for SqliteBroker {
         }
         self.write(move |conn| {
             // Serialized here, in the blocking pool, before the lock is contended.
-            let rows: Vec<NewMessage> = messages
-                .into_iter()
-                .map(|m| NewMessage {
-                    priority: i64::from(m.envelope.properties.priority.unwrap_or(0)),
-                    not_before: m.not_before.map_or(0, |t| t.timestamp_millis()),
-                    payload: m.envelope.to_kombu_json(),
-                    queue: m.queue,
-                })
-                .collect();
+            let rows = new_messages(messages);
             store::publish(conn, &rows, now_ms())
         })
         .await?;
         self.inner.ready.notify_waiters();
         Ok(())
+    }
+
+    async fn publish_once(
+        &self,
+        key: &str,
+        window: Duration,
+        messages: Vec<Publish>,
+    ) -> Result<bool, BrokerError> {
+        let key = key.to_string();
+        let stored = self
+            .write(move |conn| {
+                let now = now_ms();
+                let window = i64::try_from(window.as_millis()).unwrap_or(i64::MAX);
+                let marker = store::OnceMarker {
+                    key,
+                    expires_at: now.saturating_add(window.max(1)),
+                };
+                let rows = new_messages(messages);
+                store::publish_once(conn, &marker, &rows, now)
+            })
+            .await?;
+        if stored {
+            self.inner.ready.notify_waiters();
+        }
+        Ok(stored)
     }
 
     async fn fetch(&self, params: &FetchParams) -> Result<Vec<Delivery>, BrokerError> {
@@ -611,4 +629,17 @@ fn now_ms() -> i64 {
 
 fn millis(duration: Duration) -> i64 {
     i64::try_from(duration.as_millis()).unwrap_or(i64::MAX)
+}
+
+/// Rows for a publish (serialized in the blocking pool, before the lock is contended).
+fn new_messages(messages: Vec<Publish>) -> Vec<NewMessage> {
+    messages
+        .into_iter()
+        .map(|m| NewMessage {
+            priority: i64::from(m.envelope.properties.priority.unwrap_or(0)),
+            not_before: m.not_before.map_or(0, |t| t.timestamp_millis()),
+            payload: m.envelope.to_kombu_json(),
+            queue: m.queue,
+        })
+        .collect()
 }

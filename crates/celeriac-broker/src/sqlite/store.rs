@@ -165,25 +165,64 @@ pub(super) fn publish(
     now: i64,
 ) -> rusqlite::Result<()> {
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-    {
-        let mut insert = tx.prepare_cached(INSERT_MESSAGE)?;
-        for message in messages {
-            let state = if message.not_before > now {
-                "scheduled"
-            } else {
-                "ready"
-            };
-            insert.execute(params![
-                message.queue,
-                message.priority,
-                state,
-                message.not_before,
-                now,
-                message.payload,
-            ])?;
-        }
-    }
+    insert_messages(&tx, messages, now)?;
     tx.commit()
+}
+
+/// A publish-once marker: the key and when it lapses (Unix ms).
+pub(super) struct OnceMarker {
+    pub key: String,
+    pub expires_at: i64,
+}
+
+/// Stores a batch unless `marker.key` is recorded and not lapsed; records it in the
+/// same transaction. Lapsed markers are deleted on the way. Returns whether the
+/// batch was stored.
+pub(super) fn publish_once(
+    conn: &mut Connection,
+    marker: &OnceMarker,
+    messages: &[NewMessage],
+    now: i64,
+) -> rusqlite::Result<bool> {
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    tx.prepare_cached("DELETE FROM broker_published WHERE expires_at <= ?1")?
+        .execute([now])?;
+    let fresh = tx
+        .prepare_cached(
+            "INSERT INTO broker_published (key, expires_at) VALUES (?1, ?2)
+             ON CONFLICT (key) DO NOTHING",
+        )?
+        .execute(params![marker.key, marker.expires_at])?;
+    if fresh == 0 {
+        return Ok(false);
+    }
+    insert_messages(&tx, messages, now)?;
+    tx.commit()?;
+    Ok(true)
+}
+
+fn insert_messages(
+    tx: &rusqlite::Transaction<'_>,
+    messages: &[NewMessage],
+    now: i64,
+) -> rusqlite::Result<()> {
+    let mut insert = tx.prepare_cached(INSERT_MESSAGE)?;
+    for message in messages {
+        let state = if message.not_before > now {
+            "scheduled"
+        } else {
+            "ready"
+        };
+        insert.execute(params![
+            message.queue,
+            message.priority,
+            state,
+            message.not_before,
+            now,
+            message.payload,
+        ])?;
+    }
+    Ok(())
 }
 
 /// Inserts raw bytes as a ready message (tests and tools; bypasses the envelope codec).
