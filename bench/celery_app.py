@@ -7,6 +7,9 @@ Tasks:
   bench.noop    no-op, results ignored (enqueue and drain)
   bench.noop_r  no-op, result stored (drain with results stored)
   bench.echo    no-op, result stored (round trip: delay().get())
+  bench.short   mixed workload: records its wait (now - sent_at) in BENCH_WAITS_KEY,
+                then sleeps 1 ms
+  bench.long    mixed workload: sleeps 200 ms, records [start, end] in BENCH_LONG_KEY
 
 Drain timing costs the tasks nothing: a custom Request class counts completions in
 the worker's *parent* process (Request.on_success runs there for the prefork pool),
@@ -28,6 +31,8 @@ QUEUE = os.environ.get("BENCH_QUEUE", "celery-bench")
 EXPECT = int(os.environ.get("BENCH_EXPECT", "0") or 0)
 DONE_KEY = os.environ.get("BENCH_DONE_KEY", "bench:done")
 READY_KEY = os.environ.get("BENCH_READY_KEY", "bench:ready")
+WAITS_KEY = os.environ.get("BENCH_WAITS_KEY", "bench:mixed:waits")
+LONG_KEY = os.environ.get("BENCH_LONG_KEY", "bench:mixed:long")
 
 app = Celery("celeriac_bench", broker=REDIS_URL, backend=REDIS_URL)
 app.conf.task_default_queue = QUEUE
@@ -92,6 +97,30 @@ def noop_r():
 @app.task(name="bench.echo", ignore_result=False)
 def echo():
     return None
+
+
+_clients = {}
+
+
+def _own_redis():
+    """A client per process (a prefork child must not share its parent's socket)."""
+    pid = os.getpid()
+    if pid not in _clients:
+        _clients[pid] = redis.Redis.from_url(REDIS_URL)
+    return _clients[pid]
+
+
+@app.task(name="bench.short", ignore_result=True)
+def short(sent_at):
+    _own_redis().rpush(WAITS_KEY, time.time() - sent_at)
+    time.sleep(0.001)
+
+
+@app.task(name="bench.long", ignore_result=True)
+def long(sent_at):
+    start = time.time()
+    time.sleep(0.2)
+    _own_redis().rpush(LONG_KEY, json.dumps([start - sent_at, start, time.time()]))
 
 
 @signals.worker_ready.connect

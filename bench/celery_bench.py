@@ -15,6 +15,12 @@ deletes only its own keys):
      then the same as 3;
   5. round trip: a fresh worker on Q-rt; its idle RSS once ready, then --warmup
      untimed and --round-trips timed sequential echo.delay().get().
+
+With --mixed N only the mixed workload runs: one `celery worker --pool prefork
+-c --mixed-concurrency` (default 4, the slots celeriac's side has in all) on the
+queues short-task and long-task; N tasks sent one apply_async at a time at --mixed-rate
+per second (default 100), every 10th a 200 ms bench.long on long-task, the others a
+1 ms bench.short on short-task; reported: the short tasks' wait (send -> start).
 """
 
 import argparse
@@ -131,7 +137,7 @@ class RssSampler:
 class Worker:
     """A `celery worker --pool prefork -c N` subprocess on one queue."""
 
-    def __init__(self, args, queue, expect, done_key, ready_key):
+    def __init__(self, args, queue, expect, done_key, ready_key, concurrency=None):
         env = dict(os.environ)
         env.update(
             BENCH_REDIS_URL=args.redis_url,
@@ -144,7 +150,7 @@ class Worker:
         celery = Path(sys.executable).parent / "celery"
         cmd = [
             str(celery), "-A", "celery_app", "worker", "--pool", "prefork",
-            "-c", str(args.concurrency), "-Q", queue, "--loglevel", "WARNING",
+            "-c", str(concurrency or args.concurrency), "-Q", queue, "--loglevel", "WARNING",
             "-n", f"bench-{os.getpid()}-{queue}@%h",
         ]
         self.log = open(args.worker_log, "ab") if args.worker_log else subprocess.DEVNULL
@@ -219,6 +225,67 @@ def drain(args, r, queue, n, label):
     }
 
 
+def mixed(args, r):
+    """The mixed workload (see the module doc); returns its report."""
+    import celery_app
+
+    short_q, long_q = "short-task", "long-task"
+    waits_key, long_key = "bench:mixed:waits", "bench:mixed:long"
+    ready_key = "bench:ready:mixed"
+    r.delete(short_q, long_q, waits_key, long_key, ready_key)
+    os.environ.update(BENCH_WAITS_KEY=waits_key, BENCH_LONG_KEY=long_key)
+    w = Worker(args, f"{short_q},{long_q}", 0, "bench:done:mixed", ready_key,
+               concurrency=args.mixed_concurrency)
+    wait_key(r, ready_key, "worker start", 120, proc=w.proc)
+    time.sleep(1.0)
+    n = args.mixed
+    longs = n // 10
+    shorts = n - longs
+    log(f"mixed: {shorts} short + {longs} long at {args.mixed_rate}/s, prefork -c {args.mixed_concurrency}")
+    period = 1.0 / args.mixed_rate
+    start = time.perf_counter()
+    for i in range(n):
+        due = start + i * period
+        delay = due - time.perf_counter()
+        if delay > 0:
+            time.sleep(delay)
+        if i % 10 == 9:
+            celery_app.long.apply_async(args=[time.time()], queue=long_q)
+        else:
+            celery_app.short.apply_async(args=[time.time()], queue=short_q)
+    send_secs = time.perf_counter() - start
+    limit = 60 + 0.2 * longs
+    t0 = time.time()
+    while r.llen(waits_key) < shorts or r.llen(long_key) < longs:
+        if w.proc.poll() is not None:
+            raise SystemExit("celery-bench: the worker exited during the mixed workload")
+        if time.time() - t0 > limit:
+            raise SystemExit(f"celery-bench: the mixed workload did not finish within {limit:.0f} s "
+                             f"({r.llen(waits_key)}/{shorts} short, {r.llen(long_key)}/{longs} long)")
+        time.sleep(0.05)
+    rss = w.stop()
+    waits = sorted(float(v) * 1000 for v in r.lrange(waits_key, 0, -1))
+    runs = [json.loads(v) for v in r.lrange(long_key, 0, -1)]
+    long_waits = sorted(run[0] * 1000 for run in runs)
+    window = max(run[2] for run in runs) - min(run[1] for run in runs) if runs else 0
+    busy = sum(run[2] - run[1] for run in runs)
+    r.delete(short_q, long_q, waits_key, long_key, ready_key)
+
+    def summary(v):
+        return {"samples": len(v), "p50": round(percentile(v, 50), 3), "p90": round(percentile(v, 90), 3),
+                "p99": round(percentile(v, 99), 3), "max": round(v[-1], 3)} if v else None
+
+    # The slots a long task can take: any of the pool's processes.
+    return {
+        "workload": "mixed", "tasks": n, "short_tasks": shorts, "long_tasks": longs,
+        "concurrency": args.mixed_concurrency, "rate_per_s": args.mixed_rate,
+        "send_secs": round(send_secs, 3),
+        "short_wait_ms": summary(waits), "long_wait_ms": summary(long_waits),
+        "long_busy_processes": round(busy / window, 3) if window > 0 else None,
+        "rss": rss,
+    }
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--redis-url", default="redis://127.0.0.1:6379/12")
@@ -231,6 +298,10 @@ def main():
     ap.add_argument("--queue", default=f"celery-bench-{os.getpid()}")
     ap.add_argument("--limit", type=float, default=1800, help="seconds allowed per phase")
     ap.add_argument("--worker-log", default=None, help="append the workers' output here")
+    ap.add_argument("--no-batch", action="store_true", help="skip the group() enqueue phase")
+    ap.add_argument("--mixed", type=int, default=0, help="run only the mixed workload, with N tasks")
+    ap.add_argument("--mixed-rate", type=float, default=100.0, help="mixed workload: tasks sent per second")
+    ap.add_argument("--mixed-concurrency", type=int, default=4, help="mixed workload: prefork processes")
     args = ap.parse_args()
 
     os.environ["BENCH_REDIS_URL"] = args.redis_url
@@ -241,6 +312,10 @@ def main():
 
     r = redis.Redis.from_url(args.redis_url)
     r.ping()
+    if args.mixed:
+        report = {"celery": celery.__version__, "mixed": mixed(args, r)}
+        print(json.dumps(report))
+        return
     q, qb, qr, qrt = args.queue, args.queue + "-batch", args.queue + "-results", args.queue + "-rt"
     r.delete(q, qb, qr, qrt)
     report = {"celery": celery.__version__, "tasks": args.tasks, "concurrency": args.concurrency}
@@ -253,12 +328,13 @@ def main():
     report["enqueue_single_per_s"] = round(n / (time.perf_counter() - t))
     assert r.llen(q) == n, f"expected {n} messages in {q}, found {r.llen(q)}"
 
-    log(f"enqueue: {n} x noop via group().apply_async() in chunks of {args.batch}")
-    t = time.perf_counter()
-    enqueue_group(celery_app.noop.s(), n, args.batch, qb)
-    report["enqueue_group_per_s"] = round(n / (time.perf_counter() - t))
-    report["batch"] = args.batch
-    r.delete(qb)
+    if not args.no_batch:
+        log(f"enqueue: {n} x noop via group().apply_async() in chunks of {args.batch}")
+        t = time.perf_counter()
+        enqueue_group(celery_app.noop.s(), n, args.batch, qb)
+        report["enqueue_group_per_s"] = round(n / (time.perf_counter() - t))
+        report["batch"] = args.batch
+        r.delete(qb)
 
     report["drain"] = drain(args, r, q, n, "drain (results ignored)")
 

@@ -17,6 +17,9 @@
 #                        it is FLUSHDB'd (that db only) before and after; db 0 refused
 #   --no-results-drain   skip the "results stored" drains
 #   --no-sqlite          skip celeriac's embedded SQLite column
+#   --mixed-tasks N      tasks of the mixed workload (90 % 1 ms tasks on short-task,
+#                        10 % 200 ms tasks on long-task, 100 sent per second; default
+#                        2000, --quick 500); 0 skips it
 #   --celeriac PATH      use this celeriac binary (default: cargo build --release)
 #   --label TEXT         what the celeriac binary is built from, for the table
 #                        (default: the commit, or the --celeriac path)
@@ -31,6 +34,7 @@ root=$(pwd)
 tasks=20000
 round_trips=500
 latency_samples=1000
+mixed_tasks=2000
 quick=0
 redis_url=redis://127.0.0.1:6379/12
 results_drain=1
@@ -48,7 +52,8 @@ while [[ $# -gt 0 ]]; do
   case $1 in
     --tasks) tasks=${2:?--tasks needs a number}; shift 2 ;;
     --round-trips) round_trips=${2:?--round-trips needs a number}; shift 2 ;;
-    --quick) quick=1; tasks=2000; round_trips=100; latency_samples=200; results_drain=0; write=0; shift ;;
+    --quick) quick=1; tasks=2000; round_trips=100; latency_samples=200; results_drain=0; write=0; mixed_tasks=500; shift ;;
+    --mixed-tasks) mixed_tasks=${2:?--mixed-tasks needs a number}; shift 2 ;;
     --redis-url) redis_url=${2:?--redis-url needs a URL}; shift 2 ;;
     --no-results-drain) results_drain=0; shift ;;
     --no-sqlite) sqlite=0; shift ;;
@@ -61,6 +66,7 @@ while [[ $# -gt 0 ]]; do
   esac
 done
 [[ $tasks =~ ^[1-9][0-9]*$ ]] || die "--tasks must be a positive number, got '$tasks'"
+[[ $mixed_tasks =~ ^[0-9]+$ ]] || die "--mixed-tasks must be a number, got '$mixed_tasks'"
 [[ $round_trips =~ ^[0-9]+$ ]] || die "--round-trips must be a number, got '$round_trips'"
 db=${redis_url##*/}
 [[ $redis_url =~ ^redis://[^/]+/[0-9]+$ ]] || die "--redis-url must name a db number, e.g. redis://127.0.0.1:6379/12 (got $redis_url)"
@@ -169,6 +175,13 @@ kill -TERM "$worker_pid"
 wait "$worker_pid" || true
 worker_pid=""
 
+# The mixed workload: short-task / long-task in one worker, 2 slots each.
+if ((mixed_tasks > 0)); then
+  say "celeriac on Redis: mixed workload, $mixed_tasks tasks"
+  bench celeriac-mixed --broker "$redis_url" bench --mixed --mixed-tasks "$mixed_tasks" \
+    --short-slots 2 --long-slots 2
+fi
+
 if ((sqlite)); then
   say "celeriac on embedded SQLite: $tasks tasks"
   bench celeriac-sqlite --broker "sqlite://$work/bench.db" bench --tasks "$tasks" \
@@ -183,6 +196,15 @@ celery_args=(--redis-url "$redis_url" --tasks "$tasks" --round-trips "$round_tri
 if ! "$py" bench/celery_bench.py "${celery_args[@]}" >"$work/celery.json"; then
   tail -n 30 "$work/celery-worker.log" >&2 || true
   die "the Celery benchmark failed"
+fi
+if ((mixed_tasks > 0)); then
+  flushdb
+  say "Python Celery on Redis: mixed workload, $mixed_tasks tasks (prefork -c 4)"
+  if ! "$py" bench/celery_bench.py --redis-url "$redis_url" --mixed "$mixed_tasks" --mixed-concurrency 4 \
+    --worker-log "$work/celery-worker.log" >"$work/celery-mixed.json"; then
+    tail -n 30 "$work/celery-worker.log" >&2 || true
+    die "the Celery mixed workload failed"
+  fi
 fi
 load_end=$(cut -d' ' -f1-3 /proc/loadavg)
 say "load average at end: $load_end"

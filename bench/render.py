@@ -167,6 +167,21 @@ def render(work, load_end):
         mb(cr.get("peak_rss_mb")), ratio(load_c["peak_rss_sum_mb"], cr.get("peak_rss_mb")), "–",
         mb(sq.get("peak_rss_mb")),
     )
+    cm, pm = load(work, "celeriac-mixed"), load(work, "celery-mixed")
+    if cm and pm:
+        pm = pm["mixed"]
+        sw_c, sw_r = pm["short_wait_ms"] or {}, cm["short_wait_ms"]
+        row(
+            f"mixed: short-task wait p99 ({cm['short_tasks']:,} × 1 ms on `short-task` + {cm['long_tasks']:,} × 200 ms "
+            f"on `long-task`, {cm['rate_per_s']:.0f}/s)",
+            ms(sw_c.get("p99")), ms(sw_r.get("p99")), ratio(sw_c.get("p99"), sw_r.get("p99")),
+            f"< 10 ms (9) {check(sw_r.get('p99', 1e9) < 10)}",
+        )
+        row("mixed: short-task wait p50 / max", f"{sw_c.get('p50', 0):.2f} / {sw_c.get('max', 0):.2f} ms",
+            f"{sw_r['p50']:.2f} / {sw_r['max']:.2f} ms", "–", "–")
+        row("mixed: long-task slots busy (celeriac: 2 long-task slots; Celery: processes running a long task, of 4)",
+            f"{pm.get('long_busy_processes') or 0:.2f} of {pm['concurrency']}",
+            f"{cm['long_slots_busy'] * 100:.0f} % of {cm['long_slots']}", "–", "–")
     lines.append("")
     d = py["drain"]
     lines.append(
@@ -180,7 +195,11 @@ def render(work, load_end):
         "result (Celery: 10 untimed warm-up calls first; celeriac: its worker is already warm from "
         "the drain). *RSS*: Celery sums VmRSS over the prefork parent and its children (shared pages "
         "counted in each; PSS alongside); celeriac's idle figure is a `celeriac worker -c 2` on an "
-        "empty queue."
+        "empty queue. *Mixed*: tasks sent one at a time at a steady rate, every 10th a 200 ms task "
+        "on `long-task`, the rest 1 ms tasks on `short-task`; wait = task start − send time, taken in "
+        "the task. celeriac: one worker, 2 slots per queue (`celeriac bench --mixed`); Celery: one "
+        "`celery worker --pool prefork -c 4 -Q short-task,long-task` (as many slots in all), default "
+        "settings; at this rate long tasks keep two slots busy."
     )
     lines.append("")
     lines.append(end)

@@ -11,6 +11,13 @@
 //! 4. `--latency-samples` sequential sends, each timed from send to task start;
 //! 5. `--round-trips` sequential send → `AsyncResult::get` of a task whose result is
 //!    stored (needs a result backend; skipped without one).
+//!
+//! `--mixed` runs the mixed workload instead (issue 9): `--mixed-tasks` tasks sent
+//! one at a time at a steady rate, 90 % of them 1 ms tasks on the queue `short-task`
+//! and every 10th a 200 ms task on `long-task`. One worker serves both queues with
+//! slots of their own (`--short-slots`, `--long-slots`); the default rate (50 ×
+//! long slots per second) keeps every long-task slot busy. Reported: the wait of
+//! the short tasks (send → start) and how busy the long-task slots were.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -62,6 +69,23 @@ pub struct BenchArgs {
     /// Print only the JSON line on stdout (progress still goes to stderr).
     #[arg(long)]
     pub json: bool,
+    /// Run the mixed workload (short 1 ms and long 200 ms tasks) instead of the
+    /// enqueue / drain / latency phases.
+    #[arg(long)]
+    pub mixed: bool,
+    /// Tasks sent in the mixed workload (every 10th is a long task).
+    #[arg(long, default_value_t = 2000)]
+    pub mixed_tasks: usize,
+    /// Slots of the `short-task` queue in the mixed workload.
+    #[arg(long, default_value_t = 2)]
+    pub short_slots: usize,
+    /// Slots of the `long-task` queue in the mixed workload.
+    #[arg(long, default_value_t = 2)]
+    pub long_slots: usize,
+    /// Tasks sent per second in the mixed workload (default: 50 × --long-slots, which
+    /// keeps every long-task slot busy: a tenth of them take 200 ms each).
+    #[arg(long)]
+    pub mixed_rate: Option<f64>,
 }
 
 mod parking_lot_free {
@@ -153,6 +177,9 @@ async fn wait_until(
 
 /// Runs the benchmark.
 pub async fn run(app: App, args: BenchArgs) -> anyhow::Result<()> {
+    if args.mixed {
+        return mixed::run(app, args).await;
+    }
     if args.tasks == 0 {
         anyhow::bail!("--tasks must be at least 1");
     }
@@ -367,4 +394,228 @@ fn progress(len: u64, label: &'static str) -> indicatif::ProgressBar {
     }
     bar.set_message(label);
     bar
+}
+
+mod mixed {
+    //! The mixed workload: short tasks must not wait behind long ones.
+
+    use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+    use std::sync::Arc;
+    use std::time::{Duration, Instant};
+
+    use anyhow::Context;
+    use celeriac_core::{
+        Map, Queue, SendOptions, Task, TaskContext, TaskFuture, TaskOptions, Value,
+    };
+    use serde_json::json;
+
+    use super::{peak_rss_mb, percentile, progress, round3, wait_until, BenchArgs, Samples};
+    use crate::app::App;
+
+    /// Queue of the 1 ms tasks.
+    pub const SHORT_QUEUE: &str = "short-task";
+    /// Queue of the 200 ms tasks.
+    pub const LONG_QUEUE: &str = "long-task";
+    const SHORT_TASK: &str = "celeriac.bench.short";
+    const LONG_TASK: &str = "celeriac.bench.long";
+    const SHORT_RUN: Duration = Duration::from_millis(1);
+    const LONG_RUN: Duration = Duration::from_millis(200);
+
+    /// When the long tasks ran: first start, last end, total run time (µs since the
+    /// benchmark's start) and how many ran.
+    #[derive(Default)]
+    struct LongRuns {
+        first_start: AtomicU64,
+        last_end: AtomicU64,
+        busy: AtomicU64,
+        done: AtomicUsize,
+    }
+
+    /// A task that sleeps (without holding a thread) for `run`; records its wait
+    /// (send → start) when the message carries `bench_sent_at`.
+    struct Sleeper {
+        name: &'static str,
+        options: TaskOptions,
+        run: Duration,
+        waits: Arc<Samples>,
+        long: Option<(Arc<LongRuns>, Instant)>,
+    }
+
+    impl Task for Sleeper {
+        fn name(&self) -> &str {
+            self.name
+        }
+        fn options(&self) -> &TaskOptions {
+            &self.options
+        }
+        fn run(
+            &self,
+            ctx: TaskContext,
+            _args: Vec<Value>,
+            _kwargs: Map<String, Value>,
+        ) -> TaskFuture {
+            if let Some(sent) = ctx.headers().get("bench_sent_at").and_then(Value::as_f64) {
+                self.waits
+                    .push((celeriac_core::time::unix_now() - sent) * 1000.0);
+            }
+            let run = self.run;
+            let long = self.long.clone();
+            Box::pin(async move {
+                let started = Instant::now();
+                tokio::time::sleep(run).await;
+                if let Some((runs, epoch)) = long {
+                    let start_us = started.duration_since(epoch).as_micros() as u64;
+                    let end_us = epoch.elapsed().as_micros() as u64;
+                    let _ = runs.first_start.compare_exchange(
+                        0,
+                        start_us.max(1),
+                        Ordering::Relaxed,
+                        Ordering::Relaxed,
+                    );
+                    runs.last_end.fetch_max(end_us, Ordering::Relaxed);
+                    runs.busy.fetch_add(end_us - start_us, Ordering::Relaxed);
+                    runs.done.fetch_add(1, Ordering::Relaxed);
+                }
+                Ok(Value::Null)
+            })
+        }
+    }
+
+    /// Runs the mixed workload and prints its JSON line.
+    pub async fn run(app: App, args: BenchArgs) -> anyhow::Result<()> {
+        if args.mixed_tasks == 0 {
+            anyhow::bail!("--mixed-tasks must be at least 1");
+        }
+        let rate = args.mixed_rate.unwrap_or(50.0 * args.long_slots as f64);
+        if !(rate > 0.0 && rate.is_finite()) {
+            anyhow::bail!("--mixed-rate must be a positive number");
+        }
+        let epoch = Instant::now();
+        let waits = Arc::new(Samples::default());
+        let long_waits = Arc::new(Samples::default());
+        let runs = Arc::new(LongRuns::default());
+        let mut options = TaskOptions::default();
+        options.ignore_result = true;
+        let app = app
+            .to_builder()
+            .queue(
+                Queue::new(SHORT_QUEUE)
+                    .concurrency(args.short_slots)
+                    .prefetch_multiplier(args.prefetch_multiplier),
+            )
+            .queue(
+                Queue::new(LONG_QUEUE)
+                    .concurrency(args.long_slots)
+                    .prefetch_multiplier(1),
+            )
+            .task(Sleeper {
+                name: SHORT_TASK,
+                options: options.clone(),
+                run: SHORT_RUN,
+                waits: waits.clone(),
+                long: None,
+            })
+            .task(Sleeper {
+                name: LONG_TASK,
+                options,
+                run: LONG_RUN,
+                waits: long_waits.clone(),
+                long: Some((runs.clone(), epoch)),
+            })
+            .build()
+            .await
+            .context("connecting for the benchmark")?;
+        let broker_name = app.broker().describe();
+        let _ = app.broker().purge(SHORT_QUEUE).await;
+        let _ = app.broker().purge(LONG_QUEUE).await;
+
+        let mut config = app.worker_config();
+        config
+            .queues
+            .retain(|q| q.name == SHORT_QUEUE || q.name == LONG_QUEUE);
+        let worker = app.worker(config);
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let running = tokio::spawn(worker.run_until(async {
+            let _ = stop_rx.await;
+        }));
+        // Let the worker connect before the clock starts.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+
+        let longs = args.mixed_tasks / 10;
+        let shorts = args.mixed_tasks - longs;
+        let bar = progress(args.mixed_tasks as u64, "mixed");
+        let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / rate));
+        let send_start = Instant::now();
+        for i in 0..args.mixed_tasks {
+            tick.tick().await;
+            let (name, queue) = if i % 10 == 9 {
+                (LONG_TASK, LONG_QUEUE)
+            } else {
+                (SHORT_TASK, SHORT_QUEUE)
+            };
+            let options = SendOptions::new()
+                .queue(queue)
+                .header("bench_sent_at", json!(celeriac_core::time::unix_now()));
+            app.send_task(name, Vec::new(), Map::new(), options).await?;
+            bar.inc(1);
+        }
+        let send_secs = send_start.elapsed().as_secs_f64();
+        let limit =
+            Duration::from_secs(60) + LONG_RUN * (longs as u32 / args.long_slots.max(1) as u32);
+        wait_until(
+            "the mixed workload",
+            || waits.len() >= shorts && runs.done.load(Ordering::Relaxed) >= longs,
+            limit,
+        )
+        .await?;
+        bar.finish_and_clear();
+        let _ = stop_tx.send(());
+        running.await.context("worker task")?;
+        let _ = app.broker().purge(SHORT_QUEUE).await;
+        let _ = app.broker().purge(LONG_QUEUE).await;
+
+        let mut short = waits.take();
+        short.sort_by(|a, b| a.total_cmp(b));
+        let mut long = long_waits.take();
+        long.sort_by(|a, b| a.total_cmp(b));
+        let first = runs.first_start.load(Ordering::Relaxed);
+        let last = runs.last_end.load(Ordering::Relaxed);
+        let window_us = last.saturating_sub(first).max(1) as f64;
+        let busy = runs.busy.load(Ordering::Relaxed) as f64 / (window_us * args.long_slots as f64);
+        let summary = |v: &[f64]| {
+            json!({
+                "samples": v.len(),
+                "p50": round3(percentile(v, 50.0)),
+                "p90": round3(percentile(v, 90.0)),
+                "p99": round3(percentile(v, 99.0)),
+                "max": round3(v.last().copied().unwrap_or(0.0)),
+            })
+        };
+        let report = json!({
+            "broker": broker_name,
+            "workload": "mixed",
+            "tasks": args.mixed_tasks,
+            "short_tasks": shorts,
+            "long_tasks": longs,
+            "short_slots": args.short_slots,
+            "long_slots": args.long_slots,
+            "rate_per_s": rate,
+            "send_secs": round3(send_secs),
+            "short_wait_ms": summary(&short),
+            "long_wait_ms": summary(&long),
+            "long_slots_busy": round3(busy),
+            "peak_rss_mb": round3(peak_rss_mb()),
+        });
+        if !args.json {
+            eprintln!(
+                "mixed on {broker_name}: {shorts} short + {longs} long at {rate}/s; short wait p50 {:.3} ms p99 {:.3} ms max {:.3} ms; long slots busy {:.0} %",
+                percentile(&short, 50.0),
+                percentile(&short, 99.0),
+                short.last().copied().unwrap_or(0.0),
+                busy * 100.0
+            );
+        }
+        println!("{report}");
+        Ok(())
+    }
 }
