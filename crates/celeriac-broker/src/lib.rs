@@ -8,6 +8,8 @@
 //!   in WAL mode, safe for several worker processes on one machine.
 //! - [`redis`] (feature `redis`, on by default): kombu's Redis transport, shared with
 //!   Python Celery clients and workers, with leases that end duplicate runs.
+//! - [`amqp`] (feature `amqp`): RabbitMQ over AMQP 0-9-1 with Celery's exchanges,
+//!   queues and bindings, publisher confirms and per-queue prefetch.
 //! - `testing` (feature `testing`): the conformance suite every implementation runs
 //!   from its own `tests/`.
 //!
@@ -36,6 +38,8 @@ use celeriac_core::routing::Queue;
 use celeriac_core::Envelope;
 use chrono::{DateTime, Utc};
 
+#[cfg(feature = "amqp")]
+pub mod amqp;
 #[cfg(feature = "redis")]
 pub mod redis;
 #[cfg(feature = "sqlite")]
@@ -494,7 +498,8 @@ pub async fn connect(url: &str) -> Result<std::sync::Arc<dyn Broker>, BrokerErro
 }
 
 /// Opens the broker named by `url` (`sqlite://path`, `redis://host[:port][/db]`,
-/// `rediss://`, `redis+socket:///path`, `unix:///path`).
+/// `rediss://`, `redis+socket:///path`, `unix:///path`,
+/// `amqp://user:password@host[:port]/vhost`, `amqps://`).
 pub async fn connect_with(
     url: &str,
     options: &ConnectOptions,
@@ -529,9 +534,14 @@ pub async fn connect_with(
                 reason: "this build of celeriac has no Redis broker (feature `redis`)".into(),
             })
         }
+        #[cfg(feature = "amqp")]
+        "amqp" | "amqps" => Ok(std::sync::Arc::new(
+            amqp::AmqpBroker::open_url(url, amqp::AmqpBrokerOptions::default()).await?,
+        )),
+        #[cfg(not(feature = "amqp"))]
         "amqp" | "amqps" => Err(BrokerError::InvalidUrl {
             url: redact(url),
-            reason: format!("the {scheme} broker is not built into this version of celeriac yet"),
+            reason: "this build of celeriac has no RabbitMQ broker (feature `amqp`)".into(),
         }),
         _ => Err(BrokerError::InvalidUrl {
             url: redact(url),
