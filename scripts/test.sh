@@ -44,6 +44,16 @@ assert report["tasks"] == 5000 and report["drain_per_s"] > 0 and report["enqueue
 print("bench JSON ok")
 PY
 
+step "performance regression guard: celeriac's Redis drain >= 30x Python Celery's, same run"
+# A ratio measured now on this machine (bench/guard.sh: 10,000 tasks, best of 2), not
+# an absolute time; about a minute.
+if .venv/bin/python -c 'import redis; redis.Redis(socket_connect_timeout=2).ping()' 2>/dev/null \
+  || [[ ${CELERIAC_REQUIRE_SERVICES:-0} == 1 ]]; then
+  bash bench/guard.sh --celeriac target/release/celeriac
+else
+  echo "no Redis on 127.0.0.1:6379; guard skipped (CELERIAC_REQUIRE_SERVICES=1 makes this an error)"
+fi
+
 step "interop with Python Celery on Redis"
 bash scripts/interop.sh
 
