@@ -4,7 +4,8 @@
 # Celery version. Fast when everything is already installed. Django,
 # django-celery-beat and psycopg serve the Django interop test
 # (tests/interop/test_django_beat.py). Selenium drives the
-# dashboard browser tests (tests/browser).
+# dashboard browser tests (tests/browser). Matplotlib draws the scaling charts
+# (bench/scaling.py).
 #
 #   bash scripts/python-env.sh          # then: .venv/bin/python -m pytest tests/interop
 #
@@ -15,7 +16,7 @@ cd "$(dirname "$0")/.."
 # The pinned ranges; a change here reinstalls on the next run.
 requirements=("celery[redis]>=5.4,<6" "pytest>=7,<9"
   "django>=4.2,<6" "django-celery-beat>=2.5,<3" "psycopg[binary]>=3.1,<4" "selenium>=4.20,<5"
-  "flower>=2,<3")
+  "flower>=2,<3" "matplotlib>=3.7,<4" "ephem>=4.1,<5")
 
 venv=.venv
 python=${PYTHON:-python3}
@@ -28,7 +29,7 @@ if [[ ! -x "$venv/bin/python" ]]; then
 fi
 
 if [[ ! -f "$stamp" ]] || [[ "$(cat "$stamp")" != "$wanted" ]] \
-  || ! "$venv/bin/python" -c 'import celery, redis, pytest, django, django_celery_beat, psycopg, selenium' >/dev/null 2>&1; then
+  || ! "$venv/bin/python" -c 'import celery, redis, pytest, django, django_celery_beat, psycopg, selenium, matplotlib, ephem' >/dev/null 2>&1; then
   echo "installing ${requirements[*]} into $venv" >&2
   "$venv/bin/python" -m pip install --quiet --disable-pip-version-check "${requirements[@]}"
   printf '%s\n' "$wanted" >"$stamp"

@@ -60,7 +60,9 @@ pub mod testing;
 
 pub use beat::{Beat, BeatConfig, BeatEvent, BeatReport, Clock, SystemClock, TokioClock};
 pub use entry::{CatchUp, Entry, BEAT_HEADER};
-pub use schedule::{Clocked, Crontab, CrontabSpec, Interval, Schedule, ScheduleError};
+pub use schedule::{
+    Clocked, Crontab, CrontabSpec, Interval, Schedule, ScheduleError, Solar, SolarEvent, SolarSpec,
+};
 pub use store::{
     ChangeMarker, ClaimParams, FinishParams, ListParams, Run, RunsParams, ScheduleStore,
     TakeOverParams,

@@ -1,5 +1,6 @@
 //! When an entry is due: [`Interval`], [`Crontab`] (Celery's semantics, in an IANA
-//! time zone) and [`Clocked`] (one date-time), behind one [`Schedule`] enum.
+//! time zone), [`Clocked`] (one date-time) and [`Solar`] (sunrise, dusk, ... at a
+//! place; see its module), behind one [`Schedule`] enum.
 //!
 //! Every schedule answers one question, [`Schedule::next_after`]: the first instant
 //! strictly after a given one at which it is due. Beat asks it with the entry's last
@@ -64,6 +65,9 @@ use chrono::{DateTime, Datelike, Months, NaiveDate, NaiveDateTime, TimeZone, Tim
 use chrono_tz::Tz;
 use serde::{Deserialize, Serialize};
 
+mod solar;
+pub use solar::{Solar, SolarEvent, SolarSpec};
+
 /// Why a schedule cannot be built.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
@@ -92,6 +96,9 @@ pub enum ScheduleError {
     /// The interval is zero or too long.
     #[error("invalid interval: {0}")]
     Interval(String),
+    /// A solar schedule names an unknown event or an impossible place.
+    #[error("invalid solar schedule: {0}")]
+    Solar(String),
 }
 
 /// When an entry is due.
@@ -105,6 +112,8 @@ pub enum Schedule {
     Crontab(Crontab),
     /// Once, at one instant.
     Clocked(Clocked),
+    /// At a solar event (sunrise, dusk, ...) at a place.
+    Solar(Solar),
 }
 
 impl Schedule {
@@ -116,15 +125,17 @@ impl Schedule {
             Schedule::Interval(interval) => interval.next_after(after),
             Schedule::Crontab(crontab) => crontab.next_after(after),
             Schedule::Clocked(clocked) => clocked.next_after(after),
+            Schedule::Solar(solar) => solar.next_after(after),
         }
     }
 
-    /// `interval`, `crontab` or `clocked`.
+    /// `interval`, `crontab`, `clocked` or `solar`.
     pub fn kind(&self) -> &'static str {
         match self {
             Schedule::Interval(_) => "interval",
             Schedule::Crontab(_) => "crontab",
             Schedule::Clocked(_) => "clocked",
+            Schedule::Solar(_) => "solar",
         }
     }
 
@@ -171,6 +182,7 @@ impl fmt::Display for Schedule {
             Schedule::Interval(interval) => interval.fmt(f),
             Schedule::Crontab(crontab) => crontab.fmt(f),
             Schedule::Clocked(clocked) => clocked.fmt(f),
+            Schedule::Solar(solar) => solar.fmt(f),
         }
     }
 }
@@ -184,6 +196,12 @@ impl From<Interval> for Schedule {
 impl From<Crontab> for Schedule {
     fn from(crontab: Crontab) -> Schedule {
         Schedule::Crontab(crontab)
+    }
+}
+
+impl From<Solar> for Schedule {
+    fn from(solar: Solar) -> Schedule {
+        Schedule::Solar(solar)
     }
 }
 

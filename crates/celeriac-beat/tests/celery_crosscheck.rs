@@ -1,6 +1,8 @@
 //! Cross-check with Python Celery: for a table of crontab specs, zones and instants,
-//! celeriac's next run equals `celery.schedules.crontab`'s (run in the interop venv,
-//! `.venv` at the repository root, made by `scripts/python-env.sh`).
+//! celeriac's next run equals `celery.schedules.crontab`'s; for a table of solar
+//! events, places and instants it is within seconds of `celery.schedules.solar`'s
+//! (PyEphem). Python runs in the interop venv, `.venv` at the repository root, made by
+//! `scripts/python-env.sh`.
 //!
 //! The table avoids the two DST days, where celeriac's documented policy differs on
 //! purpose (a time in the spring-forward gap runs at the end of the gap, Celery runs
@@ -12,7 +14,7 @@ use std::io::Write;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 
-use celeriac_beat::Crontab;
+use celeriac_beat::{Crontab, Solar, SolarEvent};
 use chrono::{DateTime, Utc};
 
 /// `(spec, zone, after)`.
@@ -68,22 +70,27 @@ fn python() -> Option<PathBuf> {
     ok.then_some(python)
 }
 
-#[test]
-fn next_runs_match_python_celery() {
-    let Some(python) = python() else {
+/// The venv's python, or `None` (with the reason printed) when the test is skipped;
+/// fails instead when `CELERIAC_REQUIRE_PYTHON=1`.
+fn python_or_skip() -> Option<PathBuf> {
+    let found = python();
+    if found.is_none() {
         let required = std::env::var("CELERIAC_REQUIRE_PYTHON").is_ok_and(|v| v == "1");
         assert!(
             !required,
             "CELERIAC_REQUIRE_PYTHON=1 but .venv has no celery (run scripts/python-env.sh)"
         );
         eprintln!("skipped: no .venv with celery (run scripts/python-env.sh)");
-        return;
-    };
-    let input: Vec<serde_json::Value> = CASES
-        .iter()
-        .map(|(spec, tz, after)| serde_json::json!({"spec": spec, "tz": tz, "after": after}))
-        .collect();
-    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/python/crontab_next.py");
+    }
+    found
+}
+
+/// Runs `tests/python/<script>` with `input` as JSON on stdin; its JSON list of
+/// instants.
+fn run_python(python: &PathBuf, script: &str, input: &serde_json::Value) -> Vec<String> {
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/python")
+        .join(script);
     let mut child = Command::new(python)
         .arg(script)
         .stdin(Stdio::piped())
@@ -95,7 +102,7 @@ fn next_runs_match_python_celery() {
         .stdin
         .take()
         .expect("stdin")
-        .write_all(serde_json::to_string(&input).expect("json").as_bytes())
+        .write_all(input.to_string().as_bytes())
         .expect("write cases");
     let output = child.wait_with_output().expect("python finishes");
     assert!(
@@ -103,7 +110,19 @@ fn next_runs_match_python_celery() {
         "python failed: {}",
         String::from_utf8_lossy(&output.stderr)
     );
-    let celery: Vec<String> = serde_json::from_slice(&output.stdout).expect("python prints JSON");
+    serde_json::from_slice(&output.stdout).expect("python prints JSON")
+}
+
+#[test]
+fn next_runs_match_python_celery() {
+    let Some(python) = python_or_skip() else {
+        return;
+    };
+    let input: serde_json::Value = CASES
+        .iter()
+        .map(|(spec, tz, after)| serde_json::json!({"spec": spec, "tz": tz, "after": after}))
+        .collect();
+    let celery = run_python(&python, "crontab_next.py", &input);
     assert_eq!(celery.len(), CASES.len());
     let mut differences = Vec::new();
     for ((spec, tz, after), expected) in CASES.iter().zip(&celery) {
@@ -118,6 +137,90 @@ fn next_runs_match_python_celery() {
         if ours != Some(expected) {
             differences.push(format!(
                 "{spec:?} in {tz} after {after}: celery {expected}, celeriac {ours:?}"
+            ));
+        }
+    }
+    assert!(differences.is_empty(), "{}", differences.join("\n"));
+}
+
+/// `(event, latitude, longitude, after, allowed difference in seconds)`.
+const SOLAR_CASES: &[(&str, f64, f64, &str, i64)] = &[
+    ("sunrise", 37.5665, 126.978, "2026-01-01T00:00:00Z", 10),
+    ("sunset", 37.5665, 126.978, "2026-06-21T00:00:00Z", 10),
+    ("solar_noon", 37.5665, 126.978, "2026-03-20T12:00:00Z", 10),
+    ("dawn_civil", 52.52, 13.405, "2026-03-29T00:00:00Z", 10),
+    ("dusk_civil", 52.52, 13.405, "2026-10-25T12:00:00Z", 10),
+    (
+        "dawn_nautical",
+        40.7128,
+        -74.006,
+        "2026-11-01T00:00:00Z",
+        10,
+    ),
+    (
+        "dusk_nautical",
+        40.7128,
+        -74.006,
+        "2026-07-04T18:00:00Z",
+        10,
+    ),
+    (
+        "dawn_astronomical",
+        -33.8688,
+        151.2093,
+        "2026-12-21T00:00:00Z",
+        10,
+    ),
+    (
+        "dusk_astronomical",
+        -33.8688,
+        151.2093,
+        "2026-06-21T00:00:00Z",
+        10,
+    ),
+    ("sunrise", -0.1807, -78.4678, "2026-09-23T00:00:00Z", 10),
+    ("sunset", 0.0, 0.0, "2026-01-01T00:00:00Z", 10),
+    ("solar_noon", -45.0, 179.9, "2026-02-10T05:00:00Z", 10),
+    ("sunrise", 64.1466, -21.9426, "2026-12-21T00:00:00Z", 10),
+    // Near the polar circles the Sun skims the horizon: the least precise cases.
+    ("sunset", 69.6492, 18.9553, "2026-06-15T00:00:00Z", 60),
+    ("sunrise", 69.6492, 18.9553, "2026-12-15T00:00:00Z", 60),
+    (
+        "dusk_astronomical",
+        78.22,
+        15.65,
+        "2026-06-15T00:00:00Z",
+        60,
+    ),
+];
+
+#[test]
+fn solar_events_match_python_celery() {
+    let Some(python) = python_or_skip() else {
+        return;
+    };
+    let input: serde_json::Value = SOLAR_CASES
+        .iter()
+        .map(|(event, lat, lon, after, _)| {
+            serde_json::json!({"event": event, "lat": lat, "lon": lon, "after": after})
+        })
+        .collect();
+    let celery = run_python(&python, "solar_next.py", &input);
+    assert_eq!(celery.len(), SOLAR_CASES.len());
+    let mut differences = Vec::new();
+    for ((event, lat, lon, after, allowed), expected) in SOLAR_CASES.iter().zip(&celery) {
+        let after: DateTime<Utc> = after.parse().expect("after");
+        let expected: DateTime<Utc> = DateTime::parse_from_rfc3339(expected)
+            .expect("python's instant")
+            .with_timezone(&Utc);
+        let event: SolarEvent = event.parse().expect("a solar event");
+        let ours = Solar::new(event, *lat, *lon)
+            .expect("a valid place")
+            .next_after(after);
+        let off = ours.map(|ours| (ours - expected).num_seconds().abs());
+        if off.is_none_or(|off| off > *allowed) {
+            differences.push(format!(
+                "{event} at ({lat}, {lon}) after {after}: celery {expected}, celeriac {ours:?}"
             ));
         }
     }

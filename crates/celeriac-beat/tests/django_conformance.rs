@@ -6,7 +6,7 @@
 
 use celeriac_beat::django::DjangoScheduleStore;
 use celeriac_beat::testing::{postgres_url_or_skip, DjangoHarness};
-use celeriac_beat::{ClaimParams, Crontab, Entry, Interval, ListParams, ScheduleStore};
+use celeriac_beat::{ClaimParams, Crontab, Entry, Interval, ListParams, Schedule, ScheduleStore};
 use chrono::{DateTime, Utc};
 use std::time::Duration;
 
@@ -163,7 +163,7 @@ async fn entries_are_written_as_django_celery_beat_rows() {
 
 /// Periodic tasks made on the Django side (plain SQL standing in for the ORM) are
 /// read, edits there move the change marker and win over celeriac's exact values,
-/// and solar tasks are skipped, not fatal.
+/// and solar tasks are read as solar schedules.
 #[tokio::test]
 async fn tasks_edited_on_the_django_side_are_read() {
     let Some(url) = postgres_url_or_skip("tasks_edited_on_the_django_side_are_read") else {
@@ -178,6 +178,7 @@ async fn tasks_edited_on_the_django_side_are_read() {
         "INSERT INTO django_celery_beat_intervalschedule (id, every, period) VALUES (1, 2, 'minutes');
          INSERT INTO django_celery_beat_solarschedule (id, event, latitude, longitude)
              VALUES (1, 'sunrise', 37.5665, 126.978);
+         SELECT setval(pg_get_serial_sequence('django_celery_beat_solarschedule', 'id'), 1);
          INSERT INTO django_celery_beat_periodictask (name, task, args, kwargs, queue, exchange,
              routing_key, expires, enabled, last_run_at, total_run_count, date_changed,
              description, crontab_id, interval_id, solar_id, one_off, start_time, priority,
@@ -194,8 +195,17 @@ async fn tasks_edited_on_the_django_side_are_read() {
     .expect("rows as Django writes them");
     let entries = store.list(&ListParams::all()).await.expect("list");
     let names: Vec<&str> = entries.iter().map(|e| e.name.as_str()).collect();
-    assert_eq!(names, ["from-admin"], "the solar task is skipped");
-    let entry = &entries[0];
+    assert_eq!(names, ["at-sunrise", "from-admin"]);
+    let sunrise = &entries[0];
+    assert_eq!(
+        sunrise.schedule,
+        Schedule::from(
+            celeriac_beat::Solar::new(celeriac_beat::SolarEvent::Sunrise, 37.5665, 126.978)
+                .expect("valid")
+        ),
+        "the solar task is read with its event and place"
+    );
+    let entry = &entries[1];
     assert_eq!(entry.task, "proj.cleanup");
     assert_eq!(entry.args, vec![serde_json::json!("a")]);
     assert_eq!(entry.kwargs["k"], serde_json::json!(2));
@@ -209,10 +219,52 @@ async fn tasks_edited_on_the_django_side_are_read() {
         Some(at("2026-01-01T00:02:00Z")),
         "a never-run task counts from its date_changed"
     );
+    let sunrise_next = store
+        .get("at-sunrise")
+        .await
+        .expect("get")
+        .expect("the solar task")
+        .schedule
+        .next_after(at("2026-06-01T00:00:00Z"))
+        .expect("the sun rises in Seoul");
+    // Sunrise in Seoul on 1 June is at about 05:11 KST (20:11 UTC the day before).
     assert!(
-        store.get("at-sunrise").await.is_err(),
-        "solar is refused clearly"
+        sunrise_next > at("2026-06-01T20:05:00Z") && sunrise_next < at("2026-06-01T20:15:00Z"),
+        "{sunrise_next}"
     );
+
+    // A solar entry written by celeriac is a row Django reads back.
+    let solar = celeriac_beat::Solar::new(celeriac_beat::SolarEvent::DuskCivil, 52.52, 13.405)
+        .expect("valid");
+    store
+        .upsert(&Entry::new("berlin-dusk", "proj.lights", solar))
+        .await
+        .expect("upsert a solar entry");
+    let row = db
+        .query_one(
+            "SELECT s.event, s.latitude::text, s.longitude::text
+             FROM django_celery_beat_periodictask t
+             JOIN django_celery_beat_solarschedule s ON s.id = t.solar_id
+             WHERE t.name = 'berlin-dusk'",
+            &[],
+        )
+        .await
+        .expect("the solar row");
+    let (event, lat, lon): (String, String, String) = (row.get(0), row.get(1), row.get(2));
+    assert_eq!(
+        (event.as_str(), lat.as_str(), lon.as_str()),
+        ("dusk_civil", "52.520000", "13.405000")
+    );
+    assert_eq!(
+        store
+            .get("berlin-dusk")
+            .await
+            .expect("get")
+            .expect("entry")
+            .schedule,
+        Schedule::from(solar)
+    );
+    assert!(store.remove("berlin-dusk").await.expect("remove"));
 
     // Claim, then an edit on the Django side (as the admin saves: the signal bumps
     // the marker) moves the marker and its values win.

@@ -30,7 +30,7 @@
 //! | [`Interval`] | `interval_id` → `django_celery_beat_intervalschedule(every, period)`, period `days`, `hours`, `minutes`, `seconds` or `microseconds` |
 //! | [`Crontab`] | `crontab_id` → `django_celery_beat_crontabschedule(minute, hour, day_of_week, day_of_month, month_of_year, timezone)` |
 //! | [`Clocked`] | `clocked_id` → `django_celery_beat_clockedschedule(clocked_time)`, and `one_off` (Django requires it for clocked tasks) |
-//! | solar | `solar_id` → `django_celery_beat_solarschedule`: **not supported yet**; such tasks are skipped with a warning in the log |
+//! | [`Solar`] | `solar_id` → `django_celery_beat_solarschedule(event, latitude, longitude)` (6 decimals) |
 //!
 //! Schedule rows are shared: an upsert reuses a row with the same values or inserts
 //! one, as django-celery-beat's `from_schedule` does, and never edits a row another
@@ -79,7 +79,7 @@ use chrono::{DateTime, Utc};
 use tokio_postgres::{Client, NoTls, Row};
 
 use crate::entry::{CatchUp, Entry};
-use crate::schedule::{Clocked, Crontab, Interval, Schedule};
+use crate::schedule::{Clocked, Crontab, Interval, Schedule, Solar, SolarEvent};
 use crate::store::{
     ChangeMarker, ClaimParams, FinishParams, ListParams, Run, RunsParams, ScheduleStore,
     TakeOverParams,
@@ -353,6 +353,7 @@ impl ScheduleStore for DjangoScheduleStore {
         self.with_client(move |client| {
             Box::pin(async move {
                 let tx = client.transaction().await?;
+                let mut solar_id = None;
                 let (interval_id, crontab_id, clocked_id) = match &write.schedule {
                     DjangoSchedule::Interval { every, period } => {
                         let id = schedule_row(
@@ -386,6 +387,21 @@ impl ScheduleStore for DjangoScheduleStore {
                         .await?;
                         (None, None, Some(id))
                     }
+                    DjangoSchedule::Solar {
+                        event,
+                        latitude,
+                        longitude,
+                    } => {
+                        let id = schedule_row(
+                            &tx,
+                            queries::FIND_SOLAR,
+                            queries::INSERT_SOLAR,
+                            &[event, latitude, longitude],
+                        )
+                        .await?;
+                        solar_id = Some(id);
+                        (None, None, None)
+                    }
                 };
                 let row = tx
                     .query_one(
@@ -409,6 +425,7 @@ impl ScheduleStore for DjangoScheduleStore {
                             &write.headers,
                             &clocked_id,
                             &write.expire_seconds,
+                            &solar_id,
                         ],
                     )
                     .await?;
@@ -639,6 +656,12 @@ enum DjangoSchedule {
     Crontab([String; 6]),
     /// `clocked_time` (microseconds).
     Clocked(DateTime<Utc>),
+    /// `event`, `latitude`, `longitude` (6 decimals).
+    Solar {
+        event: String,
+        latitude: f64,
+        longitude: f64,
+    },
 }
 
 impl DjangoSchedule {
@@ -687,6 +710,11 @@ impl DjangoSchedule {
                 ]))
             }
             Schedule::Clocked(clocked) => Ok(DjangoSchedule::Clocked(truncate_us(clocked.at))),
+            Schedule::Solar(solar) => Ok(DjangoSchedule::Solar {
+                event: solar.event().name().to_string(),
+                latitude: six_decimals(solar.latitude()),
+                longitude: six_decimals(solar.longitude()),
+            }),
         }
     }
 
@@ -718,6 +746,15 @@ impl DjangoSchedule {
                     .map_err(|e| e.to_string())
             }
             DjangoSchedule::Clocked(at) => Ok(Clocked::new(*at).into()),
+            DjangoSchedule::Solar {
+                event,
+                latitude,
+                longitude,
+            } => event
+                .parse::<SolarEvent>()
+                .and_then(|event| Solar::new(event, *latitude, *longitude))
+                .map(Schedule::from)
+                .map_err(|e| e.to_string()),
         }
     }
 }
@@ -834,9 +871,15 @@ fn read_entry(row: &Row) -> Result<Entry, BeatError> {
     } else if let Some(at) = row.try_get::<_, Option<DateTime<Utc>>>("clocked_time")? {
         DjangoSchedule::Clocked(at)
     } else if let Some(event) = row.try_get::<_, Option<String>>("event")? {
-        return Err(unreadable(format!(
-            "solar schedules ({event}) are not supported by celeriac beat yet; the task is skipped"
-        )));
+        let degrees = |column: &str| -> Result<f64, BeatError> {
+            row.try_get::<_, Option<f64>>(column)?
+                .ok_or_else(|| unreadable(format!("its solar schedule has no {column}")))
+        };
+        DjangoSchedule::Solar {
+            event,
+            latitude: degrees("solar_latitude")?,
+            longitude: degrees("solar_longitude")?,
+        }
     } else {
         return Err(unreadable("it has no schedule".into()));
     };
@@ -949,6 +992,11 @@ fn ns(at: DateTime<Utc>) -> Result<i64, StoreError> {
 /// `at` without its sub-microsecond part (what `timestamptz` holds).
 fn truncate_us(at: DateTime<Utc>) -> DateTime<Utc> {
     DateTime::from_timestamp_micros(at.timestamp_micros()).unwrap_or(at)
+}
+
+/// Degrees as Django's `DecimalField(max_digits=9, decimal_places=6)` keeps them.
+fn six_decimals(degrees: f64) -> f64 {
+    (degrees * 1e6).round() / 1e6
 }
 
 #[cfg(test)]

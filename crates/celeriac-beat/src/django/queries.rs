@@ -11,7 +11,7 @@ SELECT t.id, t.name, t.task, t.args, t.kwargs, t.queue, t.exchange, t.routing_ke
        i.every, i.period,
        c.minute, c.hour, c.day_of_week, c.day_of_month, c.month_of_year, c.timezone,
        k.clocked_time,
-       s.event,
+       s.event, s.latitude::float8 AS solar_latitude, s.longitude::float8 AS solar_longitude,
        e.created_at, e.catch_up, e.schedule AS exact_schedule, e.expires_secs, e.last_run_ns
 FROM django_celery_beat_periodictask t
 LEFT JOIN django_celery_beat_intervalschedule i ON i.id = t.interval_id
@@ -52,24 +52,36 @@ pub(crate) const INSERT_CLOCKED: &str =
 /// name, `$2` task, `$3` args, `$4` kwargs, `$5` queue, `$6` exchange, `$7`
 /// routing_key, `$8` expires, `$9` enabled, `$10` description, `$11` crontab_id,
 /// `$12` interval_id, `$13` one_off, `$14` start_time, `$15` priority, `$16` headers,
-/// `$17` clocked_id, `$18` expire_seconds. Returns the id.
+/// `$17` clocked_id, `$18` expire_seconds, `$19` solar_id. Returns the id.
 pub(crate) const UPSERT_TASK: &str = "
 INSERT INTO django_celery_beat_periodictask (name, task, args, kwargs, queue, exchange,
     routing_key, expires, enabled, last_run_at, total_run_count, date_changed, description,
     crontab_id, interval_id, solar_id, one_off, start_time, priority, headers, clocked_id,
     expire_seconds)
-VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, NULL, 0, clock_timestamp(), $10, $11, $12, NULL,
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, NULL, 0, clock_timestamp(), $10, $11, $12, $19,
     $13, $14, $15, $16, $17, $18)
 ON CONFLICT (name) DO UPDATE SET
     task = excluded.task, args = excluded.args, kwargs = excluded.kwargs,
     queue = excluded.queue, exchange = excluded.exchange, routing_key = excluded.routing_key,
     expires = excluded.expires, enabled = excluded.enabled,
     date_changed = excluded.date_changed, description = excluded.description,
-    crontab_id = excluded.crontab_id, interval_id = excluded.interval_id, solar_id = NULL,
+    crontab_id = excluded.crontab_id, interval_id = excluded.interval_id,
+    solar_id = excluded.solar_id,
     one_off = excluded.one_off, start_time = excluded.start_time,
     priority = excluded.priority, headers = excluded.headers,
     clocked_id = excluded.clocked_id, expire_seconds = excluded.expire_seconds
 RETURNING id";
+
+/// A solar row with these values (Django keeps 6 decimals). Parameters: `$1` event,
+/// `$2` latitude, `$3` longitude (degrees, float8).
+pub(crate) const FIND_SOLAR: &str = "SELECT id FROM django_celery_beat_solarschedule
+WHERE event = $1 AND latitude = CAST($2::float8 AS numeric(9, 6))
+  AND longitude = CAST($3::float8 AS numeric(9, 6)) ORDER BY id LIMIT 1";
+
+/// Inserts a solar row. Parameters as [`FIND_SOLAR`].
+pub(crate) const INSERT_SOLAR: &str = "INSERT INTO django_celery_beat_solarschedule
+(event, latitude, longitude)
+VALUES ($1, CAST($2::float8 AS numeric(9, 6)), CAST($3::float8 AS numeric(9, 6))) RETURNING id";
 
 /// Inserts or replaces celeriac's extras of a task, keeping its creation time and
 /// exact last run. Parameters: `$1` id, `$2` created_at, `$3` catch_up, `$4` exact

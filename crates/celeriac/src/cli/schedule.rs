@@ -17,7 +17,7 @@ use anyhow::{bail, Context};
 use celeriac_beat::schedule::parse_timezone;
 use celeriac_beat::{
     Beat, BeatConfig, CatchUp, Clocked, Crontab, Entry, Interval, ListParams, RunsParams, Schedule,
-    ScheduleStore, SystemClock,
+    ScheduleStore, Solar, SolarEvent, SystemClock,
 };
 use celeriac_core::limits::parse_duration;
 use celeriac_core::{Map, Value};
@@ -100,7 +100,7 @@ pub enum ScheduleCommand {
 
 /// `schedule add` flags.
 #[derive(Debug, Args)]
-#[command(group(ArgGroup::new("when").required(true).args(["every", "crontab", "at"])))]
+#[command(group(ArgGroup::new("when").required(true).args(["every", "crontab", "at", "solar"])))]
 pub struct AddArgs {
     /// Unique entry name.
     pub name: String,
@@ -123,6 +123,17 @@ pub struct AddArgs {
     /// Run once at this date-time (ISO 8601; without an offset it is in --tz, else UTC).
     #[arg(long, value_name = "DATETIME")]
     pub at: Option<String>,
+    /// Run at a solar event at --lat/--lon, as Celery's `solar`: sunrise, sunset,
+    /// solar_noon, dawn_civil, dawn_nautical, dawn_astronomical, dusk_civil,
+    /// dusk_nautical or dusk_astronomical.
+    #[arg(long, value_name = "EVENT", requires_all = ["lat", "lon"])]
+    pub solar: Option<String>,
+    /// Latitude of --solar in degrees (north positive).
+    #[arg(long, value_name = "DEGREES", allow_hyphen_values = true)]
+    pub lat: Option<f64>,
+    /// Longitude of --solar in degrees (east positive).
+    #[arg(long, value_name = "DEGREES", allow_hyphen_values = true)]
+    pub lon: Option<f64>,
     /// IANA time zone of --crontab and of an --at without offset, e.g. Asia/Seoul.
     #[arg(long, value_name = "ZONE")]
     pub tz: Option<String>,
@@ -335,6 +346,12 @@ fn entry_from_args(args: AddArgs, now: DateTime<Utc>) -> anyhow::Result<Entry> {
         .with_context(|| format!("--kwargs must be a JSON object, got {:?}", args.kwargs))?;
     let tz = args.tz.as_deref().map(parse_timezone).transpose()?;
     let schedule: Schedule = match (&args.every, &args.crontab, &args.at) {
+        (None, None, None) if args.solar.is_some() => {
+            let (Some(event), Some(lat), Some(lon)) = (&args.solar, args.lat, args.lon) else {
+                bail!("--solar needs --lat and --lon");
+            };
+            Solar::new(event.parse::<SolarEvent>()?, lat, lon)?.into()
+        }
         (Some(every), None, None) => Interval::new(*every)?.into(),
         (None, Some(spec), None) => {
             let crontab = Crontab::parse(spec)?;
@@ -344,7 +361,7 @@ fn entry_from_args(args: AddArgs, now: DateTime<Utc>) -> anyhow::Result<Entry> {
             }
         }
         (None, None, Some(at)) => Clocked::new(parse_time("--at", at, tz)?).into(),
-        _ => bail!("give exactly one of --every, --crontab and --at"),
+        _ => bail!("give exactly one of --every, --crontab, --at and --solar"),
     };
     let one_off = args.one_off || matches!(schedule, Schedule::Clocked(_));
     let mut entry = Entry::new(args.name, args.task, schedule)
@@ -560,6 +577,27 @@ mod tests {
         .expect("at");
         assert!(at.one_off, "--at is one-off");
         assert_eq!(at.schedule.to_string(), "at 2026-05-01T00:00:00Z");
+        let solar = add(&[
+            "dusk",
+            "--task",
+            "t",
+            "--solar",
+            "dusk_civil",
+            "--lat",
+            "-33.87",
+            "--lon",
+            "151.21",
+        ])
+        .expect("solar");
+        assert_eq!(
+            solar.schedule.to_string(),
+            "solar dusk_civil at latitude -33.87, longitude 151.21"
+        );
+        assert!(
+            add(&["x", "--task", "t", "--solar", "moonrise", "--lat", "0", "--lon", "0"])
+                .is_err_and(|e| e.to_string().contains("unknown solar event"))
+        );
+        assert!(add(&["x", "--task", "t", "--solar", "sunrise", "--lat", "0"]).is_err());
         let with_args = add(&[
             "a",
             "--task",
