@@ -13,12 +13,17 @@
 # at CELERIAC_INTEROP_PG_URL (default postgres://postgres@127.0.0.1:5432/postgres) with
 # the real django-celery-beat; skipped when PostgreSQL does not answer (failed with
 # CELERIAC_REQUIRE_SERVICES=1).
+# RabbitMQ: CELERIAC_INTEROP_AMQP_URL (default amqp://guest:guest@127.0.0.1:5672//) for
+# the same cases over AMQP (tests/interop/test_amqp.py, results on Redis); each case
+# deletes its queue. Skipped when RabbitMQ does not answer, failed with
+# CELERIAC_REQUIRE_SERVICES=1.
 # Cases that need celeriac's Redis broker are skipped, with the reason printed, only
 # while `interop queues --broker redis://...` says the broker lacks Redis support.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 export CELERIAC_INTEROP_REDIS_URL=${CELERIAC_INTEROP_REDIS_URL:-redis://127.0.0.1:6379/13}
+export CELERIAC_INTEROP_AMQP_URL=${CELERIAC_INTEROP_AMQP_URL:-amqp://guest:guest@127.0.0.1:5672//}
 bin=target/release/examples/interop
 
 say() { printf -- '--> %s\n' "$*"; }
