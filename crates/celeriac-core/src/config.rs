@@ -127,6 +127,37 @@ impl QueueConfig {
     }
 }
 
+/// The default of [`Settings::task_max_message_bytes`]: 16 MiB.
+pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 16 * 1024 * 1024;
+
+/// A secret setting (a signing key): read and written as a plain string, never shown
+/// by `Debug`.
+#[derive(Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Secret(pub String);
+
+impl Secret {
+    /// The secret's text.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+
+    /// Whether it is unset.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.0.is_empty() {
+            f.write_str("Secret(unset)")
+        } else {
+            f.write_str("Secret(***)")
+        }
+    }
+}
+
 /// All settings, with Celery's names where Celery has one.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
@@ -149,8 +180,13 @@ pub struct Settings {
     pub task_track_started: bool,
     /// Store no results unless a task asks.
     pub task_ignore_result: bool,
-    /// Largest message accepted, in bytes; larger ones go to dead letter.
+    /// Largest message accepted, in bytes (`CELERIAC_TASK_MAX_MESSAGE_BYTES`): workers
+    /// dead-letter larger ones with the reason, producers refuse to send them.
     pub task_max_message_bytes: usize,
+    /// Shared HMAC-SHA256 key for message signing (`CELERIAC_SIGNING_KEY`); empty =
+    /// off. When set, producers sign every task message and workers dead-letter
+    /// unsigned or badly signed ones (see [`crate::signing`]). At least 16 bytes.
+    pub signing_key: Secret,
     /// Results expire after this many seconds (0 = never).
     pub result_expires: f64,
     /// Slots per queue when the queue does not say (0 = number of CPUs).
@@ -190,7 +226,8 @@ impl Default for Settings {
             task_reject_on_failure: false,
             task_track_started: false,
             task_ignore_result: false,
-            task_max_message_bytes: 16 * 1024 * 1024,
+            task_max_message_bytes: DEFAULT_MAX_MESSAGE_BYTES,
+            signing_key: Secret::default(),
             result_expires: 86400.0,
             worker_concurrency: 0,
             worker_prefetch_multiplier: 4,
@@ -514,6 +551,28 @@ mod tests {
         assert_eq!(s.lease(), Duration::from_secs(2));
         s.broker_transport_options.lease = 1.5;
         assert_eq!(s.lease(), Duration::from_millis(1500));
+    }
+
+    #[test]
+    fn the_signing_key_and_size_limit_come_from_the_environment_and_never_print() {
+        let s = Settings::default()
+            .merge_env(vec![
+                (
+                    "CELERIAC_SIGNING_KEY".into(),
+                    "a-long-shared-secret-key".into(),
+                ),
+                ("CELERIAC_TASK_MAX_MESSAGE_BYTES".into(), "65536".into()),
+            ])
+            .expect("env");
+        assert_eq!(s.signing_key.expose(), "a-long-shared-secret-key");
+        assert_eq!(s.task_max_message_bytes, 65536);
+        let shown = format!("{s:?}");
+        assert!(!shown.contains("a-long-shared-secret-key"), "{shown}");
+        assert!(shown.contains("Secret(***)"), "{shown}");
+        assert_eq!(
+            Settings::default().task_max_message_bytes,
+            DEFAULT_MAX_MESSAGE_BYTES
+        );
     }
 
     #[test]

@@ -21,6 +21,7 @@
 //! - [`options`]: per-call send options (`queue`, `countdown`, `eta`, ...).
 //! - [`event`]: Celery's task and worker events (`task-succeeded`, `worker-heartbeat`).
 //! - [`pidbox`]: remote-control requests and replies (kombu's pidbox).
+//! - [`signing`]: optional HMAC-SHA256 message signing with a shared key.
 //! - [`limits`]: rate limits (`"100/m"`), durations (`"30m"`) and retry backoff.
 
 pub mod canvas;
@@ -32,6 +33,7 @@ pub mod options;
 pub mod pidbox;
 pub mod result;
 pub mod routing;
+pub mod signing;
 pub mod state;
 pub mod task;
 pub mod time;

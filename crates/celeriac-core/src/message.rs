@@ -216,9 +216,36 @@ impl Envelope {
         self.headers.get("task").and_then(Value::as_str)
     }
 
-    /// Size in bytes of the body plus a rough size of the headers.
+    /// Size in bytes of the body plus the headers (names and string values counted
+    /// in full, other values roughly), for the `task_max_message_bytes` limit: a
+    /// huge header counts as much as a huge body.
     pub fn approximate_size(&self) -> usize {
-        self.body.len() + self.headers.len() * 32
+        let mut size = self.body.len();
+        // An explicit stack: header values may be nested (as deep as the JSON
+        // parser allowed), and counting must not recurse.
+        let mut pending: Vec<&Value> = Vec::new();
+        for (name, value) in &self.headers {
+            size += name.len() + 8;
+            pending.push(value);
+        }
+        while let Some(value) = pending.pop() {
+            size += match value {
+                Value::String(text) => text.len() + 2,
+                Value::Array(items) => {
+                    pending.extend(items);
+                    2 + items.len()
+                }
+                Value::Object(map) => {
+                    for (key, inner) in map {
+                        size += key.len() + 4;
+                        pending.push(inner);
+                    }
+                    2
+                }
+                _ => 8,
+            };
+        }
+        size
     }
 }
 
@@ -856,6 +883,57 @@ mod tests {
             json!([[1], {}, {"callbacks": null, "errbacks": null, "chain": null, "chord": null}])
         );
         assert_eq!(TaskMessage::decode(&env).expect("round trip"), msg);
+    }
+
+    #[test]
+    fn approximate_size_counts_large_headers() {
+        let small = envelope(
+            json!({"task": "t", "id": "x"}),
+            json!([[], {}, null]),
+            CONTENT_TYPE_JSON,
+        );
+        let big = envelope(
+            json!({"task": "t", "id": "x", "argsrepr": "a".repeat(100_000),
+                   "stamps": {"k": ["b".repeat(50_000)]}}),
+            json!([[], {}, null]),
+            CONTENT_TYPE_JSON,
+        );
+        assert!(
+            small.approximate_size() < 200,
+            "{}",
+            small.approximate_size()
+        );
+        assert!(
+            big.approximate_size() > 150_000,
+            "{}",
+            big.approximate_size()
+        );
+    }
+
+    #[test]
+    fn deeply_nested_json_is_refused_not_a_crash() {
+        let deep = format!("{}{}", "[".repeat(10_000), "]".repeat(10_000));
+        let env = Envelope {
+            headers: json!({"task": "t", "id": "x"})
+                .as_object()
+                .cloned()
+                .unwrap_or_default(),
+            properties: Properties::default(),
+            content_type: CONTENT_TYPE_JSON.into(),
+            content_encoding: "utf-8".into(),
+            body: format!("[{deep}, {{}}, null]").into_bytes(),
+        };
+        match TaskMessage::decode(&env) {
+            Err(DecodeError::InvalidJson(reason)) => {
+                assert!(reason.contains("recursion limit"), "{reason}")
+            }
+            other => panic!("expected InvalidJson, got {other:?}"),
+        }
+        let raw = format!(r#"{{"body": "", "headers": {{"a": {deep}}}}}"#);
+        assert!(matches!(
+            Envelope::from_kombu_json(raw.as_bytes()),
+            Err(DecodeError::InvalidEnvelope(_))
+        ));
     }
 
     #[test]

@@ -101,6 +101,9 @@ pub struct WorkerConfig {
     pub result_expires: Option<Duration>,
     /// Larger messages go to dead letter.
     pub max_message_bytes: usize,
+    /// With a key, messages without a valid signature go to dead letter and the
+    /// messages this worker publishes (retries, deferred runs) are signed.
+    pub signing_key: Option<celeriac_core::signing::SigningKey>,
     /// Store no results unless a task asks (`task_ignore_result`).
     pub ignore_result: bool,
     /// How often the worker records its heartbeat (Celery's default: 2 s).
@@ -146,6 +149,9 @@ impl WorkerConfig {
             result_extended: true,
             result_expires: settings.result_expires(),
             max_message_bytes: settings.task_max_message_bytes,
+            signing_key: celeriac_core::signing::SigningKey::any_length(
+                settings.signing_key.expose(),
+            ),
             ignore_result: settings.task_ignore_result,
             heartbeat_interval: Duration::from_secs(2),
             send_task_events: settings.worker_send_task_events,

@@ -206,12 +206,28 @@ impl Drop for Ticket {
 async fn admit(shared: &Arc<Shared>, delivery: &Delivery) -> Option<(TaskMessage, Arc<dyn Task>)> {
     let envelope = &delivery.envelope;
     let size = envelope.approximate_size();
+    // With signing on, a message is trusted only once its signature checks out: an
+    // unverified one is dead-lettered without writing any result for its task id (a
+    // forged message must not overwrite another task's result).
+    let mut trusted = shared.config.signing_key.is_none();
     let decoded = if size > shared.config.max_message_bytes {
         Err(DecodeError::TooLarge {
             size,
             limit: shared.config.max_message_bytes,
         })
     } else {
+        if let Some(key) = &shared.config.signing_key {
+            if let Err(error) = key.verify(envelope) {
+                dead_letter(
+                    shared,
+                    &delivery.tag,
+                    format!("signature check failed: {error}"),
+                )
+                .await;
+                return None;
+            }
+            trusted = true;
+        }
         TaskMessage::decode(envelope)
     };
     let message = match decoded {
@@ -231,7 +247,7 @@ async fn admit(shared: &Arc<Shared>, delivery: &Delivery) -> Option<(TaskMessage
                 format!("undecodable message: {error}"),
             )
             .await;
-            if let Some(id) = envelope.task_id_hint() {
+            if let Some(id) = envelope.task_id_hint().filter(|_| trusted) {
                 store_failure_direct(shared, id, exception).await;
             }
             return None;
@@ -669,9 +685,13 @@ async fn retry(
     if let Some(info) = next.properties.delivery_info.as_mut() {
         info.redelivered = None;
     }
+    let mut envelope = next.encode();
+    if let Some(key) = &shared.config.signing_key {
+        key.sign(&mut envelope);
+    }
     let publish = Publish {
         queue: delivery.queue.clone(),
-        envelope: next.encode(),
+        envelope,
         not_before: Some(eta),
     };
     if let Err(error) = shared.broker.publish(vec![publish]).await {

@@ -273,9 +273,13 @@ async fn defer(
     if let Some(info) = next.properties.delivery_info.as_mut() {
         info.redelivered = None;
     }
+    let mut envelope = next.encode();
+    if let Some(key) = &shared.config.signing_key {
+        key.sign(&mut envelope);
+    }
     let publish = celeriac_broker::Publish {
         queue: delivery.queue.clone(),
-        envelope: next.encode(),
+        envelope,
         not_before: Some(eta),
     };
     if let Err(error) = shared.broker.publish(vec![publish]).await {

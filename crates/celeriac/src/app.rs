@@ -188,6 +188,9 @@ impl AppBuilder {
                 Err(error) => return Err(error.into()),
             },
         };
+        let signing =
+            celeriac_core::signing::SigningKey::from_setting(settings.signing_key.expose())
+                .map_err(|e| celeriac_core::ConfigError::Invalid(e.to_string()))?;
         let hostname = if settings.worker_hostname.is_empty() {
             format!("{}@{}", self.name, host_name())
         } else {
@@ -204,6 +207,7 @@ impl AppBuilder {
                 broker,
                 backend,
                 locks,
+                signing,
                 builder: self,
             }),
         })
@@ -234,6 +238,8 @@ struct AppInner {
     broker: Arc<dyn Broker>,
     backend: Option<Arc<dyn ResultBackend>>,
     locks: Option<Arc<dyn LockManager>>,
+    /// Signs every task message sent (`signing_key`), when set.
+    signing: Option<celeriac_core::signing::SigningKey>,
     builder: AppBuilder,
 }
 
@@ -635,12 +641,15 @@ impl App {
                 redelivered: None,
             });
             message.properties.delivery_tag = Some(uuid::Uuid::new_v4().to_string());
-            let envelope = message.encode();
+            let mut envelope = message.encode();
             if envelope.body.len() > limit {
                 return Err(Error::TooLarge {
                     size: envelope.body.len(),
                     limit,
                 });
+            }
+            if let Some(key) = &self.inner.signing {
+                key.sign(&mut envelope);
             }
             publishes.push(Publish {
                 queue: destination.queue,

@@ -1,0 +1,157 @@
+//! Message signing end to end on the embedded broker: with `signing_key` set the app
+//! signs what it sends (and the worker what it re-publishes: retries), and the worker
+//! dead-letters unsigned, forged and altered messages without writing a result.
+
+mod support;
+
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use celeriac::broker::{DeadLetterQuery, Publish};
+use celeriac::core::signing::{SigningKey, SIGNATURE_HEADER};
+use celeriac::core::{Map, SendOptions, TaskContext, TaskMessage, TaskOptions, Value};
+use serde_json::json;
+use support::{task, wait_for, RunningWorker, TestApp};
+
+const WAIT: Duration = Duration::from_secs(20);
+const KEY: &str = "test-signing-key-0123456789";
+
+#[tokio::test]
+async fn signed_messages_run_and_unsigned_or_forged_ones_are_dead_lettered() {
+    let t = TestApp::new();
+    let attempts = Arc::new(AtomicU32::new(0));
+    let counter = attempts.clone();
+    let flaky = task(
+        "tests.flaky",
+        TaskOptions::default(),
+        move |ctx: TaskContext, _a, _k| {
+            let counter = counter.clone();
+            async move {
+                counter.fetch_add(1, Ordering::SeqCst);
+                if ctx.retries() == 0 {
+                    return Err(ctx.retry_after(Duration::from_millis(20)));
+                }
+                Ok(json!("retried"))
+            }
+        },
+    );
+    let add = task(
+        "tests.add",
+        TaskOptions::default(),
+        |_ctx, args, _kw| async move { Ok(json!(args.iter().filter_map(Value::as_i64).sum::<i64>())) },
+    );
+    let app = t
+        .builder()
+        .task(add)
+        .task(flaky)
+        .configure(|s| s.signing_key = celeriac::core::config::Secret(KEY.into()))
+        .build()
+        .await
+        .expect("app");
+    let worker = RunningWorker::start_default(&app);
+
+    // The app signs: the task runs; a retry the worker re-publishes is signed too.
+    let ok = app
+        .send_task(
+            "tests.add",
+            vec![json!(2), json!(3)],
+            Map::new(),
+            SendOptions::new(),
+        )
+        .await
+        .expect("sent");
+    assert_eq!(ok.get(WAIT).await.expect("result"), json!(5));
+    let retried = app
+        .send_task("tests.flaky", vec![], Map::new(), SendOptions::new())
+        .await
+        .expect("sent");
+    assert_eq!(retried.get(WAIT).await.expect("result"), json!("retried"));
+    assert_eq!(attempts.load(Ordering::SeqCst), 2);
+
+    let publish = |envelope| Publish {
+        queue: "celery".into(),
+        envelope,
+        not_before: None,
+    };
+    // Unsigned (what a Python producer or an intruder with broker access sends).
+    let unsigned = TaskMessage::new("tests.add", "unsigned-1", vec![json!(1)], Map::new()).encode();
+    // Signed with another key.
+    let mut forged = TaskMessage::new("tests.add", "forged-1", vec![json!(1)], Map::new()).encode();
+    SigningKey::new("some-other-key-0123456789")
+        .expect("key")
+        .sign(&mut forged);
+    // Signed with the right key, then altered.
+    let key = SigningKey::new(KEY).expect("key");
+    let mut altered =
+        TaskMessage::new("tests.add", "altered-1", vec![json!(1)], Map::new()).encode();
+    key.sign(&mut altered);
+    altered.body = br#"[[1000000], {}, null]"#.to_vec();
+    // A signature header that is not a signature.
+    let mut garbage =
+        TaskMessage::new("tests.add", "garbage-1", vec![json!(1)], Map::new()).encode();
+    garbage
+        .headers
+        .insert(SIGNATURE_HEADER.into(), json!({"trust": "me"}));
+    app.broker()
+        .publish(vec![
+            publish(unsigned),
+            publish(forged),
+            publish(altered),
+            publish(garbage),
+        ])
+        .await
+        .expect("published");
+
+    wait_for("four dead letters", WAIT, || async {
+        app.broker()
+            .dead_letters(&DeadLetterQuery::default())
+            .await
+            .map(|d| d.len())
+            .unwrap_or(0)
+            >= 4
+    })
+    .await;
+    let letters = app
+        .broker()
+        .dead_letters(&DeadLetterQuery::default())
+        .await
+        .expect("dead letters");
+    assert_eq!(letters.len(), 4);
+    let reason_of = |id: &str| {
+        letters
+            .iter()
+            .find(|d| String::from_utf8_lossy(&d.payload).contains(id))
+            .map(|d| d.reason.clone())
+            .unwrap_or_else(|| panic!("no dead letter for {id}"))
+    };
+    assert!(reason_of("unsigned-1").contains("unsigned message refused"));
+    assert!(reason_of("forged-1").contains("bad signature"));
+    assert!(reason_of("altered-1").contains("bad signature"));
+    assert!(reason_of("garbage-1").contains("malformed celeriac_signature"));
+
+    // No result is written for an unverified message's task id.
+    let backend = app.backend().expect("backend");
+    for id in ["unsigned-1", "forged-1", "altered-1", "garbage-1"] {
+        assert!(
+            backend.get(id).await.expect("read").is_none(),
+            "{id}: an unverified message must not write a result"
+        );
+    }
+    let stats = worker.stop().await;
+    assert_eq!((stats.dead_lettered, stats.succeeded), (4, 2));
+}
+
+#[tokio::test]
+async fn a_short_signing_key_is_refused_at_build_time() {
+    let t = TestApp::new();
+    let error = t
+        .builder()
+        .configure(|s| s.signing_key = celeriac::core::config::Secret("short".into()))
+        .build()
+        .await
+        .expect_err("a 5-byte key is refused");
+    let text = error.to_string();
+    assert!(text.contains("signing_key is 5 bytes"), "{text}");
+    assert!(!text.contains("short"), "the key is never shown: {text}");
+}
