@@ -5,10 +5,11 @@
 //! ones.
 //!
 //! - **Broadcast.** A message is published (confirmed, `delivery_mode` 1 unless the
-//!   envelope says otherwise) to its exchange with its routing key. Broadcasts are
-//!   fire-and-forget: when the exchange does not exist, nobody listens and the
-//!   message is dropped without declaring anything (a passive check, remembered per
-//!   connection).
+//!   envelope says otherwise) to its exchange with its routing key. Celery's own
+//!   exchanges (`celeryev`, `*.pidbox`) are declared first with Celery's settings,
+//!   as kombu does when it publishes. Other exchanges are never made by a broadcast:
+//!   when one does not exist nobody listens, and the message is dropped (a passive
+//!   check, remembered per connection).
 //! - **Subscribe.** Each subscription declares its exchange (as Celery declares the
 //!   well-known ones; other names as transient, auto-deleted topic exchanges) and an
 //!   exclusive, auto-deleted queue of its own, `<exchange>.<uuid>` (Celery's
@@ -45,10 +46,15 @@ const MAX_BACKOFF: Duration = Duration::from_secs(5);
 /// `event_queue_ttl`, 5 s).
 const EVENT_QUEUE_TTL_MS: i32 = 5_000;
 
+/// Celery's own exchanges: events and remote control.
+fn is_well_known(exchange: &str) -> bool {
+    exchange == "celeryev" || exchange.ends_with(".pidbox")
+}
+
 /// How a subscription declares its exchange: Celery's settings for the well-known
 /// ones, a transient auto-deleted topic exchange for any other name.
 fn subscription_exchange(name: &str) -> (ExchangeKind, bool, bool) {
-    if name == "celeryev" || name.ends_with(".pidbox") {
+    if is_well_known(name) {
         let (kind, durable) = exchange_settings(name, celeriac_core::routing::ExchangeKind::Topic);
         (kind, durable, false)
     } else {
@@ -70,7 +76,13 @@ pub(super) async fn broadcast(inner: &Arc<Inner>, message: Broadcast) -> Result<
             .lock()
             .live_exchanges
             .contains(&message.exchange);
-        if !known {
+        if !known && is_well_known(&message.exchange) {
+            // Celery declares these when it publishes (kombu's maybe_declare).
+            let (kind, durable, auto_delete) = subscription_exchange(&message.exchange);
+            inner
+                .ensure_exchange(&session, &message.exchange, kind, durable, auto_delete)
+                .await?;
+        } else if !known {
             let channel = session
                 .connection
                 .create_channel()

@@ -219,8 +219,9 @@ async fn confirm_channel(connection: &Connection) -> Result<Channel, BrokerError
 /// A message a consumer received and this handle has not handed out yet.
 struct Received {
     generation: u64,
-    /// The channel it came on: delivery tags order deliveries within a channel.
-    channel_id: u16,
+    /// The consumer it came to (each consumer has a channel of its own, whose
+    /// delivery tags order its deliveries).
+    consumer: u64,
     /// Keeps the channel open while its deliveries wait (a channel closes when its
     /// last handle goes, and RabbitMQ then takes its deliveries back).
     channel: Channel,
@@ -230,6 +231,8 @@ struct Received {
 /// A message handed out by [`Broker::fetch`] and not yet acked or rejected.
 struct Held {
     queue: String,
+    /// The consumer it came to.
+    consumer: u64,
     /// Keeps the channel open until this delivery is settled.
     _channel: Channel,
     delivery: lapin::message::Delivery,
@@ -239,6 +242,8 @@ struct Held {
 /// The consumer of one queue.
 struct QueueConsumer {
     generation: u64,
+    /// Numbers consumers of this handle.
+    seq: u64,
     channel: Channel,
     tag: String,
     prefetch: u16,
@@ -259,10 +264,20 @@ struct State {
     queue_prefetch: HashMap<String, u16>,
     /// Exchanges known to exist (broadcasts to others are dropped: nobody listens).
     live_exchanges: HashSet<String>,
+    /// Delivery tags each consumer received and nobody settled yet: an ack of
+    /// every tag up to some tag is one `basic.ack` with `multiple`.
+    unsettled: HashMap<u64, BTreeSet<u64>>,
     rotation: usize,
 }
 
 impl State {
+    /// Forgets a settled delivery.
+    fn settle(&mut self, consumer: u64, tag: u64) {
+        if let Some(tags) = self.unsettled.get_mut(&consumer) {
+            tags.remove(&tag);
+        }
+    }
+
     fn held_in(&self, queue: &str) -> usize {
         self.held.values().filter(|h| h.queue == queue).count()
     }
@@ -455,6 +470,7 @@ impl Inner {
             state.declared_queues.clear();
             state.declared_dead_letter_queues.clear();
             state.live_exchanges.clear();
+            state.unsettled.clear();
         }
         *current = Some(Arc::clone(&session));
         Ok(session)
@@ -723,13 +739,18 @@ impl Inner {
             };
             match existing {
                 Some((_, _, prefetch)) if prefetch >= needed => {}
-                Some((channel, old_tag, _)) => {
+                Some((old_channel, old_tag, _)) => {
                     // basic.qos applies to consumers started after it: start a
-                    // wider consumer on the same channel, then cancel the old one
-                    // (its unacknowledged deliveries stay valid on the channel).
-                    self.start_consumer(session, queue, channel.clone(), needed)
-                        .await?;
-                    if let Err(error) = channel
+                    // wider consumer on a channel of its own, then cancel the old
+                    // one (its unacknowledged deliveries keep their channel open
+                    // until they are settled).
+                    let channel = session
+                        .connection
+                        .create_channel()
+                        .await
+                        .map_err(lapin_error)?;
+                    self.start_consumer(session, queue, channel, needed).await?;
+                    if let Err(error) = old_channel
                         .basic_cancel(old_tag.as_str().into(), BasicCancelOptions::default())
                         .await
                     {
@@ -781,10 +802,14 @@ impl Inner {
         };
         let alive = Arc::new(AtomicBool::new(true));
         let reader_channel = channel.clone();
-        self.state.lock().consumers.insert(
+        let seq = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let mut state = self.state.lock();
+        state.unsettled.insert(seq, BTreeSet::new());
+        state.consumers.insert(
             queue.to_string(),
             QueueConsumer {
                 generation: session.generation,
+                seq,
                 channel,
                 tag,
                 prefetch,
@@ -792,14 +817,19 @@ impl Inner {
                 last_fetch: Instant::now(),
             },
         );
+        drop(state);
+        let feed = Feed {
+            generation: session.generation,
+            seq,
+            queue: queue.to_string(),
+            channel: reader_channel,
+            alive,
+        };
         tokio::spawn(read_consumer(
             Arc::downgrade(self),
             self.shutdown.subscribe(),
-            session.generation,
-            queue.to_string(),
             consumer,
-            reader_channel,
-            alive,
+            feed,
         ));
         Ok(())
     }
@@ -889,13 +919,17 @@ impl Inner {
                                 id,
                                 Held {
                                     queue,
+                                    consumer: received.consumer,
                                     _channel: received.channel,
                                     delivery,
                                     delivery_count,
                                 },
                             );
                         }
-                        Err(reason) => malformed.push((queue, delivery, reason)),
+                        Err(reason) => {
+                            state.settle(received.consumer, delivery.delivery_tag);
+                            malformed.push((queue, delivery, reason));
+                        }
                     }
                 }
             }
@@ -990,17 +1024,15 @@ pub fn dead_letter_queue(queue: &str) -> String {
     format!("{DEAD_LETTER_EXCHANGE}.{queue}")
 }
 
-/// Adds a delivery to a queue's buffer in delivery order. Two consumers of one
-/// channel (a narrower one being replaced by a wider one) are read by two tasks,
-/// so arrivals can interleave; the channel's delivery tags say the real order.
+/// Adds a delivery to a queue's buffer in delivery order. A narrower consumer
+/// being replaced by a wider one is read by another task, so arrivals can
+/// interleave: the older consumer's deliveries go first, and a consumer's
+/// delivery tags say the order of its own.
 fn buffer_in_order(buffer: &mut VecDeque<Received>, received: Received) {
+    let key = |r: &Received| (r.generation, r.consumer, r.delivery.delivery_tag);
     let mut at = buffer.len();
     while at > 0 {
-        let before = &buffer[at - 1];
-        if before.generation == received.generation
-            && before.channel_id == received.channel_id
-            && before.delivery.delivery_tag > received.delivery.delivery_tag
-        {
+        if key(&buffer[at - 1]) > key(&received) {
             at -= 1;
         } else {
             break;
@@ -1009,17 +1041,35 @@ fn buffer_in_order(buffer: &mut VecDeque<Received>, received: Received) {
     buffer.insert(at, received);
 }
 
+/// Where a consumer's deliveries go.
+struct Feed {
+    /// The connection they came on.
+    generation: u64,
+    /// The consumer's number.
+    seq: u64,
+    /// Its queue.
+    queue: String,
+    /// Its channel.
+    channel: Channel,
+    /// Cleared when the consumer ends.
+    alive: Arc<AtomicBool>,
+}
+
 /// Moves a consumer's deliveries into the buffer until the consumer, its channel or
 /// the handle ends.
 async fn read_consumer(
     inner: Weak<Inner>,
     mut shutdown: watch::Receiver<()>,
-    generation: u64,
-    queue: String,
     mut consumer: lapin::Consumer,
-    channel: Channel,
-    alive: Arc<AtomicBool>,
+    feed: Feed,
 ) {
+    let Feed {
+        generation,
+        seq,
+        queue,
+        channel,
+        alive,
+    } = feed;
     loop {
         let next = tokio::select! {
             _ = shutdown.changed() => break,
@@ -1028,16 +1078,19 @@ async fn read_consumer(
         match next {
             Some(Ok(delivery)) => {
                 let Some(inner) = inner.upgrade() else { break };
+                let tag = delivery.delivery_tag;
                 let received = Received {
                     generation,
-                    channel_id: channel.id(),
+                    consumer: seq,
                     channel: channel.clone(),
                     delivery,
                 };
-                buffer_in_order(
-                    inner.state.lock().buffers.entry(queue.clone()).or_default(),
-                    received,
-                );
+                let mut state = inner.state.lock();
+                if let Some(tags) = state.unsettled.get_mut(&seq) {
+                    tags.insert(tag);
+                }
+                buffer_in_order(state.buffers.entry(queue.clone()).or_default(), received);
+                drop(state);
                 inner.arrived.notify_waiters();
             }
             Some(Err(error)) => {
@@ -1251,14 +1304,56 @@ impl Broker for AmqpBroker {
     }
 
     async fn ack(&self, tags: &[DeliveryTag]) -> Result<(), BrokerError> {
-        let held: Vec<Held> = tags
-            .iter()
-            .filter_map(|t| self.inner.take_held(t))
-            .collect();
-        let acks = held
-            .iter()
-            .map(|h| h.delivery.acker.ack(BasicAckOptions::default()));
-        for result in futures::future::join_all(acks).await {
+        let mut by_consumer: HashMap<u64, Vec<Held>> = HashMap::new();
+        for held in tags.iter().filter_map(|t| self.inner.take_held(t)) {
+            // Deliveries of a closed channel went back to RabbitMQ already.
+            if held.delivery.acker.usable() {
+                by_consumer.entry(held.consumer).or_default().push(held);
+            }
+        }
+        let mut acks = Vec::new();
+        {
+            let mut state = self.inner.state.lock();
+            for (consumer, mut group) in by_consumer {
+                group.sort_by_key(|h| h.delivery.delivery_tag);
+                let Some(last) = group.last().map(|h| h.delivery.delivery_tag) else {
+                    continue;
+                };
+                // When these are all the consumer's unsettled tags up to the last
+                // one, one basic.ack with `multiple` settles them (a consumer's
+                // deliveries are buffered in tag order, so none below is on its
+                // way).
+                let all_below = state
+                    .unsettled
+                    .get(&consumer)
+                    .is_some_and(|t| t.range(..=last).count() == group.len());
+                for held in &group {
+                    state.settle(consumer, held.delivery.delivery_tag);
+                }
+                let current = state.consumers.values().any(|c| c.seq == consumer);
+                if !current
+                    && state
+                        .unsettled
+                        .get(&consumer)
+                        .is_some_and(BTreeSet::is_empty)
+                {
+                    state.unsettled.remove(&consumer);
+                }
+                if all_below && group.len() > 1 {
+                    if let Some(last) = group.pop() {
+                        acks.push((last, true));
+                    }
+                } else {
+                    acks.extend(group.into_iter().map(|h| (h, false)));
+                }
+            }
+        }
+        let sends = acks.iter().map(|(held, multiple)| {
+            held.delivery.acker.ack(BasicAckOptions {
+                multiple: *multiple,
+            })
+        });
+        for result in futures::future::join_all(sends).await {
             if let Err(error) = result {
                 tracing::debug!(%error, "an ack did not reach RabbitMQ; it will redeliver the message");
             }
@@ -1270,6 +1365,10 @@ impl Broker for AmqpBroker {
         let Some(held) = self.inner.take_held(tag) else {
             return Ok(());
         };
+        self.inner
+            .state
+            .lock()
+            .settle(held.consumer, held.delivery.delivery_tag);
         if !held.delivery.acker.usable() {
             // Its channel closed: RabbitMQ put the message back already.
             return Ok(());
@@ -1350,6 +1449,12 @@ impl Broker for AmqpBroker {
             .map(|b| b.drain(..).collect())
             .unwrap_or_default();
         let mut purged = 0;
+        {
+            let mut state = self.inner.state.lock();
+            for received in &buffered {
+                state.settle(received.consumer, received.delivery.delivery_tag);
+            }
+        }
         for received in buffered {
             if received.generation == session.generation
                 && received
