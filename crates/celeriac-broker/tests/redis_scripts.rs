@@ -288,6 +288,91 @@ async fn claim_counts_deliveries() {
     );
 }
 
+/// `claim.lua` reads the tag and delivery_info from the text of the envelopes kombu
+/// and celeriac write (no cjson decode); every other shape takes the full decode. Both
+/// roads must record the same thing.
+#[tokio::test]
+async fn claim_reads_every_envelope_shape_alike() {
+    let Some(mut fx) = fixture("claim_reads_every_envelope_shape_alike").await else {
+        return;
+    };
+    let k = fx.k.clone();
+    let list = k.queue("q", 0);
+    let cases: [(&str, String, &str, &str, u32); 6] = [
+        // Python's json.dumps: ", " and ": " separators, delivery_info before the tag.
+        (
+            "tag-py",
+            r#"{"body": "W10=", "content-encoding": "utf-8", "content-type": "application/json", "headers": {"task": "t", "id": "tag-py"}, "properties": {"correlation_id": "x", "delivery_mode": 2, "delivery_info": {"exchange": "", "routing_key": "celery"}, "priority": 0, "body_encoding": "base64", "delivery_tag": "tag-py"}}"#.to_string(),
+            "",
+            "celery",
+            1,
+        ),
+        // Compact, kombu-restored (redelivered), a named exchange.
+        (
+            "tag-compact",
+            r#"{"body":"W10=","headers":{"redelivered":true},"properties":{"delivery_tag":"tag-compact","delivery_info":{"exchange":"ex","routing_key":"rk","redelivered":true}}}"#.to_string(),
+            "ex",
+            "rk",
+            2,
+        ),
+        // A user header named like the keys claim reads: the full decode decides.
+        (
+            "tag-nested",
+            r#"{"body":"W10=","headers":{"delivery_tag":"not-me","delivery_info":{"exchange":"no","routing_key":"no"}},"properties":{"delivery_info":{"exchange":"","routing_key":"q2"},"delivery_tag":"tag-nested"}}"#.to_string(),
+            "",
+            "q2",
+            1,
+        ),
+        // A routing key with escapes and braces.
+        (
+            "tag-escaped",
+            r#"{"body":"W10=","properties":{"delivery_info":{"exchange":"","routing_key":"a\"b}{c"},"delivery_tag":"tag-escaped"}}"#.to_string(),
+            "",
+            "a\"b}{c",
+            1,
+        ),
+        // A tag with an escape.
+        (
+            "tag-\"q\"",
+            r#"{"body":"W10=","properties":{"delivery_tag":"tag-\"q\"","delivery_info":{"exchange":"","routing_key":"q"}}}"#.to_string(),
+            "",
+            "q",
+            1,
+        ),
+        // No delivery_info at all: the queue is the routing key.
+        (
+            "tag-bare",
+            r#"{"body":"W10=","properties":{"delivery_tag":"tag-bare"}}"#.to_string(),
+            "",
+            "q",
+            1,
+        ),
+    ];
+    for (_, raw, _, _, _) in &cases {
+        let _: () = fx.conn.lpush(&list, raw).await.expect("redis command");
+    }
+    let got = fx.claim(&[(list, "q")], 10, 30_000, None).await;
+    assert_eq!(got.len(), cases.len(), "nothing dead-lettered");
+    for ((tag, raw, exchange, routing_key, count), row) in cases.iter().zip(&got) {
+        assert_eq!(
+            (row.1.as_str(), row.2.as_str(), row.4),
+            (raw.as_str(), *tag, *count)
+        );
+        let entry = fx.hget(&k.unacked, tag).await.expect("an unacked entry");
+        let (envelope, ex, rk): (serde_json::Value, String, String) =
+            serde_json::from_str(&entry).expect("[envelope, exchange, routing_key]");
+        assert_eq!(
+            envelope,
+            serde_json::from_str::<serde_json::Value>(raw).expect("json")
+        );
+        assert_eq!(
+            (ex.as_str(), rk.as_str()),
+            (*exchange, *routing_key),
+            "{tag}"
+        );
+    }
+}
+
 #[tokio::test]
 async fn claim_dead_letters_what_is_not_an_envelope() {
     let Some(mut fx) = fixture("claim_dead_letters_what_is_not_an_envelope").await else {

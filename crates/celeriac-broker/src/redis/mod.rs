@@ -442,15 +442,27 @@ impl Inner {
                 .get(index.wrapping_sub(1))
                 .map(|(_, q)| request.queues[*q].clone())
                 .unwrap_or_default();
-            match Envelope::from_kombu_json(&raw) {
+            // claim.lua reads the tag without decoding the whole envelope; a text that
+            // fooled it (a tag that is not properties.delivery_tag) is not delivered.
+            let decoded = Envelope::from_kombu_json(&raw)
+                .map_err(|error| format!("undecodable envelope: {error}"))
+                .and_then(|envelope| {
+                    if envelope.properties.delivery_tag.as_deref() == Some(tag.as_str()) {
+                        Ok(envelope)
+                    } else {
+                        Err(format!(
+                            "ambiguous envelope: the delivery tag {tag:?} found in its text is not its properties.delivery_tag"
+                        ))
+                    }
+                });
+            match decoded {
                 Ok(envelope) => deliveries.push(Delivery {
                     tag: wire::delivery_tag(&token, &tag),
                     queue,
                     envelope,
                     delivery_count,
                 }),
-                Err(error) => {
-                    let reason = format!("undecodable envelope: {error}");
+                Err(reason) => {
                     tracing::warn!(%queue, %tag, %reason, "dead-lettering a message that does not decode");
                     let record = DeadLetterRecord::new(&queue, &reason, Some(&tag), &raw);
                     if let Err(error) = self.dead_letter(&tag, &token, &queue, &record).await {
