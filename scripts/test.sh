@@ -19,6 +19,10 @@ fi
 step "doc tests"
 cargo test --workspace --doc
 
+step "fuzz: message decoder, kombu envelope, crontab, routing keys (20 s each)"
+# cargo-fuzz on the stable toolchain (RUSTC_BOOTSTRAP=1, see scripts/fuzz.sh).
+FUZZ_SECONDS=${FUZZ_SECONDS:-20} bash scripts/fuzz.sh
+
 step "quickstart (--exit-when-done) on a fresh SQLite file"
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT

@@ -179,13 +179,15 @@ pub fn glob_matches(pattern: &str, name: &str) -> bool {
     let (mut pi, mut ni) = (0, 0);
     let (mut star, mut mark) = (None, 0);
     while ni < n.len() {
-        if pi < p.len() && (p[pi] == '?' || p[pi] == n[ni]) {
-            pi += 1;
-            ni += 1;
-        } else if pi < p.len() && p[pi] == '*' {
+        // `*` first: a `*` in the pattern is always a wildcard, even where the name
+        // has a literal `*` (found by the routing_key fuzz target).
+        if pi < p.len() && p[pi] == '*' {
             star = Some(pi);
             mark = ni;
             pi += 1;
+        } else if pi < p.len() && (p[pi] == '?' || p[pi] == n[ni]) {
+            pi += 1;
+            ni += 1;
         } else if let Some(s) = star {
             pi = s + 1;
             mark += 1;
@@ -429,6 +431,9 @@ mod tests {
         assert!(glob_matches("*", "anything"));
         assert!(glob_matches("files.proc?ss", "files.process"));
         assert!(!glob_matches("notify.*", "files.process"));
+        // Found by fuzzing: a literal `*` in the name must not consume the wildcard.
+        assert!(glob_matches("*", "*.heara"));
+        assert!(glob_matches("a*z", "a*bz"));
     }
 
     fn router() -> Router {
