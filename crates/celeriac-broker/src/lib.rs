@@ -550,8 +550,25 @@ pub async fn connect_with(
     }
 }
 
-/// Hides the password of a URL for logs and errors.
+/// Hides the password of a URL for logs and errors: the one in the user info
+/// (`redis://user:***@host`) and any `password=` query parameter
+/// (`postgres://host/db?password=***`).
 pub fn redact(url: &str) -> String {
+    let url = redact_user_info(url);
+    let Some((base, query)) = url.split_once('?') else {
+        return url;
+    };
+    let query: Vec<String> = query
+        .split('&')
+        .map(|pair| match pair.split_once('=') {
+            Some((name, _)) if name.eq_ignore_ascii_case("password") => format!("{name}=***"),
+            _ => pair.to_string(),
+        })
+        .collect();
+    format!("{base}?{}", query.join("&"))
+}
+
+fn redact_user_info(url: &str) -> String {
     match (url.find("://"), url.rfind('@')) {
         (Some(start), Some(at)) if at > start => {
             let auth = &url[start + 3..at];
@@ -573,5 +590,13 @@ mod tests {
             "redis://u:***@h:1/0"
         );
         assert_eq!(super::redact("sqlite://x.db"), "sqlite://x.db");
+        assert_eq!(
+            super::redact("redis://:p@ss:w0rd@h/0?ssl_cert_reqs=none"),
+            "redis://:***@h/0?ssl_cert_reqs=none"
+        );
+        assert_eq!(
+            super::redact("amqp://h//?password=secret&heartbeat=10"),
+            "amqp://h//?password=***&heartbeat=10"
+        );
     }
 }

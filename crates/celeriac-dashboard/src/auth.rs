@@ -83,12 +83,10 @@ impl Credentials {
     }
 }
 
-/// Equality that takes as long for every mismatch of the same length.
+/// Equality whose time does not depend on where the inputs differ, nor stops early
+/// when their lengths differ ([`celeriac_core::signing::constant_time_eq`]).
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    if a.len() != b.len() {
-        return false;
-    }
-    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+    celeriac_core::signing::constant_time_eq(a, b)
 }
 
 /// Whether `path` is a control action.
@@ -153,6 +151,15 @@ mod tests {
         assert!(bearer.accepts("Bearer tok"));
         assert!(!bearer.accepts("Bearer tok2"));
         assert!(!bearer.accepts(""));
+        // Prefixes and extensions of the secret are refused (the comparison runs
+        // over the longer input instead of stopping at a length mismatch).
+        assert!(!bearer.accepts("Bearer to"));
+        assert!(!bearer.accepts("Bearer tok\0"));
+        let prefix = format!(
+            "Basic {}",
+            base64::engine::general_purpose::STANDARD.encode("ops:s3cre")
+        );
+        assert!(!basic.accepts(&prefix));
         assert_eq!(format!("{basic:?}"), "Basic(ops, ***)");
     }
 

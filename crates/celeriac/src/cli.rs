@@ -105,7 +105,12 @@ pub struct DashboardArgs {
     #[arg(long, default_value = celeriac_dashboard::DEFAULT_ADDR, value_name = "HOST:PORT")]
     pub addr: std::net::SocketAddr,
     /// Schedule store URL (default: CELERIAC_BEAT_STORE, else the SQLite broker's file).
-    #[arg(long, env = "CELERIAC_BEAT_STORE", value_name = "URL")]
+    #[arg(
+        long,
+        env = "CELERIAC_BEAT_STORE",
+        value_name = "URL",
+        hide_env_values = true
+    )]
     pub store: Option<String>,
     /// Basic-auth user (with --password). Needed off loopback and for control actions.
     #[arg(long, env = "CELERIAC_DASHBOARD_USER", requires = "password")]
@@ -293,10 +298,23 @@ where
 pub async fn run_builder(builder: AppBuilder) -> anyhow::Result<()> {
     let cli = Cli::parse();
     init_logging(&cli.log);
-    let app = apply_global_flags(builder, &cli)
+    let builder = apply_global_flags(builder, &cli);
+    // Name what we connect to (passwords redacted), so the error says which store.
+    let target = match builder.resolve_settings() {
+        Ok(settings) => format!(
+            " (broker {}, result backend {})",
+            celeriac_broker::redact(&settings.broker_url),
+            settings
+                .effective_result_backend()
+                .map(|url| celeriac_broker::redact(&url))
+                .unwrap_or_else(|| "none".into())
+        ),
+        Err(_) => String::new(),
+    };
+    let app = builder
         .build()
         .await
-        .context("connecting to the broker and result backend")?;
+        .with_context(|| format!("connecting to the broker and result backend{target}"))?;
     dispatch(app, cli.command).await
 }
 

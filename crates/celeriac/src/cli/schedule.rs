@@ -32,7 +32,12 @@ use crate::app::App;
 pub struct BeatArgs {
     /// Schedule store URL: sqlite://PATH, redis://HOST[:PORT][/DB] or
     /// django+postgres://USER@HOST/DBNAME (default: the broker's SQLite file or Redis).
-    #[arg(long, env = "CELERIAC_BEAT_STORE", value_name = "URL")]
+    #[arg(
+        long,
+        env = "CELERIAC_BEAT_STORE",
+        value_name = "URL",
+        hide_env_values = true
+    )]
     pub store: Option<String>,
     /// How often the store is checked for edits (the longest an edit takes to apply).
     #[arg(long, value_parser = parse_duration, value_name = "DURATION", default_value = "250ms")]
@@ -48,7 +53,13 @@ pub struct BeatArgs {
 pub struct ScheduleArgs {
     /// Schedule store URL: sqlite://PATH, redis://HOST[:PORT][/DB] or
     /// django+postgres://USER@HOST/DBNAME (default: the broker's SQLite file or Redis).
-    #[arg(long, global = true, env = "CELERIAC_BEAT_STORE", value_name = "URL")]
+    #[arg(
+        long,
+        global = true,
+        env = "CELERIAC_BEAT_STORE",
+        value_name = "URL",
+        hide_env_values = true
+    )]
     pub store: Option<String>,
     /// What to do.
     #[command(subcommand)]
