@@ -20,8 +20,11 @@
 //!   declared queue's `concurrency × prefetch_multiplier`, and what the consumer
 //!   asks for (its held messages plus `max`), so a worker never holds more
 //!   unacknowledged messages than its prefetch window, as with Celery.
-//! - **Acks** are `basic.ack`. [`RejectAction::Release`] is `basic.nack` with
-//!   requeue (RabbitMQ puts the message back where it was); [`RejectAction::Requeue`]
+//! - **Acks** are `basic.ack` (one with `multiple` when a batch settles all of a
+//!   consumer's deliveries up to its last tag). [`RejectAction::Release`] puts the
+//!   message back at the front of the handle's buffer, still unacknowledged, so the
+//!   next fetch hands it out first with its delivery count unchanged (RabbitMQ takes
+//!   it back when the handle closes, as at a worker's shutdown); [`RejectAction::Requeue`]
 //!   republishes a copy at the back of the queue (confirmed) and acks the original,
 //!   carrying the delivery count in the `x-celeriac-prior-deliveries` header.
 //! - **Leases.** There are none: RabbitMQ itself redelivers every unacknowledged
@@ -231,10 +234,12 @@ struct Received {
 /// A message handed out by [`Broker::fetch`] and not yet acked or rejected.
 struct Held {
     queue: String,
+    /// The connection it came on.
+    generation: u64,
     /// The consumer it came to.
     consumer: u64,
     /// Keeps the channel open until this delivery is settled.
-    _channel: Channel,
+    channel: Channel,
     delivery: lapin::message::Delivery,
     delivery_count: u32,
 }
@@ -919,8 +924,9 @@ impl Inner {
                                 id,
                                 Held {
                                     queue,
+                                    generation: received.generation,
                                     consumer: received.consumer,
-                                    _channel: received.channel,
+                                    channel: received.channel,
                                     delivery,
                                     delivery_count,
                                 },
@@ -1373,17 +1379,35 @@ impl Broker for AmqpBroker {
             // Its channel closed: RabbitMQ put the message back already.
             return Ok(());
         }
+        if action == RejectAction::Release {
+            // Back to the front of this handle's buffer, still unacknowledged, as if
+            // never handed out: the next fetch hands it out first, with its delivery
+            // count unchanged. (A basic.nack would put it back at its old place on a
+            // classic queue but at the back of a quorum queue, and count a
+            // delivery.) When this handle closes, RabbitMQ takes it back.
+            let mut state = self.inner.state.lock();
+            state
+                .unsettled
+                .entry(held.consumer)
+                .or_default()
+                .insert(held.delivery.delivery_tag);
+            state
+                .buffers
+                .entry(held.queue)
+                .or_default()
+                .push_front(Received {
+                    generation: held.generation,
+                    consumer: held.consumer,
+                    channel: held.channel,
+                    delivery: held.delivery,
+                });
+            drop(state);
+            self.inner.arrived.notify_waiters();
+            return Ok(());
+        }
         let delivery = &held.delivery;
         match action {
-            RejectAction::Release => {
-                let _ = delivery
-                    .acker
-                    .nack(BasicNackOptions {
-                        requeue: true,
-                        ..BasicNackOptions::default()
-                    })
-                    .await;
-            }
+            RejectAction::Release => {}
             RejectAction::Requeue => {
                 let mut headers = delivery.properties.headers().clone().unwrap_or_default();
                 headers.insert(
