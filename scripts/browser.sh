@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
 # Dashboard browser tests: headless Chromium (Selenium) against `celeriac dashboard`
+# (and the interop example's worker and beat, which run real tasks)
 # on a fresh SQLite file. Installs Debian's chromium + chromium-driver when missing
 # and allowed (root with apt-get); otherwise the tests skip with the reason, or fail
 # with CELERIAC_REQUIRE_SERVICES=1.
@@ -21,7 +22,7 @@ if ! command -v chromedriver >/dev/null || ! { command -v chromium >/dev/null ||
 fi
 
 say "building celeriac (release)"
-cargo build --release --bin celeriac
+cargo build --release --bin celeriac --example interop
 
 bash scripts/python-env.sh >/dev/null
 

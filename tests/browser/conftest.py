@@ -1,8 +1,12 @@
 """Fixtures of the dashboard browser tests: a `celeriac dashboard` (and a worker) on a
-fresh SQLite file, and headless Chromium driven by Selenium.
+fresh SQLite file, and headless Chromium driven by Selenium. `system` runs the
+generic `celeriac` binary (no tasks of its own); `task_system` runs the interop
+example (examples/interop: `interop.add`, `interop.record`, ... with celeriac's
+whole command line), so its workers and beat run real tasks.
 
 Environment:
   CELERIAC_BIN                the celeriac binary (default target/release/celeriac)
+  CELERIAC_TASKS_BIN          the binary with tasks (default target/release/examples/interop)
   CELERIAC_REQUIRE_SERVICES=1 fail instead of skipping when Chromium is missing
 """
 
@@ -18,6 +22,7 @@ import pytest
 HERE = pathlib.Path(__file__).resolve().parent
 REPO = HERE.parent.parent
 CELERIAC = pathlib.Path(os.environ.get("CELERIAC_BIN") or REPO / "target" / "release" / "celeriac")
+TASKS = pathlib.Path(os.environ.get("CELERIAC_TASKS_BIN") or REPO / "target" / "release" / "examples" / "interop")
 REQUIRED = os.environ.get("CELERIAC_REQUIRE_SERVICES") == "1"
 
 
@@ -31,16 +36,17 @@ def env_for(db):
 class System:
     """One SQLite file with a dashboard (and optionally workers) serving it."""
 
-    def __init__(self, tmp_path):
+    def __init__(self, tmp_path, binary=CELERIAC):
+        self.binary = binary
         self.dir = tmp_path
         self.db = tmp_path / "celeriac.db"
         self.env = env_for(self.db)
         self.processes = []
         self.url = None
 
-    def run(self, *args, check=True):
+    def run(self, *args, check=True, env=None):
         done = subprocess.run(
-            [str(CELERIAC), "--log", "warn", *args], cwd=self.dir, env=self.env,
+            [str(self.binary), "--log", "warn", *args], cwd=self.dir, env={**self.env, **(env or {})},
             capture_output=True, text=True, timeout=60,
         )
         if check:
@@ -49,7 +55,7 @@ class System:
 
     def start_dashboard(self, *extra):
         process = subprocess.Popen(
-            [str(CELERIAC), "--log", "warn", "dashboard", "--addr", "127.0.0.1:0", *extra],
+            [str(self.binary), "--log", "warn", "dashboard", "--addr", "127.0.0.1:0", *extra],
             cwd=self.dir, env=self.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
         )
         self.processes.append(process)
@@ -58,9 +64,17 @@ class System:
         assert line.startswith(prefix), f"unexpected dashboard output {line!r}"
         self.url = line[len(prefix):].strip()
 
-    def start_worker(self, queue, name):
+    def start_worker(self, queue, name, *extra):
         process = subprocess.Popen(
-            [str(CELERIAC), "--log", "warn", "worker", "-Q", queue, "-n", name, "-c", "2"],
+            [str(self.binary), "--log", "warn", "worker", "-Q", queue, "-n", name, "-c", "2", *extra],
+            cwd=self.dir, env=self.env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )
+        self.processes.append(process)
+        return process
+
+    def start_beat(self):
+        process = subprocess.Popen(
+            [str(self.binary), "--log", "warn", "beat"],
             cwd=self.dir, env=self.env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )
         self.processes.append(process)
@@ -82,6 +96,16 @@ def system(tmp_path):
     if not CELERIAC.exists():
         pytest.fail(f"{CELERIAC} is missing: cargo build --release --bin celeriac", pytrace=False)
     s = System(tmp_path)
+    yield s
+    s.stop()
+
+
+@pytest.fixture
+def task_system(tmp_path):
+    if not TASKS.exists():
+        pytest.fail(f"{TASKS} is missing: cargo build --release --example interop", pytrace=False)
+    s = System(tmp_path, TASKS)
+    s.env["CELERIAC_INTEROP_LOG"] = str(tmp_path / "ran.log")
     yield s
     s.stop()
 

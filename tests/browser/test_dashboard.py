@@ -17,8 +17,10 @@ from selenium.webdriver.support.ui import Select
 from conftest import eventually
 
 
-def api(system, path, method="GET"):
+def api(system, path, method="GET", auth=None):
     request = urllib.request.Request(system.url + path, method=method)
+    if auth:
+        request.add_header("Authorization", "Basic " + base64.b64encode(":".join(auth).encode()).decode())
     with urllib.request.urlopen(request, timeout=10) as response:
         return json.loads(response.read())
 
@@ -80,7 +82,6 @@ def test_workers_and_queues_update_live(system, browser):
     eventually(drained, what="the queue drains into dead letters, live")
     browser.find_element(By.CSS_SELECTOR, "button[data-dead=backlog]").click()
     reasons = eventually(lambda: cell_texts(browser, "#dead-body tr"), what="dead letters listed")
-    shot(browser, "queues")
     assert all("demo.task" in r for r in reasons), reasons
 
     # Remote control from the page: the worker shuts down when asked.
@@ -139,3 +140,109 @@ def test_schedule_workflow_and_lock_release(system, browser):
     system.run("locks", "list")  # creates nothing; proves the command and store agree
     browser.find_element(By.CSS_SELECTOR, "nav button[data-tab=locks]").click()
     eventually(lambda: "No locks held." in browser.find_element(By.ID, "locks-body").text, what="no locks")
+
+
+def task_rows(browser):
+    """The tasks screen's rows as {task id: [cell texts]}."""
+    # One script call reads the table at one moment (it is redrawn every 2 s).
+    pairs = browser.execute_script(
+        "return [...document.querySelectorAll('#tasks-body tr[data-task]')]"
+        ".map((row) => [row.dataset.task, [...row.cells].map((cell) => cell.innerText.trim())]);"
+    )
+    return {task: cells for task, cells in pairs}
+
+
+def test_a_schedule_made_in_the_form_is_sent_by_beat_and_runs(task_system, browser):
+    system = task_system
+    system.start_dashboard()
+    system.start_worker("celery", "beat-worker@test", "-E")
+    system.start_beat()
+    browser.get(system.url)
+    eventually(lambda: browser.find_element(By.ID, "live").text == "live", what="the page goes live")
+
+    browser.find_element(By.CSS_SELECTOR, "nav button[data-tab=schedules]").click()
+    form = browser.find_element(By.ID, "schedule-form")
+    form.find_element(By.NAME, "name").send_keys("add-every-second")
+    form.find_element(By.NAME, "task").send_keys("interop.add")
+    args = form.find_element(By.NAME, "args")
+    args.clear()
+    args.send_keys("[2, 3]")
+    Select(form.find_element(By.NAME, "kind")).select_by_value("every")
+    form.find_element(By.NAME, "when").send_keys("1")
+    form.find_element(By.CSS_SELECTOR, "button[type=submit]").click()
+    eventually(lambda: "Saved add-every-second" in browser.find_element(By.ID, "message").text, what="saved")
+    assert api(system, "/api/schedules/add-every-second")["schedule"]["interval"]["every"] == 1
+
+    # Beat (its own process, reading the same store) sends it; the worker runs it;
+    # the tasks screen lists the runs without a reload.
+    browser.find_element(By.CSS_SELECTOR, "nav button[data-tab=tasks]").click()
+
+    def runs():
+        return [cells for cells in task_rows(browser).values() if cells[2] == "interop.add" and cells[1] == "SUCCESS"]
+
+    done = eventually(runs, timeout=30, what="a run sent by beat succeeds on the tasks screen")
+    assert done[0][3] == "(2, 3)" and done[0][4] == "5", done[0]
+    assert done[0][5] == "beat-worker@test", done[0]
+    browser.find_element(By.CSS_SELECTOR, "nav button[data-tab=schedules]").click()
+    eventually(lambda: api(system, "/api/schedules/add-every-second")["total_run_count"] >= 1, what="beat counted the run")
+    eventually(
+        lambda: browser.find_element(By.CSS_SELECTOR, "tr[data-entry=add-every-second]").find_elements(By.TAG_NAME, "td")[6].text not in ("", "0"),
+        what="the schedules screen shows the runs",
+    )
+    shot(browser, "schedules")
+
+    # The queues screen charts the queue's in / out rates from the sampled depth and
+    # the task events: one run a second goes in and out of `celery`.
+    browser.find_element(By.CSS_SELECTOR, "nav button[data-tab=queues]").click()
+
+    def charted():
+        rates = {q["name"]: q for q in api(system, "/api/queues/rates")["queues"]}
+        celery = rates.get("celery")
+        return celery and len(celery["samples"]) >= 4 and any(s["out"] > 0 for s in celery["samples"]) and celery
+
+    celery = eventually(charted, timeout=30, what="rates sampled for the celery queue")
+    assert celery["source"] == "events" and celery["totals"]["received"] >= 1, celery
+    chart = eventually(lambda: browser.find_element(By.CSS_SELECTOR, "svg[data-chart=celery]"), what="the rates chart")
+    assert len(chart.find_elements(By.CSS_SELECTOR, "polyline")) == 2
+    eventually(lambda: browser.find_element(By.CSS_SELECTOR, "tr[data-queue=celery] td.rate-out").text not in ("", "–"),
+               what="the out rate is shown")
+    shot(browser, "queues")
+
+    browser.find_element(By.CSS_SELECTOR, "nav button[data-tab=schedules]").click()
+    browser.find_element(By.CSS_SELECTOR, "tr[data-entry=add-every-second] button[data-remove]").click()
+    browser.switch_to.alert.accept()
+    eventually(lambda: api(system, "/api/schedules") == [], what="deleted")
+
+
+def test_a_waiting_task_revoked_from_the_tasks_screen_never_runs(task_system, browser):
+    system = task_system
+    system.start_dashboard("--user", "ops", "--password", "browser-test")
+    system.start_worker("celery", "revoke-worker@test", "-E")
+    log_in(browser, "ops", "browser-test")
+    browser.get(system.url)
+    eventually(lambda: browser.find_element(By.ID, "live").text == "live", what="the page goes live")
+    eventually(lambda: "online" in browser.find_element(By.CSS_SELECTOR, "tr[data-worker='revoke-worker@test']").text,
+               what="the worker is online")
+
+    # A task waiting for its countdown. The SQLite broker holds it until it is due, so
+    # the dashboard learns of it from the client's task-sent event (Celery's
+    # task_send_sent_event, as Flower needs too).
+    waiting = system.run("call", "interop.record", "--args", '["must-not-run"]', "--countdown", "8s",
+                         env={"CELERIAC_TASK_SEND_SENT_EVENT": "true"}).strip()
+    browser.find_element(By.CSS_SELECTOR, "nav button[data-tab=tasks]").click()
+    eventually(lambda: task_rows(browser).get(waiting, [None, None])[1] == "PENDING",
+               what="the waiting task is listed as pending")
+    shot(browser, "tasks-revoke")
+    eventually(lambda: browser.find_element(By.CSS_SELECTOR, f"button[data-revoke='{waiting}']"), what="its revoke button").click()
+    eventually(lambda: f"Revoked {waiting}" in browser.find_element(By.ID, "message").text, what="the revoke was sent")
+    assert "revoke-worker@test" in browser.find_element(By.ID, "message").text, "the worker replied"
+
+    # When its countdown ends the worker discards it: REVOKED on the screen and in the
+    # API, and the task body never ran.
+    eventually(lambda: task_rows(browser).get(waiting, [None, None])[1] == "REVOKED", timeout=30,
+               what="the task ends REVOKED on the tasks screen")
+    assert api(system, f"/api/tasks/{waiting}", auth=("ops", "browser-test"))["status"] == "REVOKED"
+    ran = system.run("call", "interop.record", "--args", '["did-run"]', "--wait", "20s")
+    assert "did-run" in ran
+    log = (system.dir / "ran.log").read_text()
+    assert "did-run" in log and "must-not-run" not in log, log

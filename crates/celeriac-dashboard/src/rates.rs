@@ -7,11 +7,11 @@
 //!
 //! - **out** (dequeued per second): `task-received` events of the queue. Without task
 //!   events (workers not started with `-E`), the fall of the depth instead.
-//! - **in** (enqueued per second): `task-sent` events of the queue when clients send
-//!   them (`task_send_sent_event`); else what was received plus the rise of the depth
-//!   (`in = out + Δdepth`); without task events, the rise of the depth. With no
-//!   events the two are net flows: a queue that takes in as much as it gives out
-//!   shows neither.
+//! - **in** (enqueued per second): what was received plus the rise of the depth
+//!   (`in = out + Δdepth`), or the `task-sent` events of the queue when clients send
+//!   them (`task_send_sent_event`) and they say more; without task events, the rise
+//!   of the depth. With no events the two are net flows: a queue that takes in as
+//!   much as it gives out shows neither.
 //!
 //! Celery's `task-received` does not say which queue the task came from, so a
 //! received (succeeded, failed) task is counted for: the queue its `task-sent` event
@@ -188,11 +188,10 @@ impl QueueRates {
             let received = counters.received.saturating_sub(before.received) as f64;
             let events = counters.received > 0 || counters.sent > 0;
             let out = if events { received } else { (-grew).max(0.0) };
-            let into = if counters.sent > 0 {
-                counters.sent.saturating_sub(before.sent) as f64
-            } else {
-                (out + grew).max(0.0)
-            };
+            // Sent events count what their clients sent; the depth also sees the
+            // clients that send none.
+            let sent = counters.sent.saturating_sub(before.sent) as f64;
+            let into = sent.max(out + grew).max(0.0);
             let samples = inner.series.entry(queue.name.clone()).or_default();
             if samples.len() >= SAMPLES_KEPT {
                 samples.pop_front();
