@@ -342,6 +342,8 @@ where
         .await
         .expect("sent");
     assert_eq!(good.get(WAIT).await.expect("result"), json!(5));
+    let report = worker.stop().await;
+    // After the stop, so the good task's ack (batched by the completer) has landed.
     let stats = app
         .broker()
         .queue_stats(&[QUEUE.to_string()])
@@ -352,7 +354,6 @@ where
         (0, 0),
         "nothing hostile stays in the queue: {stats:?}"
     );
-    let report = worker.stop().await;
     let by_worker = cases.iter().filter(|c| c.by_worker).count() as u64;
     assert_eq!(
         (report.dead_lettered, report.succeeded),
