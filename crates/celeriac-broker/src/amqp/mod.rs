@@ -42,7 +42,8 @@
 //!   with `x-queue-type: quorum`; their `x-delivery-count` header then counts
 //!   redeliveries exactly.
 //! - **Dead letters** go through the direct exchange `celeriac.dead-letter` to the
-//!   durable queue `celeriac.dead-letter.<queue>`, with the reason, origin queue and
+//!   durable queue `celeriac.dead-letter.<queue>` (declared with its queue by
+//!   [`Broker::declare_queue`], else at the first dead letter), with the reason, origin queue and
 //!   time in `x-celeriac-dead-letter-*` headers. Queues may also name
 //!   `celeriac.dead-letter` as their `x-dead-letter-exchange`: RabbitMQ's own dead
 //!   letters (with `x-death`) then land in the same place and are listed too.
@@ -1208,6 +1209,14 @@ impl Broker for AmqpBroker {
             .lock()
             .declared_queues
             .insert(queue.name.clone());
+        if !is_reply_queue(&queue.name) {
+            // Made now, so counting its dead letters never asks RabbitMQ about a
+            // queue that does not exist (a 404 closes the channel, and lapin logs it
+            // as an error).
+            inner
+                .ensure_dead_letter_queue(&session, &queue.name)
+                .await?;
+        }
         let exchange = &queue.exchange.name;
         if !exchange.is_empty() {
             let (kind, durable) = exchange_settings(exchange, queue.exchange.kind);
