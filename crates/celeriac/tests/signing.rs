@@ -20,6 +20,61 @@ const KEY: &str = "test-signing-key-0123456789";
 #[tokio::test]
 async fn signed_messages_run_and_unsigned_or_forged_ones_are_dead_lettered() {
     let t = TestApp::new();
+    signing_end_to_end(t.builder()).await;
+}
+
+/// The same on Redis (kombu's transport), plus a signed message as kombu's restore
+/// leaves it (`headers.redelivered = true`), which must still verify.
+#[tokio::test]
+async fn signing_works_end_to_end_on_redis_including_restored_messages() {
+    let Some(base) = celeriac_redis::testing::redis_url_or_skip(
+        "signing_works_end_to_end_on_redis_including_restored_messages",
+    ) else {
+        return;
+    };
+    let harness = celeriac::broker::redis::testing::RedisHarness::new(&base);
+    let dir = tempfile::tempdir().expect("temp dir");
+    let results = format!("sqlite://{}", dir.path().join("results.db").display());
+    let builder = celeriac::App::builder("test")
+        .without_environment()
+        .broker(harness.url())
+        .backend(results)
+        .configure(|s| {
+            s.broker_transport_options.lease = 2.0;
+            s.worker_shutdown_timeout = 5.0;
+            s.worker_concurrency = 2;
+        });
+    let app = signing_end_to_end(builder).await;
+
+    let mut restored = TaskMessage::new(
+        "tests.add",
+        "restored-1",
+        vec![json!(40), json!(2)],
+        Map::new(),
+    )
+    .encode();
+    restored.properties.delivery_tag = Some(uuid::Uuid::new_v4().to_string());
+    SigningKey::new(KEY).expect("key").sign(&mut restored);
+    restored.headers.insert("redelivered".into(), json!(true));
+    harness
+        .redis_broker()
+        .await
+        .push_raw("celery", &restored.to_kombu_json())
+        .await
+        .expect("push");
+    let worker = RunningWorker::start_default(&app);
+    assert_eq!(
+        app.result::<Value>("restored-1")
+            .get(WAIT)
+            .await
+            .expect("a restored signed message still verifies"),
+        json!(42)
+    );
+    worker.stop().await;
+}
+
+/// Runs the signing scenario on an app built from `builder`; returns the app.
+async fn signing_end_to_end(builder: celeriac::AppBuilder) -> celeriac::App {
     let attempts = Arc::new(AtomicU32::new(0));
     let counter = attempts.clone();
     let flaky = task(
@@ -41,8 +96,7 @@ async fn signed_messages_run_and_unsigned_or_forged_ones_are_dead_lettered() {
         TaskOptions::default(),
         |_ctx, args, _kw| async move { Ok(json!(args.iter().filter_map(Value::as_i64).sum::<i64>())) },
     );
-    let app = t
-        .builder()
+    let app = builder
         .task(add)
         .task(flaky)
         .configure(|s| s.signing_key = celeriac::core::config::Secret(KEY.into()))
@@ -140,6 +194,7 @@ async fn signed_messages_run_and_unsigned_or_forged_ones_are_dead_lettered() {
     }
     let stats = worker.stop().await;
     assert_eq!((stats.dead_lettered, stats.succeeded), (4, 2));
+    app
 }
 
 #[tokio::test]
