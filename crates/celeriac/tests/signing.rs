@@ -210,3 +210,67 @@ async fn a_short_signing_key_is_refused_at_build_time() {
     assert!(text.contains("signing_key is 5 bytes"), "{text}");
     assert!(!text.contains("short"), "the key is never shown: {text}");
 }
+
+/// Signed messages keep their signature through RabbitMQ (headers travel as AMQP
+/// field tables and come back in another order and representation).
+#[tokio::test]
+async fn signed_messages_verify_after_a_trip_through_rabbitmq() {
+    let Some(base) = celeriac::broker::amqp::testing::amqp_url_or_skip(
+        "signed_messages_verify_after_a_trip_through_rabbitmq",
+    ) else {
+        return;
+    };
+    let separator = if base.contains('?') { '&' } else { '?' };
+    let url = format!("{base}{separator}queue_expires=60000");
+    let queue = format!("signing-{}", uuid::Uuid::new_v4().simple());
+    let dir = tempfile::tempdir().expect("temp dir");
+    let results = format!("sqlite://{}", dir.path().join("results.db").display());
+    let add = task(
+        "tests.add",
+        TaskOptions::default(),
+        |_ctx, args, _kw| async move { Ok(json!(args.iter().filter_map(Value::as_i64).sum::<i64>())) },
+    );
+    let retrying = task(
+        "tests.retrying",
+        TaskOptions::default(),
+        |ctx: TaskContext, _a, _k| async move {
+            if ctx.retries() == 0 {
+                return Err(ctx.retry_after(Duration::from_millis(20)));
+            }
+            Ok(json!("retried"))
+        },
+    );
+    let app = celeriac::App::builder("test")
+        .without_environment()
+        .broker(url)
+        .backend(results)
+        .task(add)
+        .task(retrying)
+        .configure(|s| {
+            s.task_default_queue = queue.clone();
+            s.worker_concurrency = 2;
+            s.worker_shutdown_timeout = 5.0;
+            s.signing_key = celeriac::core::config::Secret(KEY.into());
+        })
+        .build()
+        .await
+        .expect("app");
+    let worker = RunningWorker::start_default(&app);
+    let sum = app
+        .send_task(
+            "tests.add",
+            vec![json!(2), json!(3), json!(1.5)],
+            Map::new(),
+            SendOptions::new().countdown(Duration::from_millis(10)),
+        )
+        .await
+        .expect("sent");
+    assert_eq!(sum.get(WAIT).await.expect("signed on RabbitMQ"), json!(5));
+    let retried = app
+        .send_task("tests.retrying", vec![], Map::new(), SendOptions::new())
+        .await
+        .expect("sent");
+    assert_eq!(retried.get(WAIT).await.expect("retry"), json!("retried"));
+    let stats = worker.stop().await;
+    assert_eq!((stats.dead_lettered, stats.succeeded), (0, 2));
+}
