@@ -16,3 +16,69 @@ celeriac_broker::broker_conformance_tests!(match amqp_url_or_skip("amqp_conforma
     Some(url) => AmqpHarness::new(&url),
     None => return,
 });
+
+/// Publishes 50,000 messages in confirmed batches of 1,000, then drains them with
+/// fetches of 64 and one ack per batch, and prints the rates:
+///
+/// ```text
+/// cargo test --release -p celeriac-broker --features amqp,testing --test amqp_conformance -- --ignored --nocapture
+/// ```
+#[test]
+#[ignore = "throughput check; run in release mode with --ignored --nocapture"]
+fn throughput() {
+    use std::time::Duration;
+
+    use celeriac_broker::{Broker, FetchParams, Publish};
+    use celeriac_core::TaskMessage;
+    use tokio::time::Instant;
+
+    celeriac_broker::testing::run("throughput", async {
+        const TOTAL: usize = 50_000;
+        let Some(url) = amqp_url_or_skip("throughput") else {
+            return;
+        };
+        let harness = AmqpHarness::new(&url);
+        let broker = harness.amqp_broker().await;
+        let queue = format!("conformance.throughput.{}", uuid::Uuid::new_v4().simple());
+        let envelope = TaskMessage::new(
+            "bench.noop",
+            "00000000-0000-0000-0000-000000000000",
+            vec![],
+            Default::default(),
+        )
+        .encode();
+        let started = Instant::now();
+        for _ in 0..TOTAL / 1000 {
+            let batch = (0..1000)
+                .map(|_| Publish {
+                    queue: queue.clone(),
+                    envelope: envelope.clone(),
+                    not_before: None,
+                })
+                .collect();
+            broker.publish(batch).await.expect("publish");
+        }
+        let published = started.elapsed();
+        let params = FetchParams {
+            queues: vec![queue.clone()],
+            max: 64,
+            wait: Duration::from_millis(500),
+            consumer: "throughput".into(),
+            lease: Duration::from_secs(30),
+        };
+        let started = Instant::now();
+        let mut drained = 0;
+        while drained < TOTAL {
+            let got = broker.fetch(&params).await.expect("fetch");
+            drained += got.len();
+            let tags: Vec<_> = got.iter().map(|d| d.tag.clone()).collect();
+            broker.ack(&tags).await.expect("ack");
+        }
+        let fetched = started.elapsed();
+        println!(
+            "amqp broker: publish {:.0} msgs/s (batches of 1,000, confirmed), fetch(64) + ack {:.0} msgs/s",
+            TOTAL as f64 / published.as_secs_f64(),
+            TOTAL as f64 / fetched.as_secs_f64()
+        );
+    });
+}
