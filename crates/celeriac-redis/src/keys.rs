@@ -99,6 +99,13 @@ impl BrokerKeys {
         &self.prefix
     }
 
+    /// celeriac: STRING a publish writes in the same transaction as its messages,
+    /// so that after a lost reply the publisher can tell whether it landed; it
+    /// expires shortly after the publish's retry period.
+    pub fn landed(&self, token: &str) -> String {
+        format!("{}celeriac.landed:{token}", self.prefix)
+    }
+
     /// celeriac: STRING marking that a publish under `key` was stored (it expires
     /// after the publish-once window).
     pub fn published(&self, key: &str) -> String {

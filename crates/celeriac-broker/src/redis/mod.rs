@@ -167,11 +167,14 @@
 //!   [`BrokerError::Connection`] and the next one runs on a new connection.
 //! - **Publish** retries connection errors with backoff (50 ms doubling to 2 s) for
 //!   up to [`RedisBrokerOptions::publish_retry_for`] (30 s), then returns the error;
-//!   `Ok` means the batch is in Redis. Before each retry it checks whether the failed
-//!   attempt landed after all (the reply was lost, not the request): the batch's last
-//!   envelope is in its list (`LPOS`) or held in `unacked`. Only a batch that landed,
-//!   lost its reply and was consumed **and acknowledged** before the check can be
-//!   published twice.
+//!   `Ok` means the batch is in Redis. Every publish transaction (`MULTI`/`EXEC`)
+//!   also sets a marker key, `celeriac.landed:<token>` (expiring 10 s after the
+//!   retry period), so before each retry the publisher can tell whether the failed
+//!   attempt landed after all (the reply was lost, not the request) — even if the
+//!   batch was consumed and acknowledged meanwhile. While that check itself cannot
+//!   reach Redis, nothing is re-sent: a batch is published again only once Redis
+//!   says it never arrived. (Found by the fault suite, `tests/faults`: a restart in
+//!   the middle of a publish used to queue it twice.)
 //! - **Waiting** (`BRPOP`) runs on connections of its own, never on the shared one;
 //!   their response timeout (`BRPOP`'s 5 s + 10 s) never cuts a pop short. A pop
 //!   that meets a broken connection drops it and fails the fetch with
@@ -405,6 +408,7 @@ impl Inner {
         &self,
         request: &ClaimRequest,
         popped: Option<(usize, &[u8])>,
+        token: &str,
     ) -> Result<Vec<Delivery>, BrokerError> {
         let k = &self.keys;
         let mut invocation = self.scripts.claim.prepare_invoke();
@@ -423,7 +427,7 @@ impl Inner {
         invocation
             .arg(request.max)
             .arg(millis(request.lease))
-            .arg(uuid::Uuid::new_v4().to_string());
+            .arg(token);
         match popped {
             Some((index, element)) => invocation.arg(index).arg(element),
             None => invocation.arg(0).arg(""),
@@ -491,11 +495,69 @@ impl Inner {
             self.recover_popped(&list, &element).await;
             return Ok(Vec::new());
         };
-        match self.claim(request, Some((index + 1, &element))).await {
+        let token = claim_token();
+        match self
+            .claim(request, Some((index + 1, &element)), &token)
+            .await
+        {
             Ok(deliveries) => Ok(deliveries),
             Err(error) => {
+                // Not recorded: back to its list. Recorded (the reply was lost): it
+                // is held under `token`, and released below with anything else the
+                // claim took.
                 self.recover_popped(&lists[index], &element).await;
+                if matches!(error, BrokerError::Connection(_)) {
+                    self.release_lost_claim(&token).await;
+                }
                 Err(error)
+            }
+        }
+    }
+
+    /// After a claim whose reply was lost (a timeout, a broken connection): the
+    /// script may have run, holding messages under `token` that no consumer will
+    /// ever see. Once Redis answers, they go back to the front of their queues at
+    /// once, instead of after their lease. Gives up after [`RECOVER_FOR`] (the
+    /// leases still bring them back).
+    async fn release_lost_claim(&self, token: &str) {
+        let prefix = format!("{token} ");
+        let started = Instant::now();
+        let mut backoff = Duration::from_millis(50);
+        loop {
+            let holders: Result<Vec<(String, String)>, _> = ::redis::cmd("HGETALL")
+                .arg(&self.keys.holders)
+                .query_async(&mut self.conn())
+                .await;
+            match holders {
+                Ok(holders) => {
+                    let lost: Vec<String> = holders
+                        .into_iter()
+                        .filter(|(_, holder)| holder.starts_with(&prefix))
+                        .map(|(tag, _)| tag)
+                        .collect();
+                    if !lost.is_empty() {
+                        tracing::info!(
+                            count = lost.len(),
+                            "releasing messages a claim took while its reply was lost"
+                        );
+                    }
+                    for tag in lost {
+                        let delivery = wire::delivery_tag(token, &tag);
+                        if let Err(error) = self.reject(&delivery, RejectAction::Release).await {
+                            tracing::warn!(%error, %tag, "releasing a lost claim failed; it comes back when its lease lapses");
+                        }
+                    }
+                    return;
+                }
+                Err(error) if started.elapsed() < RECOVER_FOR => {
+                    tracing::debug!(%error, "Redis does not answer yet; retrying the release of a lost claim");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(2));
+                }
+                Err(error) => {
+                    tracing::warn!(%error, "could not release a lost claim; its messages come back when their leases lapse");
+                    return;
+                }
             }
         }
     }
@@ -550,61 +612,53 @@ impl Inner {
     /// Runs a publish pipeline (`MULTI`/`EXEC`), retrying connection errors with
     /// backoff for up to [`RedisBrokerOptions::publish_retry_for`] (see the module
     /// docs, "Connection loss"). Before a retry it checks whether the failed attempt
-    /// landed after all (its reply was lost): `last`, the batch's last element, is in
-    /// its list or held in `unacked`.
+    /// landed after all (its reply was lost): the transaction set `marker`.
     async fn publish_retrying(
         &self,
         pipe: &::redis::Pipeline,
-        last: Option<(String, Vec<u8>)>,
+        marker: &str,
     ) -> Result<(), BrokerError> {
         let started = Instant::now();
         let mut backoff = RETRY_MIN;
         let mut attempts = 0u32;
         loop {
             attempts += 1;
-            let error = match pipe.query_async::<()>(&mut self.conn()).await {
+            let mut error = match pipe.query_async::<()>(&mut self.conn()).await {
                 Ok(()) => return Ok(()),
                 Err(error) if connection::is_connection_error(&error) => error,
                 Err(error) => return Err(redis_error(error)),
             };
-            if started.elapsed() + backoff > self.options.publish_retry_for {
-                tracing::warn!(%error, attempts, "publishing failed; giving up");
-                return Err(redis_error(error));
-            }
-            tracing::warn!(%error, attempts, retry_in = ?backoff, "publishing failed; retrying");
-            tokio::time::sleep(backoff).await;
-            backoff = (backoff * 2).min(RETRY_MAX);
-            if let Some((list, element)) = &last {
-                match self.landed(list, element).await {
+            // Until Redis answers whether the attempt landed, wait; never re-send a
+            // batch that may be there already.
+            loop {
+                if started.elapsed() + backoff > self.options.publish_retry_for {
+                    tracing::warn!(%error, attempts, "publishing failed; giving up");
+                    return Err(redis_error(error));
+                }
+                tracing::warn!(%error, attempts, retry_in = ?backoff, "publishing failed; retrying");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(RETRY_MAX);
+                match self.landed(marker).await {
                     Ok(true) => {
                         tracing::info!("the failed publish had landed (its reply was lost)");
                         return Ok(());
                     }
-                    Ok(false) => {}
-                    // Still unreachable: try the publish again after the next pause.
-                    Err(error) => tracing::debug!(%error, "checking a failed publish failed"),
+                    Ok(false) => break,
+                    Err(still) => {
+                        tracing::debug!(error = %still, "checking a failed publish failed");
+                        error = still;
+                    }
                 }
             }
         }
     }
 
-    /// Whether `element` (a just-published envelope) is in `list` or held in
-    /// `unacked` (taken by a consumer since).
-    async fn landed(&self, list: &str, element: &[u8]) -> Result<bool, ::redis::RedisError> {
-        let tag = serde_json::from_slice::<serde_json::Value>(element)
-            .ok()
-            .and_then(|v| v["properties"]["delivery_tag"].as_str().map(String::from))
-            .unwrap_or_default();
-        let (position, held): (Option<i64>, bool) = ::redis::pipe()
-            .cmd("LPOS")
-            .arg(list)
-            .arg(element)
-            .cmd("HEXISTS")
-            .arg(&self.keys.unacked)
-            .arg(tag)
-            .query_async(&mut self.conn())
-            .await?;
-        Ok(position.is_some() || held)
+    /// Whether the publish transaction that set `marker` was applied.
+    async fn landed(&self, marker: &str) -> Result<bool, ::redis::RedisError> {
+        ::redis::cmd("EXISTS")
+            .arg(marker)
+            .query_async::<bool>(&mut self.conn())
+            .await
     }
 
     /// Puts deliveries nobody will process (their fetch was dropped) back at the
@@ -1221,14 +1275,20 @@ impl Broker for RedisBroker {
             }
             queues.insert(message.queue.as_str());
         }
-        // The last element pushed, to tell after a lost reply whether the batch landed.
-        let mut last: Option<(String, Vec<u8>)> = None;
         if let Some((current, elements)) = run {
-            last = elements.last().map(|e| (current.clone(), e.clone()));
             pipe.cmd("LPUSH").arg(current).arg(elements).ignore();
         }
         pipe.cmd("SADD").arg(&k.queues).arg(queues).ignore();
-        self.inner.publish_retrying(&pipe, last).await
+        // Tells, after a lost reply, whether this transaction landed.
+        let marker = k.landed(&uuid::Uuid::new_v4().simple().to_string());
+        let marker_ttl = self.inner.options.publish_retry_for + Duration::from_secs(10);
+        pipe.cmd("SET")
+            .arg(&marker)
+            .arg(1)
+            .arg("PX")
+            .arg(millis(marker_ttl))
+            .ignore();
+        self.inner.publish_retrying(&pipe, &marker).await
     }
 
     async fn publish_once(
@@ -1287,7 +1347,16 @@ impl Broker for RedisBroker {
             max: params.max.min(MAX_FETCH),
             lease: params.lease,
         });
-        let claimed = self.inner.claim(&request, None).await?;
+        let token = claim_token();
+        let claimed = match self.inner.claim(&request, None, &token).await {
+            Ok(claimed) => claimed,
+            Err(error) => {
+                if matches!(error, BrokerError::Connection(_)) {
+                    self.inner.release_lost_claim(&token).await;
+                }
+                return Err(error);
+            }
+        };
         if !claimed.is_empty() || params.wait.is_zero() {
             return Ok(claimed);
         }
@@ -1520,6 +1589,11 @@ fn client_error(error: celeriac_redis::RedisError, url: &str) -> BrokerError {
         celeriac_redis::RedisError::Client(error) => redis_error(error),
         other => BrokerError::Connection(Box::new(other)),
     }
+}
+
+/// A new delivery token: the holder of every message one claim takes.
+fn claim_token() -> String {
+    uuid::Uuid::new_v4().to_string()
 }
 
 fn millis(duration: Duration) -> i64 {

@@ -131,7 +131,8 @@ async fn migrations_apply_once_and_leave_other_components_alone() {
             ("backend".into(), 2),
             ("broker".into(), 1),
             ("broker".into(), 2),
-            ("broker".into(), 3)
+            ("broker".into(), 3),
+            ("broker".into(), 4)
         ]
     );
     let messages: i64 = conn
