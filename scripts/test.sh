@@ -58,6 +58,13 @@ else
   echo "no Redis on 127.0.0.1:6379; guard skipped (CELERIAC_REQUIRE_SERVICES=1 makes this an error)"
 fi
 
+step "fault suite: kills, broker restarts and stalls under load (tests/faults)"
+# Exact counts from the tasks' execution log; fails on a lost task or an
+# unexplained duplicate. A missing service skips its scenarios (fails under
+# CELERIAC_REQUIRE_SERVICES=1). About four minutes.
+cargo build --release -p celeriac-faults
+timeout 1200 target/release/faults run
+
 step "interop with Python Celery on Redis"
 bash scripts/interop.sh
 
