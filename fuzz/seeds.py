@@ -3,7 +3,8 @@
 PROTOCOL.md's captured messages (section 7) and a few hand-written cases.
 
 Usage: python3 fuzz/seeds.py [PATH/TO/PROTOCOL.md]   (default: /work/shared/PROTOCOL.md)
-The corpus is committed; run this again only to refresh it from the spec.
+The corpus is committed; run this again only to refresh it from the spec. Files named
+regression-* are inputs that once crashed a target; they are kept by hand.
 """
 import base64
 import hashlib

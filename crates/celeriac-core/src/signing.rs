@@ -347,6 +347,22 @@ mod tests {
     }
 
     #[test]
+    fn float_headers_survive_parsing_exactly() {
+        // Found by the kombu_envelope fuzz target: without serde_json's
+        // float_roundtrip, 1795709015.4771734 parsed one ULP off, so a header float
+        // changed on every hop and broke signatures.
+        let mut envelope = TaskMessage::new("t", "f", vec![], Map::new()).encode();
+        envelope.headers.insert(
+            "timelimit".into(),
+            json!([1795709015.4771734_f64, 0.30000000000000004_f64]),
+        );
+        key().sign(&mut envelope);
+        let back = Envelope::from_kombu_json(&envelope.to_kombu_json()).expect("decodes");
+        assert_eq!(back.headers, envelope.headers);
+        assert_eq!(key().verify(&back), Ok(()));
+    }
+
+    #[test]
     fn nested_header_values_are_canonical() {
         let mut a = Map::new();
         a.insert("stamps".into(), json!({"b": 1, "a": [1, {"y": 2, "x": 1}]}));
