@@ -61,7 +61,7 @@ def amqp_app(redis_client):
     yield app
     # celeriac's interop worker declares Celery's default queue too; drop it unless
     # someone else uses it.
-    delete_entities(app, queues=["celery"], if_unused=True, if_empty=True)
+    delete_entities(app, queues=["celery", "celeriac.dead-letter.celery"], if_unused=True, if_empty=True)
     app.close()
 
 
