@@ -74,6 +74,20 @@ impl Fixture {
         lease_ms: i64,
         popped: Option<(usize, &str)>,
     ) -> Claimed {
+        let claim = NEXT_CLAIM.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.claim_numbered(claim, lists, max, lease_ms, popped)
+            .await
+    }
+
+    /// [`Fixture::claim`] with a given claim number.
+    async fn claim_numbered(
+        &mut self,
+        claim: u64,
+        lists: &[(String, &str)],
+        max: usize,
+        lease_ms: i64,
+        popped: Option<(usize, &str)>,
+    ) -> Claimed {
         let k = &self.k;
         let script = Script::new(scripts::CLAIM);
         let mut invocation = script.prepare_invoke();
@@ -83,13 +97,13 @@ impl Fixture {
             .key(&k.leases)
             .key(&k.holders)
             .key(&k.deliveries)
-            .key(&k.tokens)
+            .key(k.lost_claim(claim))
             .key(&k.dead_letters)
             .key(&k.dead_letter_counts);
         for (list, _) in lists {
             invocation.key(list);
         }
-        invocation.arg(max).arg(lease_ms).arg("call");
+        invocation.arg(max).arg(lease_ms).arg(claim);
         match popped {
             Some((i, element)) => invocation.arg(i).arg(element),
             None => invocation.arg(0).arg(""),
@@ -159,6 +173,9 @@ impl Fixture {
     }
 }
 
+/// Claim numbers for the fixture's claims (each call its own, as the broker does).
+static NEXT_CLAIM: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+
 const HELD: (bool, bool, bool, bool) = (true, true, true, true);
 const GONE: (bool, bool, bool, bool) = (false, false, false, false);
 
@@ -220,8 +237,11 @@ async fn claim_records_what_kombu_records_and_a_lease() {
         fx.hget(&k.holders, "tag-b").await,
         Some(format!("{} 1 q", tokens[1]))
     );
-    let last: u64 = fx.conn.get(&k.tokens).await.expect("redis command");
-    assert_eq!(last, tokens[1]);
+    assert_eq!(
+        tokens[0] / 1000,
+        tokens[1] / 1000,
+        "the tokens of one claim are its claim number * 1000 + k"
+    );
 
     // The next claim takes the priority-3 list.
     let got = fx
@@ -1000,4 +1020,38 @@ async fn purge_deletes_every_priority_list() {
             .expect("redis command"));
     }
     assert_eq!(fx.list(&k.queue("other", 0)).await, ["keep"]);
+}
+
+#[tokio::test]
+async fn a_claim_marked_lost_takes_nothing() {
+    let Some(mut fx) = fixture("a_claim_marked_lost_takes_nothing").await else {
+        return;
+    };
+    let k = fx.k.clone();
+    let q0 = k.queue("q", 0);
+    let a = envelope("tag-a", "q");
+    let _: () = fx.conn.lpush(&q0, &a).await.expect("redis command");
+    // The client lost this claim's reply and fenced it off before the script ran
+    // (a stalled server executing a buffered request late).
+    let _: () = fx
+        .conn
+        .set(k.lost_claim(999_001), 1)
+        .await
+        .expect("redis command");
+    let got = fx
+        .claim_numbered(999_001, &[(q0.clone(), "q")], 5, 30_000, None)
+        .await;
+    assert!(got.is_empty(), "a fenced claim holds nothing: {got:?}");
+    assert_eq!(
+        fx.list(&q0).await,
+        std::slice::from_ref(&a),
+        "the message stays queued"
+    );
+    assert_eq!(fx.hget(&k.holders, "tag-a").await, None);
+    // Another claim takes it, with tokens of its own number.
+    let got = fx
+        .claim_numbered(999_002, &[(q0.clone(), "q")], 5, 30_000, None)
+        .await;
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].3, "999002001");
 }

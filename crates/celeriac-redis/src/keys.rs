@@ -62,8 +62,6 @@ pub struct BrokerKeys {
     /// celeriac: HASH delivery tag → delivery count of the message's last celeriac
     /// delivery that ended with the message back in a queue.
     pub deliveries: String,
-    /// celeriac: STRING, the last delivery token handed out (INCRBY).
-    pub tokens: String,
     /// celeriac: LIST of dead-letter records (JSON), newest first.
     pub dead_letters: String,
     /// celeriac: HASH queue → number of its dead letters.
@@ -86,7 +84,6 @@ impl BrokerKeys {
             leases: key("celeriac.leases"),
             holders: key("celeriac.holders"),
             deliveries: key("celeriac.deliveries"),
-            tokens: key("celeriac.tokens"),
             dead_letters: key("celeriac.dead_letters"),
             dead_letter_counts: key("celeriac.dead_letter_counts"),
             queues: key("celeriac.queues"),
@@ -97,6 +94,12 @@ impl BrokerKeys {
     /// The `global_keyprefix`.
     pub fn prefix(&self) -> &str {
         &self.prefix
+    }
+
+    /// celeriac: STRING set when a client lost the reply of claim number `claim`:
+    /// that claim, if it still runs, must do nothing (see the broker's `claim.lua`).
+    pub fn lost_claim(&self, claim: u64) -> String {
+        format!("{}celeriac.lost_claim:{claim}", self.prefix)
     }
 
     /// celeriac: STRING a publish writes in the same transaction as its messages,

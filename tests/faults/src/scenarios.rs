@@ -665,6 +665,12 @@ async fn stall(env: &Env) -> anyhow::Result<Counts> {
     if let Err(error) = recovered {
         counts.note = format!("{error:#}; {}", counts.note);
     }
+    // Back to work within seconds, not after the 30 s lease of a lost claim.
+    if recovery_secs > 10.0 {
+        counts.unexplained.push(format!(
+            "the worker needed {recovery_secs:.1} s after SIGCONT to finish"
+        ));
+    }
     if exited.is_none() {
         counts
             .unexplained

@@ -29,7 +29,8 @@
 //! | `celeriac.leases` | ZSET | delivery tag → lease deadline (Unix ms) of messages celeriac consumers hold | celeriac |
 //! | `celeriac.holders` | HASH | delivery tag → `"<token> <delivery count> <queue>"`: the current celeriac delivery | celeriac |
 //! | `celeriac.deliveries` | HASH | delivery tag → delivery count of the last celeriac delivery that ended with the message back in a queue | celeriac |
-//! | `celeriac.tokens` | STRING | the last delivery token handed out | celeriac |
+//! | `celeriac.lost_claim:<claim>` | STRING (expires) | set by a client that lost the reply of claim number `<claim>`: that claim, if it still runs, does nothing | celeriac |
+//! | `celeriac.landed:<token>` | STRING (expires) | set by every publish transaction, so that a publisher that lost the reply can tell whether it landed | celeriac |
 //! | `celeriac.dead_letters` | LIST | dead-letter records, newest first: JSON `{id, queue, reason, at (Unix ms), tag?, payload \| payload_base64}` | celeriac |
 //! | `celeriac.dead_letter_counts` | HASH | queue → number of its dead letters | celeriac |
 //! | `celeriac.queues` | SET | queue names seen by publish and declare | celeriac |
@@ -117,7 +118,8 @@
 //!
 //! **Stale deliveries.** kombu keeps the delivery tag when it restores a message, so
 //! the tag alone cannot tell one delivery from the next. Each celeriac delivery gets
-//! a token (`INCRBY celeriac.tokens`), recorded in `celeriac.holders`, and the
+//! a token (`claim * 1000 + k`: the k-th message of a claim whose random number,
+//! below 2^43, the consumer chose), recorded in `celeriac.holders`, and the
 //! [`DeliveryTag`] handed out is `"<token>:<kombu tag>"`. Ack, reject and renew act
 //! in Lua only while `holders[tag]` carries their token **and** the message is still
 //! held by that delivery (in `unacked_index`, delivery time no later than the
@@ -408,7 +410,7 @@ impl Inner {
         &self,
         request: &ClaimRequest,
         popped: Option<(usize, &[u8])>,
-        token: &str,
+        claim: u64,
     ) -> Result<Vec<Delivery>, BrokerError> {
         let k = &self.keys;
         let mut invocation = self.scripts.claim.prepare_invoke();
@@ -418,7 +420,7 @@ impl Inner {
             .key(&k.leases)
             .key(&k.holders)
             .key(&k.deliveries)
-            .key(&k.tokens)
+            .key(k.lost_claim(claim))
             .key(&k.dead_letters)
             .key(&k.dead_letter_counts);
         for (list, _) in &request.lists {
@@ -427,7 +429,7 @@ impl Inner {
         invocation
             .arg(request.max)
             .arg(millis(request.lease))
-            .arg(token);
+            .arg(claim);
         match popped {
             Some((index, element)) => invocation.arg(index).arg(element),
             None => invocation.arg(0).arg(""),
@@ -495,60 +497,52 @@ impl Inner {
             self.recover_popped(&list, &element).await;
             return Ok(Vec::new());
         };
-        let token = claim_token();
+        let claim = claim_number();
         match self
-            .claim(request, Some((index + 1, &element)), &token)
+            .claim(request, Some((index + 1, &element)), claim)
             .await
         {
             Ok(deliveries) => Ok(deliveries),
             Err(error) => {
-                // Not recorded: back to its list. Recorded (the reply was lost): it
-                // is held under `token`, and released below with anything else the
-                // claim took.
-                self.recover_popped(&lists[index], &element).await;
                 if matches!(error, BrokerError::Connection(_)) {
-                    self.release_lost_claim(&token).await;
+                    // The script may still run: fence it off first, so the popped
+                    // element is either recorded by it (and released) or put back,
+                    // never both.
+                    self.release_lost_claim(claim, Some((&lists[index], &element)))
+                        .await;
+                } else {
+                    self.recover_popped(&lists[index], &element).await;
                 }
                 Err(error)
             }
         }
     }
 
-    /// After a claim whose reply was lost (a timeout, a broken connection): the
-    /// script may have run, holding messages under `token` that no consumer will
-    /// ever see. Once Redis answers, they go back to the front of their queues at
-    /// once, instead of after their lease. Gives up after [`RECOVER_FOR`] (the
-    /// leases still bring them back).
-    async fn release_lost_claim(&self, token: &str) {
-        let prefix = format!("{token} ");
+    /// After a claim whose reply was lost (a timeout, a broken connection), the
+    /// script may have run — or may still run, if its request waits in a stalled
+    /// server — holding messages no consumer will ever see. Once Redis answers: set
+    /// `celeriac.lost_claim:<claim>`, which makes a late run of that claim do
+    /// nothing; put back an element `BRPOP` popped for it unless the claim recorded
+    /// it; release to the front of their queues the messages the claim holds
+    /// (tokens `claim * 1000 + k`). Gives up after [`RECOVER_FOR`] (leases still
+    /// bring held messages back).
+    async fn release_lost_claim(&self, claim: u64, popped: Option<(&str, &[u8])>) {
         let started = Instant::now();
         let mut backoff = Duration::from_millis(50);
-        loop {
-            let holders: Result<Vec<(String, String)>, _> = ::redis::cmd("HGETALL")
+        let holders = loop {
+            let fenced: Result<(Vec<(String, String)>,), _> = ::redis::pipe()
+                .cmd("SET")
+                .arg(self.keys.lost_claim(claim))
+                .arg(1)
+                .arg("PX")
+                .arg(millis(RECOVER_FOR * 4))
+                .ignore()
+                .cmd("HGETALL")
                 .arg(&self.keys.holders)
                 .query_async(&mut self.conn())
                 .await;
-            match holders {
-                Ok(holders) => {
-                    let lost: Vec<String> = holders
-                        .into_iter()
-                        .filter(|(_, holder)| holder.starts_with(&prefix))
-                        .map(|(tag, _)| tag)
-                        .collect();
-                    if !lost.is_empty() {
-                        tracing::info!(
-                            count = lost.len(),
-                            "releasing messages a claim took while its reply was lost"
-                        );
-                    }
-                    for tag in lost {
-                        let delivery = wire::delivery_tag(token, &tag);
-                        if let Err(error) = self.reject(&delivery, RejectAction::Release).await {
-                            tracing::warn!(%error, %tag, "releasing a lost claim failed; it comes back when its lease lapses");
-                        }
-                    }
-                    return;
-                }
+            match fenced {
+                Ok((holders,)) => break holders,
                 Err(error) if started.elapsed() < RECOVER_FOR => {
                     tracing::debug!(%error, "Redis does not answer yet; retrying the release of a lost claim");
                     tokio::time::sleep(backoff).await;
@@ -558,6 +552,29 @@ impl Inner {
                     tracing::warn!(%error, "could not release a lost claim; its messages come back when their leases lapse");
                     return;
                 }
+            }
+        };
+        if let Some((list, element)) = popped {
+            self.recover_popped(list, element).await;
+        }
+        let lost: Vec<(String, String)> = holders
+            .into_iter()
+            .filter_map(|(tag, holder)| {
+                let (token, _, _) = wire::parse_holder(&holder)?;
+                let number: u64 = token.parse().ok()?;
+                (number / 1000 == claim).then(|| (tag.clone(), token.to_string()))
+            })
+            .collect();
+        if !lost.is_empty() {
+            tracing::info!(
+                count = lost.len(),
+                "releasing messages a claim took while its reply was lost"
+            );
+        }
+        for (tag, token) in lost {
+            let delivery = wire::delivery_tag(&token, &tag);
+            if let Err(error) = self.reject(&delivery, RejectAction::Release).await {
+                tracing::warn!(%error, %tag, "releasing a lost claim failed; it comes back when its lease lapses");
             }
         }
     }
@@ -1347,12 +1364,12 @@ impl Broker for RedisBroker {
             max: params.max.min(MAX_FETCH),
             lease: params.lease,
         });
-        let token = claim_token();
-        let claimed = match self.inner.claim(&request, None, &token).await {
+        let claim = claim_number();
+        let claimed = match self.inner.claim(&request, None, claim).await {
             Ok(claimed) => claimed,
             Err(error) => {
                 if matches!(error, BrokerError::Connection(_)) {
-                    self.inner.release_lost_claim(&token).await;
+                    self.inner.release_lost_claim(claim, None).await;
                 }
                 return Err(error);
             }
@@ -1591,9 +1608,10 @@ fn client_error(error: celeriac_redis::RedisError, url: &str) -> BrokerError {
     }
 }
 
-/// A new delivery token: the holder of every message one claim takes.
-fn claim_token() -> String {
-    uuid::Uuid::new_v4().to_string()
+/// A random claim number below 2^43: `claim.lua` gives the messages one claim takes
+/// the delivery tokens `claim * 1000 + 1..n`, exact in Lua's doubles.
+fn claim_number() -> u64 {
+    (uuid::Uuid::new_v4().as_u64_pair().0 >> 21).max(1)
 }
 
 fn millis(duration: Duration) -> i64 {

@@ -6,14 +6,16 @@
 -- KEYS[3]   celeriac.leases              ZSET   tag -> lease deadline, Unix ms
 -- KEYS[4]   celeriac.holders             HASH   tag -> "<token> <delivery count> <queue>"
 -- KEYS[5]   celeriac.deliveries          HASH   tag -> delivery count of its last ended delivery
--- KEYS[6]   celeriac.tokens              STRING the last delivery token handed out
+-- KEYS[6]   celeriac.lost_claim:<claim>  STRING set by a client that lost this call's
+--                                               reply: the call must do nothing
 -- KEYS[7]   celeriac.dead_letters        LIST   dead-letter records (JSON), newest first
 -- KEYS[8]   celeriac.dead_letter_counts  HASH   queue -> number of dead letters
 -- KEYS[9..] the queue lists, in the order to take from them
 --
 -- ARGV[1]   most messages to hold (at most 1000: Lua's unpack limits a batch)
 -- ARGV[2]   lease, ms
--- ARGV[3]   a prefix unique to this call, for the ids of dead letters
+-- ARGV[3]   this call's claim number (random, below 2^43): the delivery tokens are
+--           claim * 1000 + 1..n, and it prefixes the ids of dead letters
 -- ARGV[4]   0, or i when the caller already popped ARGV[5] from KEYS[8 + i] (BRPOP);
 --           that element is recorded first and counts towards ARGV[1]
 -- ARGV[5]   the popped element ('' when ARGV[4] is 0)
@@ -25,7 +27,7 @@
 -- scan(); decoded with cjson otherwise):
 -- HSET unacked (the element verbatim, with delivery_info's exchange and routing key,
 -- as kombu writes it), ZADD unacked_index now, ZADD leases now + lease, HSET holders
--- with a fresh token. "now" is Redis's clock (TIME), so clock skew between hosts
+-- with a token of this claim. "now" is Redis's clock (TIME), so clock skew between hosts
 -- cannot end a lease early. The delivery count is celeriac.deliveries[tag] + 1 when
 -- that exists, else 2 if delivery_info.redelivered is true, else 1. Any other element
 -- is moved to the dead letters with the reason (never returned, never dropped);
@@ -36,7 +38,7 @@
 -- delivery count.
 
 local UNACKED, INDEX, LEASES, HOLDERS = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
-local DELIVERIES, TOKENS, DEAD, DEAD_COUNTS = KEYS[5], KEYS[6], KEYS[7], KEYS[8]
+local DELIVERIES, LOST, DEAD, DEAD_COUNTS = KEYS[5], KEYS[6], KEYS[7], KEYS[8]
 local LISTS = 8
 local MAX_DEAD = 100
 
@@ -44,6 +46,12 @@ local max = tonumber(ARGV[1])
 local lease_ms = tonumber(ARGV[2])
 local dead_prefix = ARGV[3]
 local popped = tonumber(ARGV[4])
+
+-- The client gave this call up (its reply was lost) and released what it held:
+-- running now, after that, would hold messages nobody will ever see.
+if redis.call('EXISTS', LOST) == 1 then
+  return {}
+end
 
 local time = redis.call('TIME')
 local now_ms = tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000)
@@ -195,7 +203,7 @@ end
 
 -- One command per structure for the whole batch.
 local previous = redis.call('HMGET', DELIVERIES, unpack(h_tag))
-local first = redis.call('INCRBY', TOKENS, n) - n
+local first = tonumber(ARGV[3]) * 1000
 local unacked, index, leases, holders, out = {}, {}, {}, {}, {}
 for k = 1, n do
   local tag = h_tag[k]
