@@ -73,6 +73,7 @@ mod target;
 #[cfg(feature = "testing")]
 pub mod testing;
 mod wire;
+pub mod workers;
 
 use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -319,6 +320,8 @@ impl Drop for Inner {
 #[derive(Clone)]
 pub struct AmqpBroker {
     inner: Arc<Inner>,
+    /// Workers heard on `celeryev` ([`Broker::workers`]).
+    workers: Arc<workers::WorkerRegistry>,
 }
 
 impl std::fmt::Debug for AmqpBroker {
@@ -355,6 +358,7 @@ impl AmqpBroker {
                 next_id: AtomicU64::new(1),
                 shutdown,
             }),
+            workers: Arc::default(),
         };
         broker.inner.session().await?;
         Ok(broker)
@@ -1601,6 +1605,13 @@ impl Broker for AmqpBroker {
 
     async fn subscribe(&self, params: &SubscribeParams) -> Result<Subscription, BrokerError> {
         fanout::subscribe(Arc::clone(&self.inner), params).await
+    }
+
+    /// Workers as their `worker-*` events on `celeryev` describe them (RabbitMQ has
+    /// no registry; see [`workers`]): the first call listens for one heartbeat
+    /// interval. Queues are not in Celery's events, so they are empty.
+    async fn workers(&self) -> Result<Vec<crate::WorkerInfo>, BrokerError> {
+        self.workers.workers(self).await
     }
 }
 
