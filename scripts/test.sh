@@ -48,6 +48,24 @@ assert report["tasks"] == 5000 and report["drain_per_s"] > 0 and report["enqueue
 print("bench JSON ok")
 PY
 
+step "benchmark smoke run (RabbitMQ)"
+# The same bench on the machine's RabbitMQ (bench/amqp.sh compares it with Celery).
+amqp_url=${CELERIAC_TEST_AMQP_URL:-amqp://guest:guest@127.0.0.1:5672//}
+if (exec 3<>/dev/tcp/127.0.0.1/5672) 2>/dev/null || [[ ${CELERIAC_REQUIRE_SERVICES:-0} == 1 ]]; then
+  amqp_json=$(timeout 300 target/release/celeriac bench --broker "$amqp_url?queue_expires=60000" \
+    --tasks 5000 --latency-samples 100 --json | tail -n 1)
+  echo "$amqp_json"
+  python3 - "$amqp_json" <<'PY'
+import json, sys
+report = json.loads(sys.argv[1])
+assert report["broker"].startswith("amqp://"), report["broker"]
+assert report["tasks"] == 5000 and report["drain_per_s"] > 0 and report["enqueue_per_s"] > 0
+print("RabbitMQ bench JSON ok")
+PY
+else
+  echo "no RabbitMQ on 127.0.0.1:5672; RabbitMQ bench skipped (CELERIAC_REQUIRE_SERVICES=1 makes this an error)"
+fi
+
 step "performance regression guard: celeriac's Redis drain >= 30x Python Celery's, same run"
 # A ratio measured now on this machine (bench/guard.sh: 10,000 tasks, best of 2), not
 # an absolute time; about a minute.
