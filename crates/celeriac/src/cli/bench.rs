@@ -86,6 +86,15 @@ pub struct BenchArgs {
     /// keeps every long-task slot busy: a tenth of them take 200 ms each).
     #[arg(long)]
     pub mixed_rate: Option<f64>,
+    /// Only enqueue `--tasks` no-op tasks (batched) into `--queue` and leave them there
+    /// (for drains by other processes: bench/scaling.py).
+    #[arg(long, requires = "queue", conflicts_with = "drain_only")]
+    pub enqueue_only: bool,
+    /// Only drain `--queue` (filled by `--enqueue-only`): run a worker until the queue
+    /// has no ready and no held message; reports what this process ran, its time
+    /// window and its resident memory sampled every 100 ms.
+    #[arg(long, requires = "queue")]
+    pub drain_only: bool,
 }
 
 mod parking_lot_free {
@@ -219,6 +228,10 @@ pub async fn run(app: App, args: BenchArgs) -> anyhow::Result<()> {
     let backend_name = app.backend().map(|b| b.describe());
     let send_options = || SendOptions::new().queue(queue_name.clone());
 
+    if args.drain_only {
+        return drain_only(&app, &queue_name, &args).await;
+    }
+
     // 1. Enqueue, batched.
     let bar = progress(args.tasks as u64, "enqueue");
     let start = Instant::now();
@@ -234,6 +247,17 @@ pub async fn run(app: App, args: BenchArgs) -> anyhow::Result<()> {
     }
     let enqueue_secs = start.elapsed().as_secs_f64();
     bar.finish_and_clear();
+    if args.enqueue_only {
+        println!(
+            "{}",
+            json!({
+                "queue": queue_name,
+                "tasks": args.tasks,
+                "enqueue_per_s": (args.tasks as f64 / enqueue_secs).round(),
+            })
+        );
+        return Ok(());
+    }
 
     // 2. Enqueue, one call at a time (to a queue nobody consumes; purged after).
     let mut enqueue_single_per_s = None;
@@ -374,6 +398,80 @@ pub async fn run(app: App, args: BenchArgs) -> anyhow::Result<()> {
             peak_rss_mb()
         );
     }
+    println!("{report}");
+    Ok(())
+}
+
+/// Resident set size of this process now, in MiB (Linux `VmRSS`).
+fn rss_mb() -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|status| {
+            status
+                .lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|kb| kb.parse::<f64>().ok())
+        })
+        .map(|kb| kb / 1024.0)
+        .unwrap_or(0.0)
+}
+
+/// `--drain-only`: a worker on `queue` until it has no ready and no held message.
+async fn drain_only(app: &App, queue: &str, args: &BenchArgs) -> anyhow::Result<()> {
+    let names = [queue.to_string()];
+    let waiting =
+        |stats: &[celeriac_broker::QueueStats]| stats.iter().map(|s| s.ready + s.held).sum::<u64>();
+    let rss_before = rss_mb();
+    let ready_at_start = waiting(&app.broker().queue_stats(&names).await?);
+    let mut config = app.worker_config();
+    config.queues.retain(|q| q.name == queue);
+    let worker = app.worker(config);
+    let handle = worker.handle();
+    let stats = handle.stats_ref();
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let started_unix = celeriac_core::time::unix_now();
+    let start = Instant::now();
+    let running = tokio::spawn(worker.run_until(async {
+        let _ = stop_rx.await;
+    }));
+    let mut rss = vec![rss_mb()];
+    let limit = Duration::from_secs(3600);
+    loop {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        rss.push(rss_mb());
+        if waiting(&app.broker().queue_stats(&names).await?) == 0 {
+            break;
+        }
+        if start.elapsed() > limit {
+            anyhow::bail!("benchmark stalled: {queue} not drained within {limit:?}");
+        }
+    }
+    let secs = start.elapsed().as_secs_f64();
+    let ended_unix = celeriac_core::time::unix_now();
+    let processed = stats.processed.load(std::sync::atomic::Ordering::Relaxed);
+    let _ = stop_tx.send(());
+    running.await.context("worker task")?;
+    let max = rss.iter().copied().fold(0.0, f64::max);
+    let report = json!({
+        "queue": queue,
+        "waiting_at_start": ready_at_start,
+        "processed": processed,
+        "concurrency": args.concurrency,
+        "prefetch_multiplier": args.prefetch_multiplier,
+        "secs": round3(secs),
+        "drain_per_s": (processed as f64 / secs.max(1e-9)).round(),
+        "started_unix": started_unix,
+        "ended_unix": ended_unix,
+        "rss_mb": {
+            "before_worker": round3(rss_before),
+            "first": round3(rss.first().copied().unwrap_or(0.0)),
+            "max": round3(max),
+            "last": round3(rss.last().copied().unwrap_or(0.0)),
+            "samples": rss.len(),
+        },
+        "peak_rss_mb": round3(peak_rss_mb()),
+    });
     println!("{report}");
     Ok(())
 }
