@@ -385,9 +385,9 @@ fn dashboard_serves_the_api_for_the_broker_file_until_sigterm() {
         .spawn()
         .expect("start the dashboard");
     let mut first = String::new();
-    std::io::BufReader::new(dashboard.stdout.take().expect("stdout"))
-        .read_line(&mut first)
-        .expect("the address line");
+    // Kept open until the dashboard exits: a closed pipe would break its output.
+    let mut output = std::io::BufReader::new(dashboard.stdout.take().expect("stdout"));
+    output.read_line(&mut first).expect("the address line");
     let addr = first
         .trim()
         .strip_prefix("celeriac dashboard on http://")
@@ -412,5 +412,6 @@ fn dashboard_serves_the_api_for_the_broker_file_until_sigterm() {
         .args(["-TERM", &dashboard.id().to_string()])
         .status();
     let exit = dashboard.wait().expect("the dashboard exits");
+    drop(output);
     assert!(exit.success(), "it exits cleanly on SIGTERM");
 }

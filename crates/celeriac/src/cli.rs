@@ -671,7 +671,9 @@ async fn dashboard(app: App, args: DashboardArgs) -> anyhow::Result<()> {
     let addr = server.local_addr().unwrap_or(args.addr);
     println!("celeriac dashboard on http://{addr}");
     if let Some(file) = history.as_ref().and_then(|h| h.store()) {
-        println!("task history kept in {}", file.path().display());
+        // On stderr: stdout carries only the address line, which scripts read (a
+        // reader that closes the pipe after it must not make a second line fail).
+        eprintln!("task history kept in {}", file.path().display());
     }
     let stop = CancellationToken::new();
     let signal_stop = stop.clone();
