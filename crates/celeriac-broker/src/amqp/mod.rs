@@ -70,6 +70,7 @@
 
 pub mod fanout;
 mod target;
+pub use target::{CertReqs, TlsOptions};
 #[cfg(feature = "testing")]
 pub mod testing;
 mod wire;
@@ -147,6 +148,9 @@ pub struct AmqpBrokerOptions {
     /// The connection name RabbitMQ shows (`rabbitmqctl list_connections
     /// client_properties`).
     pub connection_name: String,
+    /// TLS settings of `amqps://` connections; the URL's `ssl_*` options override
+    /// them (see [`target`]). Must stay at the default for `amqp://`.
+    pub tls: TlsOptions,
 }
 
 impl Default for AmqpBrokerOptions {
@@ -158,6 +162,7 @@ impl Default for AmqpBrokerOptions {
             queue_expires: None,
             publish_retry: Duration::from_secs(30),
             connection_name: format!("celeriac pid {}", std::process::id()),
+            tls: TlsOptions::default(),
         }
     }
 }
@@ -456,9 +461,7 @@ impl Inner {
         }
         let properties = ConnectionProperties::default()
             .with_connection_name(self.options.connection_name.clone().into());
-        let connection = Connection::connect_uri(self.target.uri.clone(), properties)
-            .await
-            .map_err(lapin_error)?;
+        let connection = self.target.connect(properties).await?;
         let publisher = confirm_channel(&connection).await?;
         let generation = self.generation.fetch_add(1, Ordering::SeqCst) + 1;
         if generation > 1 {

@@ -2,12 +2,18 @@
 //! RabbitMQ to test against, a [`BrokerHarness`], and closing connections from the
 //! server side with `rabbitmqctl` for reconnect tests.
 //!
+//! [`PrivateRabbitMq`] starts a node of its own (own name, ports, directory) for
+//! tests that restart, kill or reconfigure the broker, such as TLS
+//! ([`tls_rabbitmq_or_skip`]) and fault injection; it never touches the shared node.
+//!
 //! The conformance tests use fresh queue names (a uuid each), so they share one
 //! vhost; the harness declares its queues with `x-expires` (60 s), so RabbitMQ
 //! deletes them (and their dead-letter queues) soon after the test, and deletes the
 //! queues its handles know of when dropped. It never touches other queues or the
 //! node's settings.
 
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -113,9 +119,8 @@ impl Drop for AmqpHarness {
                 .build()
                 .ok()?;
             runtime.block_on(async move {
-                let connection = lapin::Connection::connect(&lapin_url(&url)?, Default::default())
-                    .await
-                    .ok()?;
+                let target = super::target::parse(&url, &mut AmqpBrokerOptions::default()).ok()?;
+                let connection = target.connect(Default::default()).await.ok()?;
                 for queue in queues {
                     for name in [dead_letter_queue(&queue), queue] {
                         // Each on a fresh channel: deleting a missing queue is fine,
@@ -133,31 +138,6 @@ impl Drop for AmqpHarness {
         });
         let _ = cleanup.join();
     }
-}
-
-/// `url` as lapin's own URL syntax writes it (vhost percent-encoded).
-fn lapin_url(url: &str) -> Option<String> {
-    let target = super::target::parse(url, &mut AmqpBrokerOptions::default()).ok()?;
-    let uri = target.uri;
-    let vhost: String = uri
-        .vhost
-        .bytes()
-        .map(|b| match b {
-            b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
-                (b as char).to_string()
-            }
-            other => format!("%{other:02x}"),
-        })
-        .collect();
-    Some(format!(
-        "{}://{}:{}@{}:{}/{}",
-        uri.scheme,
-        uri.authority.userinfo.username,
-        uri.authority.userinfo.password,
-        uri.authority.host,
-        uri.authority.port,
-        vhost
-    ))
 }
 
 #[async_trait]
@@ -213,4 +193,597 @@ pub fn close_connections_named(connection_name: &str) -> Result<usize, String> {
         }
     }
     Ok(closed)
+}
+
+/// Where the RabbitMQ scripts are: Debian's `/usr/lib/rabbitmq/bin` (the
+/// `/usr/sbin` wrappers switch to the `rabbitmq` user and its home, hence its
+/// Erlang cookie, when run by root), else the directory of `rabbitmq-server` on
+/// `PATH` (the generic Unix package, Homebrew).
+fn rabbitmq_scripts() -> Option<PathBuf> {
+    let debian = PathBuf::from("/usr/lib/rabbitmq/bin");
+    if debian.join("rabbitmq-server").is_file() {
+        return Some(debian);
+    }
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path).find(|dir| dir.join("rabbitmq-server").is_file())
+}
+
+static NEXT_NODE: AtomicU64 = AtomicU64::new(0);
+
+/// A TCP port on 127.0.0.1 that was free a moment ago.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind(("127.0.0.1", 0))
+        .and_then(|listener| listener.local_addr())
+        .map(|address| address.port())
+        .unwrap_or(0)
+}
+
+fn answers(port: u16) -> bool {
+    let address = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    std::net::TcpStream::connect_timeout(&address, Duration::from_millis(200)).is_ok()
+}
+
+/// The TLS listener of a [`PrivateRabbitMq`]: PEM files of the CA that client
+/// certificates must chain to, the server's certificate and its key.
+#[derive(Debug, Clone)]
+pub struct RabbitTls {
+    /// `ssl_options.cacertfile`.
+    pub ca: PathBuf,
+    /// `ssl_options.certfile`.
+    pub cert: PathBuf,
+    /// `ssl_options.keyfile`.
+    pub key: PathBuf,
+    /// `fail_if_no_peer_cert`: refuse clients that present no certificate signed by
+    /// `ca` (with `false` a client certificate is optional, but checked if sent).
+    pub require_client_certificate: bool,
+}
+
+/// What a [`PrivateRabbitMq`] listens on besides plain AMQP.
+#[derive(Debug, Clone, Default)]
+#[non_exhaustive]
+pub struct PrivateRabbitMqOptions {
+    /// A TLS listener (`amqps://`) with these certificates.
+    pub tls: Option<RabbitTls>,
+}
+
+impl PrivateRabbitMqOptions {
+    /// Plain AMQP only.
+    pub fn plain() -> PrivateRabbitMqOptions {
+        PrivateRabbitMqOptions::default()
+    }
+
+    /// Plain AMQP and a TLS listener.
+    pub fn with_tls(tls: RabbitTls) -> PrivateRabbitMqOptions {
+        PrivateRabbitMqOptions { tls: Some(tls) }
+    }
+}
+
+/// A `rabbitmq-server` node a test owns, never the shared one: its own node name
+/// (`celeriac-test-<pid>-<n>@localhost`), its own free ports on 127.0.0.1 (AMQP, the
+/// optional TLS listener, the Erlang distribution port and a private `epmd`), and
+/// its own temporary directory with its database, logs, config file, an empty
+/// enabled-plugins file and its own Erlang cookie (`HOME` points there).
+///
+/// It can be stopped, killed (SIGKILL), paused (SIGSTOP) and started again on the
+/// same ports and database, so durable queues survive a restart. Dropping it stops
+/// the node (SIGTERM: RabbitMQ's orderly shutdown, as `rabbitmqctl stop`), kills
+/// whatever is left of its process group and its `epmd`, and removes the directory.
+#[derive(Debug)]
+pub struct PrivateRabbitMq {
+    node: String,
+    scripts: PathBuf,
+    amqp_port: u16,
+    tls_port: Option<u16>,
+    dist_port: u16,
+    epmd_port: u16,
+    dir: tempfile::TempDir,
+    /// The `rabbitmq-server` script, leader of a process group of its own.
+    server: Option<std::process::Child>,
+    epmd: Option<std::process::Child>,
+    /// How long the last start took.
+    startup: Duration,
+}
+
+impl PrivateRabbitMq {
+    /// Starts a node and waits until it accepts connections. When that is not
+    /// possible (`rabbitmq-server` is not installed, or it does not come up): panics
+    /// with the reason under `CELERIAC_REQUIRE_SERVICES=1`, else prints why `test` is
+    /// skipped and returns `None`.
+    pub fn start(test: &str, options: PrivateRabbitMqOptions) -> Option<PrivateRabbitMq> {
+        match PrivateRabbitMq::try_start(options) {
+            Ok(node) => Some(node),
+            Err(reason) => {
+                assert!(
+                    !services_required(),
+                    "{test}: {reason}, and CELERIAC_REQUIRE_SERVICES=1"
+                );
+                eprintln!("skipped {test}: {reason}");
+                None
+            }
+        }
+    }
+
+    /// Starts a node and waits until it accepts connections, or says why not.
+    pub fn try_start(options: PrivateRabbitMqOptions) -> Result<PrivateRabbitMq, String> {
+        PrivateRabbitMq::start_in(private_dir()?, options)
+    }
+
+    /// Makes certificates with `openssl` in a new node's directory and starts the
+    /// node with a TLS listener using them (see [`tls_rabbitmq_or_skip`]).
+    pub fn try_start_with_tls(
+        require_client_certificate: bool,
+    ) -> Result<(PrivateRabbitMq, TlsCertificates), String> {
+        let dir = private_dir()?;
+        let certificates = TlsCertificates::generate(&dir.path().join("certs"))?;
+        let tls = RabbitTls {
+            ca: certificates.ca.clone(),
+            cert: certificates.server_cert.clone(),
+            key: certificates.server_key.clone(),
+            require_client_certificate,
+        };
+        let node = PrivateRabbitMq::start_in(dir, PrivateRabbitMqOptions::with_tls(tls))?;
+        Ok((node, certificates))
+    }
+
+    fn start_in(
+        dir: tempfile::TempDir,
+        options: PrivateRabbitMqOptions,
+    ) -> Result<PrivateRabbitMq, String> {
+        let scripts = rabbitmq_scripts()
+            .ok_or("rabbitmq-server is not installed (not on PATH nor in /usr/lib/rabbitmq/bin)")?;
+        let node = format!(
+            "celeriac-test-{}-{}@localhost",
+            std::process::id(),
+            NEXT_NODE.fetch_add(1, Ordering::Relaxed)
+        );
+        let mut rabbit = PrivateRabbitMq {
+            node,
+            scripts,
+            amqp_port: free_port(),
+            tls_port: options.tls.as_ref().map(|_| free_port()),
+            dist_port: free_port(),
+            epmd_port: free_port(),
+            dir,
+            server: None,
+            epmd: None,
+            startup: Duration::ZERO,
+        };
+        rabbit.write_config(&options)?;
+        rabbit.launch()?;
+        Ok(rabbit)
+    }
+
+    fn write_config(&self, options: &PrivateRabbitMqOptions) -> Result<(), String> {
+        let write = |name: &str, text: String| {
+            std::fs::write(self.dir.path().join(name), text)
+                .map_err(|e| format!("cannot write {name}: {e}"))
+        };
+        let quoted = |path: &Path| format!("{:?}", path.display().to_string());
+        let mut rabbit = vec![
+            format!("{{tcp_listeners, [{{\"127.0.0.1\", {}}}]}}", self.amqp_port),
+            // Quick, quiet: no console log, warnings in the file.
+            "{log, [{console, [{enabled, false}]}, {file, [{level, warning}]}]}".to_string(),
+        ];
+        if let (Some(tls), Some(port)) = (&options.tls, self.tls_port) {
+            rabbit.push(format!("{{ssl_listeners, [{{\"127.0.0.1\", {port}}}]}}"));
+            rabbit.push(format!(
+                "{{ssl_options, [{{cacertfile, {}}}, {{certfile, {}}}, {{keyfile, {}}}, \
+                 {{verify, verify_peer}}, {{fail_if_no_peer_cert, {}}}]}}",
+                quoted(&tls.ca),
+                quoted(&tls.cert),
+                quoted(&tls.key),
+                tls.require_client_certificate
+            ));
+        } else {
+            rabbit.push("{ssl_listeners, []}".to_string());
+        }
+        write(
+            "rabbitmq.config",
+            format!("[{{rabbit, [{}]}}].\n", rabbit.join(",\n  ")),
+        )?;
+        write("enabled_plugins", "[].\n".to_string())?;
+        // Replaces /etc/rabbitmq/rabbitmq-env.conf, which names the shared node.
+        write("rabbitmq-env.conf", String::new())
+    }
+
+    /// The environment of every RabbitMQ command run for this node.
+    fn environment(&self, command: &mut std::process::Command) {
+        let dir = self.dir.path();
+        command
+            .env("HOME", dir)
+            .env("RABBITMQ_CONF_ENV_FILE", dir.join("rabbitmq-env.conf"))
+            .env("RABBITMQ_NODENAME", &self.node)
+            .env("RABBITMQ_NODE_IP_ADDRESS", "127.0.0.1")
+            .env("RABBITMQ_NODE_PORT", self.amqp_port.to_string())
+            .env("RABBITMQ_DIST_PORT", self.dist_port.to_string())
+            .env("ERL_EPMD_PORT", self.epmd_port.to_string())
+            .env("ERL_EPMD_ADDRESS", "127.0.0.1")
+            .env("RABBITMQ_MNESIA_BASE", dir.join("mnesia"))
+            .env("RABBITMQ_LOG_BASE", dir.join("log"))
+            .env("RABBITMQ_CONFIG_FILE", dir.join("rabbitmq.config"))
+            .env("RABBITMQ_ADVANCED_CONFIG_FILE", dir.join("advanced.config"))
+            .env("RABBITMQ_ENABLED_PLUGINS_FILE", dir.join("enabled_plugins"))
+            .env("RABBITMQ_PID_FILE", dir.join("rabbitmq.pid"))
+            .env(
+                "RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS",
+                "-kernel inet_dist_use_interface {127,0,0,1}",
+            )
+            .current_dir(dir);
+    }
+
+    /// Starts `epmd` (when not running) and the node, and waits for its listeners.
+    fn launch(&mut self) -> Result<(), String> {
+        use std::os::unix::process::CommandExt;
+        let started = std::time::Instant::now();
+        if self
+            .epmd
+            .as_mut()
+            .is_none_or(|e| e.try_wait().ok().flatten().is_some())
+        {
+            let epmd = std::process::Command::new("epmd")
+                .args([
+                    "-port",
+                    &self.epmd_port.to_string(),
+                    "-address",
+                    "127.0.0.1",
+                ])
+                .stdin(std::process::Stdio::null())
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .process_group(0)
+                .spawn()
+                .map_err(|e| format!("cannot start epmd: {e}"))?;
+            self.epmd = Some(epmd);
+        }
+        let log = std::fs::File::create(self.dir.path().join("server.out"))
+            .map_err(|e| format!("cannot create the server log: {e}"))?;
+        let log_err = log
+            .try_clone()
+            .map_err(|e| format!("cannot create the server log: {e}"))?;
+        let mut command = std::process::Command::new(self.scripts.join("rabbitmq-server"));
+        self.environment(&mut command);
+        command
+            .stdin(std::process::Stdio::null())
+            .stdout(log)
+            .stderr(log_err)
+            .process_group(0);
+        let server = command
+            .spawn()
+            .map_err(|e| format!("cannot start rabbitmq-server: {e}"))?;
+        self.server = Some(server);
+        let deadline = started + Duration::from_secs(90);
+        loop {
+            if let Some(status) = self
+                .server
+                .as_mut()
+                .and_then(|s| s.try_wait().ok().flatten())
+            {
+                self.server = None;
+                return Err(format!(
+                    "rabbitmq-server {} exited ({status}) while starting: {}",
+                    self.node,
+                    self.log_tail()
+                ));
+            }
+            if answers(self.amqp_port) && self.tls_port.is_none_or(answers) {
+                self.startup = started.elapsed();
+                return Ok(());
+            }
+            if std::time::Instant::now() > deadline {
+                self.kill();
+                return Err(format!(
+                    "rabbitmq-server {} did not listen within 90 s: {}",
+                    self.node,
+                    self.log_tail()
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// The last lines of the node's output and log, for error messages.
+    pub fn log_tail(&self) -> String {
+        let mut text =
+            std::fs::read_to_string(self.dir.path().join("server.out")).unwrap_or_default();
+        let log = self
+            .dir
+            .path()
+            .join("log")
+            .join(format!("{}.log", self.node));
+        text.push_str(&std::fs::read_to_string(log).unwrap_or_default());
+        let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
+        lines[lines.len().saturating_sub(6)..].join(" | ")
+    }
+
+    /// The node's name (`celeriac-test-<pid>-<n>@localhost`).
+    pub fn node(&self) -> &str {
+        &self.node
+    }
+
+    /// The node's directory (database, logs, config; a test may put files there).
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// The plain AMQP port.
+    pub fn port(&self) -> u16 {
+        self.amqp_port
+    }
+
+    /// The TLS port, when started with a TLS listener.
+    pub fn tls_port(&self) -> Option<u16> {
+        self.tls_port
+    }
+
+    /// How long the last start took (from spawning to accepting connections).
+    pub fn startup_time(&self) -> Duration {
+        self.startup
+    }
+
+    /// `amqp://guest:guest@127.0.0.1:<port>//`.
+    pub fn url(&self) -> String {
+        format!("amqp://guest:guest@127.0.0.1:{}//", self.amqp_port)
+    }
+
+    /// `amqps://guest:guest@localhost:<tls port>//` (the host name the test
+    /// certificates name), when started with a TLS listener; add `?ssl_…` options.
+    pub fn amqps_url(&self) -> Option<String> {
+        self.tls_port
+            .map(|port| format!("amqps://guest:guest@localhost:{port}//"))
+    }
+
+    /// Whether the node's process runs (it may be paused).
+    pub fn is_running(&mut self) -> bool {
+        self.server
+            .as_mut()
+            .is_some_and(|s| matches!(s.try_wait(), Ok(None)))
+    }
+
+    /// Runs `rabbitmqctl -n <node> <args>` against this node; its standard output,
+    /// or why it failed.
+    pub fn rabbitmqctl(&self, args: &[&str]) -> Result<String, String> {
+        let mut command = std::process::Command::new(self.scripts.join("rabbitmqctl"));
+        self.environment(&mut command);
+        let output = command
+            .arg("-n")
+            .arg(&self.node)
+            .args(args)
+            .stdin(std::process::Stdio::null())
+            .output()
+            .map_err(|e| format!("cannot run rabbitmqctl: {e}"))?;
+        if output.status.success() {
+            Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+        } else {
+            Err(format!(
+                "rabbitmqctl {args:?} failed ({}): {}",
+                output.status,
+                String::from_utf8_lossy(&output.stderr).trim()
+            ))
+        }
+    }
+
+    fn signal_group(&self, signal: &str) {
+        if let Some(server) = &self.server {
+            // The script leads its own process group: the Erlang VM and its helpers
+            // (erl_child_setup, inet_gethost, the disk monitor) are in it.
+            let _ = std::process::Command::new("kill")
+                .args([signal, "--", &format!("-{}", server.id())])
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .status();
+        }
+    }
+
+    /// Stops the node in order (SIGTERM to the script, which stops the VM as
+    /// `rabbitmqctl stop` does), killing it if it has not stopped within 15 s. Its
+    /// database stays for [`PrivateRabbitMq::start_again`].
+    pub fn stop(&mut self) {
+        let Some(pid) = self.server.as_ref().map(|s| s.id()) else {
+            return;
+        };
+        self.resume();
+        let _ = std::process::Command::new("kill")
+            .args(["-TERM", &pid.to_string()])
+            .status();
+        let deadline = std::time::Instant::now() + Duration::from_secs(15);
+        while std::time::Instant::now() < deadline {
+            if let Some(server) = self.server.as_mut() {
+                if !matches!(server.try_wait(), Ok(None)) {
+                    break;
+                }
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        self.kill();
+    }
+
+    /// Kills the node at once (SIGKILL to its whole process group), as a crash or
+    /// an out-of-memory kill would. Its database stays for
+    /// [`PrivateRabbitMq::start_again`].
+    pub fn kill(&mut self) {
+        self.signal_group("-KILL");
+        if let Some(mut server) = self.server.take() {
+            let _ = server.kill();
+            let _ = server.wait();
+        }
+    }
+
+    /// Freezes the node (SIGSTOP to its process group): connections stay open but
+    /// nothing answers, as with a hung broker or a network partition.
+    pub fn pause(&self) {
+        self.signal_group("-STOP");
+    }
+
+    /// Lets a paused node run again (SIGCONT).
+    pub fn resume(&self) {
+        self.signal_group("-CONT");
+    }
+
+    /// Starts the node again after [`stop`](Self::stop) or [`kill`](Self::kill) on
+    /// the same ports, name and database, and waits until it accepts connections.
+    pub fn start_again(&mut self) -> Result<(), String> {
+        if self.is_running() {
+            return Err(format!("{} is still running", self.node));
+        }
+        self.launch()
+    }
+
+    /// Kills the node and starts it again ([`kill`](Self::kill) then
+    /// [`start_again`](Self::start_again)): every client connection breaks.
+    pub fn restart(&mut self) -> Result<(), String> {
+        self.kill();
+        self.launch()
+    }
+}
+
+impl Drop for PrivateRabbitMq {
+    fn drop(&mut self) {
+        self.stop();
+        if let Some(mut epmd) = self.epmd.take() {
+            let _ = epmd.kill();
+            let _ = epmd.wait();
+        }
+    }
+}
+
+/// PEM files made by `openssl` for a TLS test broker: a CA, a server certificate
+/// for `localhost` and `127.0.0.1` signed by it, and a client certificate signed by
+/// it (P-256 keys, valid for two days).
+#[derive(Debug, Clone)]
+pub struct TlsCertificates {
+    /// The CA certificate (what `ssl_ca_certs` names).
+    pub ca: PathBuf,
+    /// The server certificate.
+    pub server_cert: PathBuf,
+    /// The server's key.
+    pub server_key: PathBuf,
+    /// The client certificate (`ssl_certfile`).
+    pub client_cert: PathBuf,
+    /// The client's key (`ssl_keyfile`).
+    pub client_key: PathBuf,
+}
+
+impl TlsCertificates {
+    /// Makes them in `dir` with `openssl`, or says why not (`openssl` missing).
+    pub fn generate(dir: &Path) -> Result<TlsCertificates, String> {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+        let openssl = |args: &[&str]| -> Result<(), String> {
+            let output = std::process::Command::new("openssl")
+                .args(args)
+                .current_dir(dir)
+                .output()
+                .map_err(|e| format!("openssl is not usable ({e})"))?;
+            if output.status.success() {
+                Ok(())
+            } else {
+                Err(format!(
+                    "openssl {} failed: {}",
+                    args.first().copied().unwrap_or_default(),
+                    String::from_utf8_lossy(&output.stderr).trim()
+                ))
+            }
+        };
+        let write = |name: &str, text: &str| {
+            std::fs::write(dir.join(name), text).map_err(|e| format!("cannot write {name}: {e}"))
+        };
+        let ec = [
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+        ];
+        let mut args = vec!["req", "-x509"];
+        args.extend(ec);
+        args.extend([
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.crt",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=celeriac test CA",
+        ]);
+        openssl(&args)?;
+        write(
+            "server.ext",
+            "subjectAltName=DNS:localhost,IP:127.0.0.1\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n",
+        )?;
+        write(
+            "client.ext",
+            "basicConstraints=CA:FALSE\nextendedKeyUsage=clientAuth\n",
+        )?;
+        for (name, subject) in [
+            ("server", "/CN=localhost"),
+            ("client", "/CN=celeriac test client"),
+        ] {
+            let (key, csr, crt, ext) = (
+                format!("{name}.key"),
+                format!("{name}.csr"),
+                format!("{name}.crt"),
+                format!("{name}.ext"),
+            );
+            let mut args = vec!["req"];
+            args.extend(ec);
+            args.extend(["-keyout", &key, "-out", &csr, "-subj", subject]);
+            openssl(&args)?;
+            openssl(&[
+                "x509",
+                "-req",
+                "-in",
+                &csr,
+                "-CA",
+                "ca.crt",
+                "-CAkey",
+                "ca.key",
+                "-CAcreateserial",
+                "-out",
+                &crt,
+                "-days",
+                "2",
+                "-extfile",
+                &ext,
+            ])?;
+        }
+        Ok(TlsCertificates {
+            ca: dir.join("ca.crt"),
+            server_cert: dir.join("server.crt"),
+            server_key: dir.join("server.key"),
+            client_cert: dir.join("client.crt"),
+            client_key: dir.join("client.key"),
+        })
+    }
+}
+
+/// A [`PrivateRabbitMq`] with a TLS listener whose certificates `openssl` makes now
+/// (in the node's directory, removed with it); with `require_client_certificate`
+/// it refuses TLS clients without a certificate from the same CA
+/// (`fail_if_no_peer_cert`). `None` after printing why `test` is skipped (`openssl`
+/// or `rabbitmq-server` missing); panics instead under
+/// `CELERIAC_REQUIRE_SERVICES=1`.
+pub fn tls_rabbitmq_or_skip(
+    test: &str,
+    require_client_certificate: bool,
+) -> Option<(PrivateRabbitMq, TlsCertificates)> {
+    match PrivateRabbitMq::try_start_with_tls(require_client_certificate) {
+        Ok(started) => Some(started),
+        Err(reason) => {
+            assert!(
+                !services_required(),
+                "{test}: {reason}, and CELERIAC_REQUIRE_SERVICES=1"
+            );
+            eprintln!("skipped {test}: {reason}");
+            None
+        }
+    }
+}
+
+/// A new temporary directory for a node.
+fn private_dir() -> Result<tempfile::TempDir, String> {
+    tempfile::Builder::new()
+        .prefix("celeriac-rabbitmq-")
+        .tempdir()
+        .map_err(|e| format!("cannot create a temporary directory: {e}"))
 }
