@@ -93,7 +93,11 @@ pub struct DeliveryInfo {
 }
 
 /// Message properties (AMQP basic properties plus kombu's Redis extras).
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+///
+/// Deserialized by hand (not derived): serde's derive buffers every entry of a struct
+/// with a `flatten` field before reading it, which cost a received message more than
+/// its headers.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct Properties {
     /// Equals the task id for task messages.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -111,11 +115,7 @@ pub struct Properties {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub delivery_info: Option<DeliveryInfo>,
     /// Message priority. Its direction depends on the broker (see the broker docs).
-    #[serde(
-        default,
-        deserialize_with = "lenient_priority",
-        skip_serializing_if = "Option::is_none"
-    )]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub priority: Option<u8>,
     /// `"base64"` when the body is base64 text inside a JSON envelope.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -128,12 +128,46 @@ pub struct Properties {
     pub extra: Map<String, Value>,
 }
 
-fn lenient_priority<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<u8>, D::Error> {
-    let value = Option::<Value>::deserialize(deserializer)?;
-    Ok(match value {
-        Some(Value::Number(n)) => n.as_u64().map(|p| p.min(255) as u8),
-        _ => None,
-    })
+impl<'de> Deserialize<'de> for Properties {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Properties, D::Error> {
+        deserializer.deserialize_map(PropertiesVisitor)
+    }
+}
+
+struct PropertiesVisitor;
+
+impl<'de> serde::de::Visitor<'de> for PropertiesVisitor {
+    type Value = Properties;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a map of message properties")
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Properties, A::Error> {
+        let mut properties = Properties::default();
+        while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
+            match key.as_ref() {
+                "correlation_id" => properties.correlation_id = map.next_value()?,
+                "reply_to" => properties.reply_to = map.next_value()?,
+                "delivery_mode" => properties.delivery_mode = map.next_value()?,
+                "expiration" => properties.expiration = map.next_value()?,
+                "delivery_info" => properties.delivery_info = map.next_value()?,
+                "priority" => {
+                    properties.priority = match map.next_value::<Option<Value>>()? {
+                        Some(Value::Number(n)) => n.as_u64().map(|p| p.min(255) as u8),
+                        _ => None,
+                    }
+                }
+                "body_encoding" => properties.body_encoding = map.next_value()?,
+                "delivery_tag" => properties.delivery_tag = map.next_value()?,
+                _ => {
+                    let value = map.next_value::<Value>()?;
+                    properties.extra.insert(key.into_owned(), value);
+                }
+            }
+        }
+        Ok(properties)
+    }
 }
 
 /// A transport message: what brokers store and move.
@@ -151,10 +185,76 @@ pub struct Envelope {
     pub body: Vec<u8>,
 }
 
-/// kombu's JSON envelope, as stored in Redis lists and in celeriac's SQLite broker.
-#[derive(Serialize, Deserialize)]
-struct KombuEnvelope {
-    body: Value,
+/// kombu's JSON envelope as written, borrowing from the [`Envelope`].
+#[derive(Serialize)]
+struct KombuEnvelopeOut<'a> {
+    body: &'a str,
+    #[serde(rename = "content-encoding")]
+    content_encoding: &'a str,
+    #[serde(rename = "content-type")]
+    content_type: &'a str,
+    headers: &'a Map<String, Value>,
+    properties: PropertiesOut<'a>,
+}
+
+/// Properties a transport sets on the copy it writes, leaving the [`Envelope`] as
+/// it is (the Redis transport's delivery tag, `delivery_info` and explicit priority).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct PropertyOverrides<'a> {
+    /// Replaces `properties.delivery_tag`.
+    pub delivery_tag: Option<&'a str>,
+    /// Replaces `properties.delivery_info`.
+    pub delivery_info: Option<&'a DeliveryInfo>,
+    /// Replaces `properties.priority`.
+    pub priority: Option<u8>,
+}
+
+/// [`Properties`] with overrides, serialized in the derived field order.
+struct PropertiesOut<'a> {
+    base: &'a Properties,
+    overrides: &'a PropertyOverrides<'a>,
+}
+
+impl Serialize for PropertiesOut<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let base = self.base;
+        let o = self.overrides;
+        let mut map = serializer.serialize_map(None)?;
+        if let Some(v) = &base.correlation_id {
+            map.serialize_entry("correlation_id", v)?;
+        }
+        if let Some(v) = &base.reply_to {
+            map.serialize_entry("reply_to", v)?;
+        }
+        if let Some(v) = &base.delivery_mode {
+            map.serialize_entry("delivery_mode", v)?;
+        }
+        if let Some(v) = &base.expiration {
+            map.serialize_entry("expiration", v)?;
+        }
+        if let Some(v) = o.delivery_info.or(base.delivery_info.as_ref()) {
+            map.serialize_entry("delivery_info", v)?;
+        }
+        if let Some(v) = o.priority.or(base.priority) {
+            map.serialize_entry("priority", &v)?;
+        }
+        map.serialize_entry("body_encoding", "base64")?;
+        if let Some(v) = o.delivery_tag.or(base.delivery_tag.as_deref()) {
+            map.serialize_entry("delivery_tag", v)?;
+        }
+        for (key, value) in &base.extra {
+            map.serialize_entry(key, value)?;
+        }
+        map.end()
+    }
+}
+
+/// kombu's JSON envelope as read: the body stays JSON text borrowed from the input.
+#[derive(Deserialize)]
+struct KombuEnvelopeIn<'a> {
+    #[serde(borrow)]
+    body: &'a serde_json::value::RawValue,
     #[serde(rename = "content-encoding", default)]
     content_encoding: Option<String>,
     #[serde(rename = "content-type", default)]
@@ -168,29 +268,55 @@ struct KombuEnvelope {
 impl Envelope {
     /// Serializes as kombu's JSON envelope (`{"body": base64, "content-type", ...}`).
     pub fn to_kombu_json(&self) -> Vec<u8> {
-        let mut properties = self.properties.clone();
-        properties.body_encoding = Some("base64".to_string());
-        let envelope = KombuEnvelope {
-            body: Value::String(base64::engine::general_purpose::STANDARD.encode(&self.body)),
-            content_encoding: Some(self.content_encoding.clone()),
-            content_type: Some(self.content_type.clone()),
-            headers: self.headers.clone(),
-            properties,
+        self.to_kombu_json_with(&PropertyOverrides::default())
+    }
+
+    /// Serializes as kombu's JSON envelope with some properties replaced, without
+    /// copying the envelope.
+    pub fn to_kombu_json_with(&self, overrides: &PropertyOverrides<'_>) -> Vec<u8> {
+        let body = base64::engine::general_purpose::STANDARD.encode(&self.body);
+        let envelope = KombuEnvelopeOut {
+            body: &body,
+            content_encoding: &self.content_encoding,
+            content_type: &self.content_type,
+            headers: &self.headers,
+            properties: PropertiesOut {
+                base: &self.properties,
+                overrides,
+            },
         };
-        serde_json::to_vec(&envelope).unwrap_or_default()
+        let mut out = Vec::with_capacity(body.len() + 512 + 64 * self.headers.len());
+        // Writing to a Vec fails only for a non-string map key, which a
+        // `Map<String, Value>` cannot hold.
+        let _ = serde_json::to_writer(&mut out, &envelope);
+        out
     }
 
     /// Reads kombu's JSON envelope. The body is base64-decoded when
     /// `properties.body_encoding` is `"base64"` and used as is otherwise.
     pub fn from_kombu_json(raw: &[u8]) -> Result<Envelope, DecodeError> {
-        let envelope: KombuEnvelope =
+        let envelope: KombuEnvelopeIn<'_> =
             serde_json::from_slice(raw).map_err(|e| DecodeError::InvalidEnvelope(e.to_string()))?;
-        let body = match (&envelope.body, envelope.properties.body_encoding.as_deref()) {
-            (Value::String(text), Some("base64")) => base64::engine::general_purpose::STANDARD
-                .decode(text.as_bytes())
-                .map_err(|e| DecodeError::InvalidEnvelope(format!("body is not base64: {e}")))?,
-            (Value::String(text), _) => text.as_bytes().to_vec(),
-            (other, _) => serde_json::to_vec(other).unwrap_or_default(),
+        let invalid = |e: serde_json::Error| DecodeError::InvalidEnvelope(e.to_string());
+        let body_json = envelope.body.get();
+        let body = if body_json.starts_with('"') {
+            // The base64 text borrows from `raw` unless it has escapes.
+            let text: std::borrow::Cow<'_, str> = match serde_json::from_str::<&str>(body_json) {
+                Ok(text) => text.into(),
+                Err(_) => serde_json::from_str::<String>(body_json)
+                    .map_err(invalid)?
+                    .into(),
+            };
+            if envelope.properties.body_encoding.as_deref() == Some("base64") {
+                base64::engine::general_purpose::STANDARD
+                    .decode(text.as_bytes())
+                    .map_err(|e| DecodeError::InvalidEnvelope(format!("body is not base64: {e}")))?
+            } else {
+                text.into_owned().into_bytes()
+            }
+        } else {
+            let value: Value = serde_json::from_str(body_json).map_err(invalid)?;
+            serde_json::to_vec(&value).unwrap_or_default()
         };
         Ok(Envelope {
             headers: envelope.headers,
@@ -393,29 +519,63 @@ impl TaskHeaders {
         seconds_to_duration(self.timelimit[1].as_ref())
     }
 
-    fn from_map(mut map: Map<String, Value>) -> Result<TaskHeaders, DecodeError> {
-        let task = take_required_string(&mut map, "task")?;
-        let id = take_required_string(&mut map, "id")?;
-        let lang = take_opt_string(&mut map, "lang")?;
-        let shadow = take_opt_string(&mut map, "shadow")?;
-        let eta = take_opt_time(&mut map, "eta")?;
-        let expires = take_opt_time(&mut map, "expires")?;
-        let group = take_opt_string(&mut map, "group")?;
-        let group_index = take_opt_int(&mut map, "group_index")?;
-        let retries = take_opt_int(&mut map, "retries")?.unwrap_or(0);
+    /// Reads the headers of a received message. One pass sorts the entries into the
+    /// known headers (by reference, no hashing) and the rest, kept in their order;
+    /// then the known ones are checked in Celery's order, so the first invalid one
+    /// is the error whatever the order on the wire.
+    fn from_map(map: &Map<String, Value>) -> Result<TaskHeaders, DecodeError> {
+        let mut known = KnownHeaders::default();
+        let mut extra = Map::new();
+        for (name, value) in map {
+            let slot = match name.as_str() {
+                "task" => &mut known.task,
+                "id" => &mut known.id,
+                "lang" => &mut known.lang,
+                "shadow" => &mut known.shadow,
+                "eta" => &mut known.eta,
+                "expires" => &mut known.expires,
+                "group" => &mut known.group,
+                "group_index" => &mut known.group_index,
+                "retries" => &mut known.retries,
+                "timelimit" => &mut known.timelimit,
+                "root_id" => &mut known.root_id,
+                "parent_id" => &mut known.parent_id,
+                "argsrepr" => &mut known.argsrepr,
+                "kwargsrepr" => &mut known.kwargsrepr,
+                "origin" => &mut known.origin,
+                "ignore_result" => &mut known.ignore_result,
+                "replaced_task_nesting" => &mut known.replaced_task_nesting,
+                "stamped_headers" => &mut known.stamped_headers,
+                "stamps" => &mut known.stamps,
+                _ => {
+                    extra.insert(name.clone(), value.clone());
+                    continue;
+                }
+            };
+            *slot = Some(value);
+        }
+        let task = required_string(known.task, "task")?;
+        let id = required_string(known.id, "id")?;
+        let lang = opt_string(known.lang, "lang")?;
+        let shadow = opt_string(known.shadow, "shadow")?;
+        let eta = opt_time(known.eta, "eta")?;
+        let expires = opt_time(known.expires, "expires")?;
+        let group = opt_string(known.group, "group")?;
+        let group_index = opt_int(known.group_index, "group_index")?;
+        let retries = opt_int(known.retries, "retries")?.unwrap_or(0);
         let retries = u32::try_from(retries).map_err(|_| DecodeError::InvalidHeader {
             name: "retries",
             reason: format!("{retries} is not a retry count"),
         })?;
-        let timelimit = take_timelimit(&mut map)?;
-        let root_id = take_opt_string(&mut map, "root_id")?;
-        let parent_id = take_opt_string(&mut map, "parent_id")?;
-        let argsrepr = take_opt_string(&mut map, "argsrepr")?;
-        let kwargsrepr = take_opt_string(&mut map, "kwargsrepr")?;
-        let origin = take_opt_string(&mut map, "origin")?;
-        let ignore_result = match map.remove("ignore_result") {
+        let timelimit = timelimit(known.timelimit)?;
+        let root_id = opt_string(known.root_id, "root_id")?;
+        let parent_id = opt_string(known.parent_id, "parent_id")?;
+        let argsrepr = opt_string(known.argsrepr, "argsrepr")?;
+        let kwargsrepr = opt_string(known.kwargsrepr, "kwargsrepr")?;
+        let origin = opt_string(known.origin, "origin")?;
+        let ignore_result = match known.ignore_result {
             None | Some(Value::Null) => None,
-            Some(Value::Bool(b)) => Some(b),
+            Some(Value::Bool(b)) => Some(*b),
             Some(other) => {
                 return Err(DecodeError::InvalidHeader {
                     name: "ignore_result",
@@ -423,21 +583,20 @@ impl TaskHeaders {
                 })
             }
         };
-        let replaced_task_nesting = take_opt_int(&mut map, "replaced_task_nesting")?;
-        let stamped_headers = match map.remove("stamped_headers") {
-            None | Some(Value::Null) => None,
-            Some(value) => {
-                Some(
-                    serde_json::from_value(value).map_err(|e| DecodeError::InvalidHeader {
+        let replaced_task_nesting = opt_int(known.replaced_task_nesting, "replaced_task_nesting")?;
+        let stamped_headers =
+            match known.stamped_headers {
+                None | Some(Value::Null) => None,
+                Some(value) => Some(Vec::<String>::deserialize(value).map_err(|e| {
+                    DecodeError::InvalidHeader {
                         name: "stamped_headers",
                         reason: e.to_string(),
-                    })?,
-                )
-            }
-        };
-        let stamps = match map.remove("stamps") {
+                    }
+                })?),
+            };
+        let stamps = match known.stamps {
             None | Some(Value::Null) => None,
-            Some(Value::Object(stamps)) => Some(stamps),
+            Some(Value::Object(stamps)) => Some(stamps.clone()),
             Some(other) => {
                 return Err(DecodeError::InvalidHeader {
                     name: "stamps",
@@ -465,7 +624,7 @@ impl TaskHeaders {
             replaced_task_nesting,
             stamped_headers,
             stamps,
-            extra: map,
+            extra,
         })
     }
 
@@ -532,12 +691,34 @@ fn seconds_to_duration(n: Option<&Number>) -> Option<std::time::Duration> {
     (secs.is_finite() && secs > 0.0).then(|| std::time::Duration::from_secs_f64(secs))
 }
 
-fn take_required_string(
-    map: &mut Map<String, Value>,
-    name: &'static str,
-) -> Result<String, DecodeError> {
-    match map.remove(name) {
-        Some(Value::String(s)) if !s.is_empty() => Ok(s),
+/// The protocol v2 headers [`TaskHeaders`] names, found by reference in a
+/// received header map.
+#[derive(Default)]
+struct KnownHeaders<'a> {
+    task: Option<&'a Value>,
+    id: Option<&'a Value>,
+    lang: Option<&'a Value>,
+    shadow: Option<&'a Value>,
+    eta: Option<&'a Value>,
+    expires: Option<&'a Value>,
+    group: Option<&'a Value>,
+    group_index: Option<&'a Value>,
+    retries: Option<&'a Value>,
+    timelimit: Option<&'a Value>,
+    root_id: Option<&'a Value>,
+    parent_id: Option<&'a Value>,
+    argsrepr: Option<&'a Value>,
+    kwargsrepr: Option<&'a Value>,
+    origin: Option<&'a Value>,
+    ignore_result: Option<&'a Value>,
+    replaced_task_nesting: Option<&'a Value>,
+    stamped_headers: Option<&'a Value>,
+    stamps: Option<&'a Value>,
+}
+
+fn required_string(value: Option<&Value>, name: &'static str) -> Result<String, DecodeError> {
+    match value {
+        Some(Value::String(s)) if !s.is_empty() => Ok(s.clone()),
         Some(Value::String(_)) => Err(DecodeError::InvalidHeader {
             name,
             reason: "empty".into(),
@@ -550,13 +731,10 @@ fn take_required_string(
     }
 }
 
-fn take_opt_string(
-    map: &mut Map<String, Value>,
-    name: &'static str,
-) -> Result<Option<String>, DecodeError> {
-    match map.remove(name) {
+fn opt_string(value: Option<&Value>, name: &'static str) -> Result<Option<String>, DecodeError> {
+    match value {
         None | Some(Value::Null) => Ok(None),
-        Some(Value::String(s)) => Ok(Some(s)),
+        Some(Value::String(s)) => Ok(Some(s.clone())),
         Some(other) => Err(DecodeError::InvalidHeader {
             name,
             reason: format!("expected a string, found {other}"),
@@ -564,11 +742,8 @@ fn take_opt_string(
     }
 }
 
-fn take_opt_int(
-    map: &mut Map<String, Value>,
-    name: &'static str,
-) -> Result<Option<i64>, DecodeError> {
-    match map.remove(name) {
+fn opt_int(value: Option<&Value>, name: &'static str) -> Result<Option<i64>, DecodeError> {
+    match value {
         None | Some(Value::Null) => Ok(None),
         Some(Value::Number(n)) => n.as_i64().map(Some).ok_or(DecodeError::InvalidHeader {
             name,
@@ -581,13 +756,13 @@ fn take_opt_int(
     }
 }
 
-fn take_opt_time(
-    map: &mut Map<String, Value>,
+fn opt_time(
+    value: Option<&Value>,
     name: &'static str,
 ) -> Result<Option<DateTime<Utc>>, DecodeError> {
-    match map.remove(name) {
+    match value {
         None | Some(Value::Null) => Ok(None),
-        Some(Value::String(s)) => parse_iso(&s).map(Some).ok_or(DecodeError::InvalidHeader {
+        Some(Value::String(s)) => parse_iso(s).map(Some).ok_or(DecodeError::InvalidHeader {
             name,
             reason: format!("{s:?} is not an ISO-8601 date-time"),
         }),
@@ -598,19 +773,19 @@ fn take_opt_time(
     }
 }
 
-fn take_timelimit(map: &mut Map<String, Value>) -> Result<[Option<Number>; 2], DecodeError> {
+fn timelimit(value: Option<&Value>) -> Result<[Option<Number>; 2], DecodeError> {
     let invalid = |reason: String| DecodeError::InvalidHeader {
         name: "timelimit",
         reason,
     };
-    match map.remove("timelimit") {
+    match value {
         None | Some(Value::Null) => Ok([None, None]),
         Some(Value::Array(items)) if items.len() == 2 => {
             let mut out: [Option<Number>; 2] = [None, None];
             for (slot, item) in out.iter_mut().zip(items) {
                 *slot = match item {
                     Value::Null => None,
-                    Value::Number(n) => Some(n),
+                    Value::Number(n) => Some(n.clone()),
                     other => {
                         return Err(invalid(format!("expected a number or null, found {other}")))
                     }
@@ -670,10 +845,15 @@ impl TaskMessage {
                 compression.as_str().unwrap_or("?").to_string(),
             ));
         }
-        let body: Value = serde_json::from_slice(&envelope.body)
-            .map_err(|e| DecodeError::InvalidJson(e.to_string()))?;
+        // The common body, `[[...], {...}, {...} | null]`, straight into its parts;
+        // anything else through a `Value`, for the precise error.
+        let body = match serde_json::from_slice::<BodyFastPath>(&envelope.body) {
+            Ok(parts) => Ok(parts),
+            Err(_) => Err(serde_json::from_slice::<Value>(&envelope.body)
+                .map_err(|e| DecodeError::InvalidJson(e.to_string()))?),
+        };
         if !envelope.headers.contains_key("task") {
-            if let Value::Object(fields) = &body {
+            if let Err(Value::Object(fields)) = &body {
                 if let Some(task) = fields.get("task") {
                     return Err(DecodeError::ProtocolV1 {
                         task: task.as_str().unwrap_or("?").to_string(),
@@ -682,8 +862,13 @@ impl TaskMessage {
             }
             return Err(DecodeError::MissingHeader("task"));
         }
-        let headers = TaskHeaders::from_map(envelope.headers.clone())?;
-        let (args, kwargs, embed) = split_body(body)?;
+        let headers = TaskHeaders::from_map(&envelope.headers)?;
+        let (args, kwargs, embed) = match body {
+            Ok(BodyFastPath(args, kwargs, embed)) => {
+                (args, kwargs.unwrap_or_default(), embed.unwrap_or_default())
+            }
+            Err(value) => split_body(value)?,
+        };
         Ok(TaskMessage {
             headers,
             properties: envelope.properties.clone(),
@@ -732,6 +917,11 @@ fn check_content_type(envelope: &Envelope) -> Result<(), DecodeError> {
         _ => Err(DecodeError::UnsupportedContentType(content_type)),
     }
 }
+
+/// `[args, kwargs, embed]` as almost every message has it (args an array, kwargs an
+/// object or null, embed an object or null), read without an intermediate `Value`.
+#[derive(Deserialize)]
+struct BodyFastPath(Vec<Value>, Option<Map<String, Value>>, Option<Embed>);
 
 /// `[args, kwargs, embed]` taken apart.
 type BodyParts = (Vec<Value>, Map<String, Value>, Embed);
@@ -952,5 +1142,157 @@ mod tests {
             msg.headers.soft_time_limit(),
             Some(std::time::Duration::from_secs(5))
         );
+    }
+
+    #[test]
+    fn properties_keep_unknown_entries_and_read_priority_leniently() {
+        let properties: Properties = serde_json::from_value(json!({
+            "correlation_id": "c",
+            "x-custom": [1, 2],
+            "priority": "high",
+            "delivery_info": {"exchange": "e", "routing_key": "rk"},
+        }))
+        .expect("reads");
+        assert_eq!(properties.correlation_id.as_deref(), Some("c"));
+        assert_eq!(properties.priority, None);
+        assert_eq!(properties.extra.get("x-custom"), Some(&json!([1, 2])));
+        let high: Properties = serde_json::from_value(json!({"priority": 300})).expect("reads");
+        assert_eq!(high.priority, Some(255));
+        let wrong = serde_json::from_value::<Properties>(json!({"correlation_id": 5}));
+        assert!(wrong.is_err(), "a non-string correlation_id is an error");
+    }
+
+    #[test]
+    fn kombu_json_with_overrides_writes_them_and_leaves_the_envelope() {
+        let mut env = envelope(
+            json!({"task": "t", "id": "x"}),
+            json!([[], {}, null]),
+            CONTENT_TYPE_JSON,
+        );
+        env.properties
+            .extra
+            .insert("x-custom".into(), json!("kept"));
+        env.properties.delivery_tag = Some("old".into());
+        let info = DeliveryInfo {
+            exchange: String::new(),
+            routing_key: "q".into(),
+            redelivered: None,
+        };
+        let overrides = PropertyOverrides {
+            delivery_tag: Some("new"),
+            delivery_info: Some(&info),
+            priority: Some(3),
+        };
+        let written: Value =
+            serde_json::from_slice(&env.to_kombu_json_with(&overrides)).expect("json");
+        let properties = &written["properties"];
+        assert_eq!(properties["delivery_tag"], json!("new"));
+        assert_eq!(properties["delivery_info"]["routing_key"], json!("q"));
+        assert_eq!(properties["priority"], json!(3));
+        assert_eq!(properties["body_encoding"], json!("base64"));
+        assert_eq!(properties["x-custom"], json!("kept"));
+        assert_eq!(env.properties.delivery_tag.as_deref(), Some("old"));
+        let keys: Vec<&str> = properties
+            .as_object()
+            .expect("object")
+            .keys()
+            .map(String::as_str)
+            .collect();
+        assert_eq!(
+            keys,
+            [
+                "delivery_info",
+                "priority",
+                "body_encoding",
+                "delivery_tag",
+                "x-custom"
+            ]
+        );
+        let back = Envelope::from_kombu_json(&env.to_kombu_json()).expect("decodes");
+        assert_eq!(back, {
+            let mut expected = env.clone();
+            expected.properties.body_encoding = Some("base64".into());
+            expected
+        });
+    }
+
+    #[test]
+    fn an_escaped_or_plain_body_text_reads_like_the_plain_one() {
+        let plain = br#"{"body": "W1tdLHt9LG51bGxd", "properties": {"body_encoding": "base64"}}"#;
+        let escaped =
+            br#"{"body": "W1tdLHt9LG51bGxd\u0020", "properties": {"body_encoding": "base64"}}"#;
+        assert_eq!(
+            Envelope::from_kombu_json(plain).expect("decodes").body,
+            b"[[],{},null]"
+        );
+        // An escape forces the owned path; a space is not base64.
+        assert!(Envelope::from_kombu_json(escaped).is_err());
+        let escaped_ok =
+            br#"{"body": "W1tdLHt9\u004cG51bGxd", "properties": {"body_encoding": "base64"}}"#;
+        assert_eq!(
+            Envelope::from_kombu_json(escaped_ok).expect("decodes").body,
+            b"[[],{},null]"
+        );
+        let unencoded = br#"{"body": "[[1], {}, null]"}"#;
+        assert_eq!(
+            Envelope::from_kombu_json(unencoded).expect("decodes").body,
+            b"[[1], {}, null]"
+        );
+        let object_body = br#"{"body": {"a": 1}}"#;
+        assert_eq!(
+            Envelope::from_kombu_json(object_body)
+                .expect("decodes")
+                .body,
+            br#"{"a":1}"#
+        );
+    }
+
+    #[test]
+    fn the_fast_body_path_agrees_with_the_value_path() {
+        for body in [
+            json!([[1, "a"], {"k": [1]}, {"callbacks": null, "errbacks": null, "chain": null, "chord": null}]),
+            json!([[], null, null]),
+            json!([[], {}, {"callbacks": [{"task": "t", "args": [], "kwargs": {}, "options": {}, "subtask_type": null, "immutable": false}], "x": 1}]),
+        ] {
+            let env = envelope(
+                json!({"task": "t", "id": "x"}),
+                body.clone(),
+                CONTENT_TYPE_JSON,
+            );
+            let fast = TaskMessage::decode(&env).expect("decodes");
+            let (args, kwargs, embed) = split_body(body).expect("splits");
+            assert_eq!((fast.args, fast.kwargs, fast.embed), (args, kwargs, embed));
+        }
+        for (body, error) in [
+            (json!([[], {}]), "expected 3 elements"),
+            (json!([null, {}, null]), "args must be an array"),
+            (json!([[], [], null]), "kwargs must be an object"),
+            (json!([[], {}, 5]), "embed must be an object"),
+        ] {
+            let env = envelope(json!({"task": "t", "id": "x"}), body, CONTENT_TYPE_JSON);
+            let err = TaskMessage::decode(&env).expect_err("refused");
+            assert!(err.to_string().contains(error), "{err}");
+        }
+    }
+
+    #[test]
+    fn header_errors_come_in_celerys_order_whatever_the_wire_order() {
+        let env = envelope(
+            json!({"retries": "x", "id": 5, "task": "t"}),
+            json!([[], {}, null]),
+            CONTENT_TYPE_JSON,
+        );
+        let err = TaskMessage::decode(&env).expect_err("refused");
+        assert!(
+            matches!(err, DecodeError::InvalidHeader { name: "id", .. }),
+            "{err}"
+        );
+        let env = envelope(
+            json!({"zz": 1, "task": "t", "aa": 2, "id": "i"}),
+            json!([[], {}, null]),
+            CONTENT_TYPE_JSON,
+        );
+        let headers = TaskMessage::decode(&env).expect("decodes").headers;
+        assert_eq!(headers.extra.keys().collect::<Vec<_>>(), ["zz", "aa"]);
     }
 }

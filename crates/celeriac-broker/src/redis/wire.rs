@@ -3,7 +3,7 @@
 //! message priority as kombu reads it, dead-letter records, and delivery tags.
 
 use base64::Engine as _;
-use celeriac_core::message::DeliveryInfo;
+use celeriac_core::message::{DeliveryInfo, PropertyOverrides};
 use celeriac_core::Envelope;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
@@ -16,16 +16,19 @@ use crate::{DeadLetter, DeliveryTag};
 /// exchange with the queue as routing key (where a restore puts it back, kombu's or
 /// ours), and an explicit priority (0 when unset). Returns the JSON and the priority.
 pub(crate) fn publish_element(envelope: &Envelope, queue: &str) -> (Vec<u8>, i64) {
-    let mut envelope = envelope.clone();
-    let properties = &mut envelope.properties;
-    properties.delivery_tag = Some(uuid::Uuid::new_v4().to_string());
-    properties.delivery_info = Some(DeliveryInfo {
+    let delivery_tag = uuid::Uuid::new_v4().to_string();
+    let delivery_info = DeliveryInfo {
         exchange: String::new(),
         routing_key: queue.to_string(),
         redelivered: None,
-    });
-    let priority = *properties.priority.get_or_insert(0);
-    (envelope.to_kombu_json(), i64::from(priority))
+    };
+    let priority = envelope.properties.priority.unwrap_or(0);
+    let overrides = PropertyOverrides {
+        delivery_tag: Some(&delivery_tag),
+        delivery_info: Some(&delivery_info),
+        priority: Some(priority),
+    };
+    (envelope.to_kombu_json_with(&overrides), i64::from(priority))
 }
 
 /// An `unacked` value, `[envelope, exchange, routing_key]`, taken apart; the
