@@ -174,5 +174,73 @@ async fn amqps_with_kombus_ssl_options_against_a_private_rabbitmq() {
     .await;
     // The node's plain listener is unaffected.
     round_trip(&rabbit.url(), AmqpBrokerOptions::default()).await;
+
+    // Killed and started again on the same ports and database (what the fault suite
+    // does): a confirmed persistent message survives, and TLS works as before.
+    let verified = url(&format!("{ca}&{client}"));
+    let queue = format!("tls-restart-{}", uuid::Uuid::new_v4().simple());
+    let id = format!("tls-restart-{}", uuid::Uuid::new_v4());
+    let broker = AmqpBroker::open_url(&verified, AmqpBrokerOptions::default())
+        .await
+        .expect("open before the restart");
+    broker
+        .publish(vec![Publish {
+            queue: queue.clone(),
+            envelope: TaskMessage::new("tls.add", &id, vec![], Default::default()).encode(),
+            not_before: None,
+        }])
+        .await
+        .expect("publish before the restart");
+    drop(broker);
+    let mut rabbit = rabbit;
+    let killed_at = Instant::now();
+    rabbit.restart().expect("start the node again");
+    eprintln!(
+        "{test}: killed and started again in {:?}",
+        killed_at.elapsed()
+    );
+    assert_eq!(
+        rabbit.amqps_url().as_deref(),
+        Some(base.as_str()),
+        "same port"
+    );
+    let broker = AmqpBroker::open_url(&verified, AmqpBrokerOptions::default())
+        .await
+        .expect("open after the restart");
+    let got = broker
+        .fetch(&FetchParams {
+            queues: vec![queue],
+            max: 1,
+            wait: Duration::from_secs(5),
+            consumer: "tls-test".into(),
+            lease: Duration::from_secs(30),
+        })
+        .await
+        .expect("fetch after the restart");
+    assert_eq!(got.len(), 1, "the persistent message survived the restart");
+    assert_eq!(got[0].envelope.task_id_hint(), Some(id.as_str()));
+    drop(broker);
+
+    // Dropped: nothing of the node is left running.
+    let node = rabbit.node().to_string();
+    drop(rabbit);
+    let leftovers = processes_mentioning(&node);
+    assert!(
+        leftovers.is_empty(),
+        "processes of {node} left: {leftovers:?}"
+    );
     eprintln!("{test}: all cases in {:?}", started.elapsed());
+}
+
+/// Command lines of running processes that mention `text`.
+fn processes_mentioning(text: &str) -> Vec<String> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter_map(|entry| std::fs::read(entry.path().join("cmdline")).ok())
+        .map(|cmdline| String::from_utf8_lossy(&cmdline).replace('\0', " "))
+        .filter(|cmdline| cmdline.contains(text))
+        .collect()
 }
