@@ -33,8 +33,9 @@
 //! The files are read each time a connection is opened, so renewed certificates are
 //! picked up on the next reconnect; an unreadable or invalid file is a
 //! [`BrokerError::InvalidUrl`] naming the option and the file (never the password).
-//! The options are refused on `amqp://`, which is never encrypted. A TCP connect plus
-//! TLS handshake that takes longer than `connection_timeout` fails.
+//! The options are refused on `amqp://`, which is never encrypted. With any of them,
+//! a TCP connect plus TLS handshake that takes longer than `connection_timeout`
+//! fails.
 //!
 //! Tested against a private RabbitMQ with a TLS listener and a CA made at test time:
 //! `tests/amqp_tls.rs`.
@@ -363,7 +364,7 @@ impl AmqpTarget {
             return Ok(None);
         };
         let identity = self.client_identity(tls)?;
-        let mismatch = |error: rustls::Error| {
+        let mismatch = |error: &dyn std::fmt::Display| {
             let certfile = tls.certfile.as_deref().unwrap_or(Path::new(""));
             self.invalid_file(
                 "ssl_certfile",
@@ -393,31 +394,25 @@ impl AmqpTarget {
                 builder.with_root_certificates(roots)
             }
             (CertReqs::Required, None) => {
-                // The system's roots, as lapin loads them, with a client certificate.
+                // Only a client certificate was asked for: the system's roots,
+                // loaded as lapin loads them.
                 let config = RustlsConnectorConfig::new_with_native_certs()
                     .map_err(|error| BrokerError::Connection(Box::new(error)))?;
-                let Some((chain, key)) = identity else {
-                    return Ok(None);
+                let connector = match identity {
+                    Some((chain, key)) => config
+                        .connector_with_single_cert(chain, key)
+                        .map_err(|error| mismatch(&error))?,
+                    None => config
+                        .connector_with_no_client_auth()
+                        .map_err(|error| BrokerError::Connection(Box::new(error)))?,
                 };
-                return config
-                    .connector_with_single_cert(chain, key)
-                    .map(Some)
-                    .map_err(|error| {
-                        let certfile = tls.certfile.as_deref().unwrap_or(Path::new(""));
-                        self.invalid_file(
-                            "ssl_certfile",
-                            certfile,
-                            format!(
-                                "the client certificate and key are not usable together: {error}"
-                            ),
-                        )
-                    });
+                return Ok(Some(connector));
             }
         };
         let config = match identity {
             Some((chain, key)) => builder
                 .with_client_auth_cert(chain, key)
-                .map_err(mismatch)?,
+                .map_err(|error| mismatch(&error))?,
             None => builder.with_no_client_auth(),
         };
         Ok(Some(RustlsConnector::from(config)))
