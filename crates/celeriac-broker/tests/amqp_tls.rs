@@ -192,6 +192,15 @@ async fn amqps_with_kombus_ssl_options_against_a_private_rabbitmq() {
         .await
         .expect("publish before the restart");
     drop(broker);
+    let listed = rabbit
+        .rabbitmqctl(&["list_queues", "--quiet", "name", "messages"])
+        .expect("rabbitmqctl reaches the private node");
+    assert!(
+        listed
+            .lines()
+            .any(|l| l.split_whitespace().collect::<Vec<_>>() == [queue.as_str(), "1"]),
+        "{queue} holds the message: {listed}"
+    );
     let mut rabbit = rabbit;
     let killed_at = Instant::now();
     rabbit.restart().expect("start the node again");

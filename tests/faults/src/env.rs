@@ -1,11 +1,13 @@
 //! The brokers a scenario runs on: the embedded SQLite file, a private Redis the
-//! suite starts (never the shared one), and the machine's RabbitMQ (unique queue
-//! names that expire by themselves).
+//! suite starts (never the shared one), and RabbitMQ: the machine's node (unique
+//! queue names that expire by themselves), or, for scenarios that restart the
+//! broker, a private node the suite starts ([`PrivateRabbitMq`]).
 
 use std::fmt;
 use std::path::PathBuf;
 
 use anyhow::Context;
+use celeriac_broker::amqp::testing::{PrivateRabbitMq, PrivateRabbitMqOptions};
 
 use crate::procs::RedisServer;
 
@@ -16,7 +18,7 @@ pub enum BrokerKind {
     Sqlite,
     /// `redis://` on a private `redis-server`.
     Redis,
-    /// `amqp://` on the machine's RabbitMQ.
+    /// `amqp://` on the machine's RabbitMQ, or on a private node.
     Amqp,
 }
 
@@ -48,7 +50,8 @@ impl fmt::Display for BrokerKind {
     }
 }
 
-/// One scenario's broker, its scratch directory and, on Redis, its server.
+/// One scenario's broker, its scratch directory and, on Redis or a private
+/// RabbitMQ, its server.
 pub struct Env {
     /// The kind.
     pub kind: BrokerKind,
@@ -57,12 +60,16 @@ pub struct Env {
     dir: tempfile::TempDir,
     /// The private Redis, on Redis.
     pub redis: Option<RedisServer>,
+    /// The private RabbitMQ node, on RabbitMQ when `durable` was asked for.
+    pub rabbit: Option<PrivateRabbitMq>,
     url: String,
 }
 
 impl Env {
-    /// A fresh broker of `kind` (a durable Redis when `durable`), or `Ok(None)`
-    /// with the reason printed when the service is missing and not required.
+    /// A fresh broker of `kind`, or `Ok(None)` with the reason printed when the
+    /// service is missing and not required. With `durable` the scenario may restart
+    /// the broker: Redis fsyncs every write, and RabbitMQ is a private node (its
+    /// confirms already mean "on disk" for persistent messages on durable queues).
     pub fn open(kind: BrokerKind, durable: bool, test: &str) -> anyhow::Result<Option<Env>> {
         let mut dir = tempfile::Builder::new()
             .prefix("celeriac-faults-")
@@ -72,6 +79,7 @@ impl Env {
             dir.disable_cleanup(true);
             eprintln!("    scratch directory (kept): {}", dir.path().display());
         }
+        let mut rabbit = None;
         let (url, redis) = match kind {
             BrokerKind::Sqlite => (
                 format!("sqlite://{}", dir.path().join("broker.db").display()),
@@ -87,6 +95,21 @@ impl Env {
                 };
                 (server.url(), Some(server))
             }
+            BrokerKind::Amqp if durable => {
+                let Some(node) = PrivateRabbitMq::start(test, PrivateRabbitMqOptions::plain())
+                else {
+                    return Ok(None);
+                };
+                eprintln!(
+                    "    private RabbitMQ {} on port {} (up in {:.1} s)",
+                    node.node(),
+                    node.port(),
+                    node.startup_time().as_secs_f64()
+                );
+                let url = node.url();
+                rabbit = Some(node);
+                (url, None)
+            }
             BrokerKind::Amqp => {
                 let Some(url) = celeriac_broker::amqp::testing::amqp_url_or_skip(test) else {
                     return Ok(None);
@@ -100,6 +123,7 @@ impl Env {
             kind,
             dir,
             redis,
+            rabbit,
             url,
         }))
     }

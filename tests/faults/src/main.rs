@@ -1,7 +1,8 @@
 //! celeriac's fault-injection suite: workers SIGKILLed and SIGTERMed under load,
 //! brokers restarted and stalled, beat replicas killed mid-send — on the embedded
-//! SQLite broker, a private Redis and the machine's RabbitMQ — with every execution
-//! counted from an append-only log the tasks write ([`record`]).
+//! SQLite broker, a private Redis and RabbitMQ (the machine's node, or a private one
+//! for restarts) — with every execution counted from an append-only log the tasks
+//! write ([`record`]).
 //!
 //! ```text
 //! cargo run --release -p celeriac-faults -- run                  # everything

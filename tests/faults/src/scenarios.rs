@@ -3,7 +3,7 @@
 //! | scenario | brokers | fault | a duplicate is explained when |
 //! |---|---|---|---|
 //! | `kill` | all | SIGKILL of a worker at a random point of each round of late-ack tasks | the task ran (or was running) in the killed worker: late ack redelivers it |
-//! | `restart` | Redis: the private server SIGKILLed and restarted (durable AOF); RabbitMQ: every connection closed by `rabbitmqctl close_connection` | twice, during publish and consume | its executions straddle an outage (its ack could not land) |
+//! | `restart` | Redis: the private server SIGKILLed and restarted (durable AOF); RabbitMQ: a private node SIGKILLed and started again on its port and database | twice, during publish and consume | its executions straddle an outage (its ack could not land) |
 //! | `stall` | Redis | the server SIGSTOPped for longer than the client's timeouts, while work and publishes are in flight | its executions straddle the stall |
 //! | `beat` | all | one of three beat processes SIGKILLed while they send a 1-second entry | never on SQLite and Redis (publish-once); on RabbitMQ, by the documented window (no publish-once) |
 //! | `term` | all | SIGTERM of a busy worker | never: running tasks finish, reserved ones go back |
@@ -40,7 +40,7 @@ pub struct Settings {
 pub enum Scenario {
     /// Worker SIGKILL under load.
     Kill,
-    /// Broker restart (Redis) or connection loss (RabbitMQ) during publish and consume.
+    /// Broker restart (SIGKILL, then started again) during publish and consume.
     Restart,
     /// Broker stalled with SIGSTOP.
     Stall,
@@ -74,7 +74,7 @@ impl Scenario {
     pub fn title(self) -> &'static str {
         match self {
             Scenario::Kill => "worker SIGKILL under load",
-            Scenario::Restart => "broker restart / connection loss",
+            Scenario::Restart => "broker restart (SIGKILL)",
             Scenario::Stall => "broker stalled (SIGSTOP)",
             Scenario::Beat => "beat replica SIGKILL",
             Scenario::Term => "worker SIGTERM (graceful)",
@@ -92,7 +92,8 @@ impl Scenario {
     }
 
     /// Whether it makes sense on `broker` (the embedded broker has no server to
-    /// restart or stall; the shared RabbitMQ node is never stopped).
+    /// restart or stall; the shared RabbitMQ node is never stopped, a private one
+    /// is restarted).
     pub fn applies_to(self, broker: BrokerKind) -> bool {
         match self {
             Scenario::Kill | Scenario::Beat | Scenario::Term => true,
@@ -503,9 +504,10 @@ async fn kill(env: &Env, settings: &Settings) -> anyhow::Result<Counts> {
     Ok(Counts { note, ..counts })
 }
 
-/// Publishes 1,000 tasks one by one while a worker consumes; the broker goes away
-/// twice (Redis: SIGKILL and restart, the second outage 4 s; RabbitMQ: every
-/// connection of the worker and of the publisher closed by the server).
+/// Publishes 1,000 tasks one by one while a worker consumes; the broker is
+/// SIGKILLed and started again twice, the second time after 4 s down (Redis: the
+/// private durable server; RabbitMQ: the private node, on the same port and
+/// database, which takes a few seconds more to boot).
 async fn restart(env: &mut Env) -> anyhow::Result<Counts> {
     const TASKS: u64 = 1_000;
     let queue = unique("restart");
@@ -554,14 +556,14 @@ async fn restart(env: &mut Env) -> anyhow::Result<Counts> {
                 tokio::time::sleep(down_for).await;
                 server.launch()?;
             }
-            _ => {
-                for pid in [worker.pid, std::process::id()] {
-                    let name = format!("celeriac pid {pid}");
-                    celeriac_broker::amqp::testing::close_connections_named(&name)
-                        .map_err(|e| anyhow::anyhow!("rabbitmqctl close_connection: {e}"))?;
-                }
+            BrokerKind::Amqp => {
+                let node = env.rabbit.as_mut().context("the private RabbitMQ")?;
+                node.kill();
                 tokio::time::sleep(down_for).await;
+                tokio::task::block_in_place(|| node.start_again())
+                    .map_err(|e| anyhow::anyhow!("start RabbitMQ again: {e}"))?;
             }
+            BrokerKind::Sqlite => bail!("the embedded broker has no server to restart"),
         }
         outages.push((down, now_ms()));
     }

@@ -359,9 +359,14 @@ impl PrivateRabbitMqOptions {
 /// enabled-plugins file and its own Erlang cookie (`HOME` points there).
 ///
 /// It can be stopped, killed (SIGKILL), paused (SIGSTOP) and started again on the
-/// same ports and database, so durable queues survive a restart. Dropping it stops
-/// the node (SIGTERM: RabbitMQ's orderly shutdown, as `rabbitmqctl stop`), kills
-/// whatever is left of its process group and its `epmd`, and removes the directory.
+/// same ports and database, so durable queues survive a restart. Dropping it kills
+/// its whole process group (the VM and its helpers) and its `epmd`, and removes the
+/// directory: no orderly shutdown, which would add seconds to every test.
+///
+/// Startup takes 3 to 5 s on a loaded 2-core machine (7.5 s before two shortcuts:
+/// the VM starts distributed under its node name, so RabbitMQ skips booting a second
+/// VM to check `epmd`, and its plugins directory links only the applications
+/// `rabbit` needs).
 #[derive(Debug)]
 pub struct PrivateRabbitMq {
     node: String,
