@@ -27,7 +27,8 @@
 //!   verifies the server's certificate chain and that it names the URL's host.
 //!   `ssl_cert_reqs=none` (`CERT_NONE`) **verifies nothing: the connection is
 //!   encrypted but anyone in the middle can read and change it (and learn the
-//!   password).** Use it only against a test broker; prefer `ssl_ca_certs`.
+//!   password).** Use it only against a test broker; prefer `ssl_ca_certs`. Each
+//!   connection opened so logs a warning.
 //!
 //! Without any of them the server is verified against the system's trust roots.
 //! The files are read each time a connection is opened, so renewed certificates are
@@ -377,9 +378,16 @@ impl AmqpTarget {
             .with_safe_default_protocol_versions()
             .map_err(|error| BrokerError::Connection(Box::new(error)))?;
         let builder = match (tls.cert_reqs, &tls.ca_certs) {
-            (CertReqs::None, _) => builder
-                .dangerous()
-                .with_custom_certificate_verifier(Arc::new(NoVerification(provider))),
+            (CertReqs::None, _) => {
+                tracing::warn!(
+                    broker = %self.description,
+                    "ssl_cert_reqs=none: the server's certificate is not verified; anyone in \
+                     the middle can read and change this connection"
+                );
+                builder
+                    .dangerous()
+                    .with_custom_certificate_verifier(Arc::new(NoVerification(provider)))
+            }
             (CertReqs::Required, Some(ca_certs)) => {
                 let mut roots = rustls::RootCertStore::empty();
                 for certificate in self.read_certificates("ssl_ca_certs", ca_certs)? {
