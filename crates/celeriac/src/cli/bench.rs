@@ -18,6 +18,9 @@
 //! slots of their own (`--short-slots`, `--long-slots`); the default rate (50 ×
 //! long slots per second) keeps every long-task slot busy. Reported: the wait of
 //! the short tasks (send → start) and how busy the long-task slots were.
+//!
+//! `--soak` / `--soak-worker` are the two processes of `bench/soak.sh` (see
+//! `bench/soak.rs`).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -95,7 +98,26 @@ pub struct BenchArgs {
     /// window and its resident memory sampled every 100 ms.
     #[arg(long, requires = "queue")]
     pub drain_only: bool,
+    /// Run the soak's producer (bench/soak.sh): for --minutes, send --mixed-rate
+    /// (default 100) tasks a second, a mix of short, long, failing, retried and
+    /// result-storing tasks on `short-task` / `long-task`, then wait for the worker
+    /// to run them and check the stored results.
+    #[arg(long, requires = "record", conflicts_with_all = ["mixed", "soak_worker", "drain_only", "enqueue_only"])]
+    pub soak: bool,
+    /// Run the soak's worker (bench/soak.sh) until SIGTERM, writing one line per
+    /// task run to --record.
+    #[arg(long, requires = "record", conflicts_with_all = ["mixed", "drain_only", "enqueue_only"])]
+    pub soak_worker: bool,
+    /// How long the soak's producer sends.
+    #[arg(long, default_value_t = 10.0)]
+    pub minutes: f64,
+    /// The soak's record file: one line per send (--soak) or per task run
+    /// (--soak-worker).
+    #[arg(long, value_name = "FILE")]
+    pub record: Option<std::path::PathBuf>,
 }
+
+mod soak;
 
 mod parking_lot_free {
     use std::sync::Mutex;
@@ -188,6 +210,12 @@ async fn wait_until(
 pub async fn run(app: App, args: BenchArgs) -> anyhow::Result<()> {
     if args.mixed {
         return mixed::run(app, args).await;
+    }
+    if args.soak {
+        return soak::producer(app, args).await;
+    }
+    if args.soak_worker {
+        return soak::worker(app, args).await;
     }
     if args.tasks == 0 {
         anyhow::bail!("--tasks must be at least 1");
@@ -417,8 +445,45 @@ fn rss_mb() -> f64 {
         .unwrap_or(0.0)
 }
 
+/// This process's `VmRSS`, `RssAnon`, `RssFile` and `RssShmem` in MiB (Linux): the
+/// resident memory, split into heap and stacks, mapped files, and shared memory
+/// (SQLite's mapped WAL index, for one).
+fn rss_parts_mb() -> [f64; 4] {
+    let mut parts = [0.0; 4];
+    if let Ok(status) = std::fs::read_to_string("/proc/self/status") {
+        for line in status.lines() {
+            let slot = match line.split(':').next() {
+                Some("VmRSS") => 0,
+                Some("RssAnon") => 1,
+                Some("RssFile") => 2,
+                Some("RssShmem") => 3,
+                _ => continue,
+            };
+            if let Some(kb) = line
+                .split_whitespace()
+                .nth(1)
+                .and_then(|kb| kb.parse::<f64>().ok())
+            {
+                parts[slot] = kb / 1024.0;
+            }
+        }
+    }
+    parts
+}
+
 /// `--drain-only`: a worker on `queue` until it has no ready and no held message.
+///
+/// Every 100 ms it samples this process's resident memory and the worker's
+/// processed count (the `series` of the report: seconds since the worker started,
+/// tasks run, RSS, and its anonymous, file and shared-memory parts in MiB). The queue's depth is read only when this worker has run
+/// what was waiting at its start, or every 2 s (other workers may share the queue):
+/// counting a queue of a million rows is not free on SQLite, and the reader would
+/// compete with the worker it measures. The rate is taken up to the last sample
+/// that saw progress, so a worker that waits for its next depth check does not
+/// lower it.
 async fn drain_only(app: &App, queue: &str, args: &BenchArgs) -> anyhow::Result<()> {
+    use std::sync::atomic::Ordering;
+    const STATS_EVERY: Duration = Duration::from_secs(2);
     let names = [queue.to_string()];
     let waiting =
         |stats: &[celeriac_broker::QueueStats]| stats.iter().map(|s| s.ready + s.held).sum::<u64>();
@@ -435,21 +500,58 @@ async fn drain_only(app: &App, queue: &str, args: &BenchArgs) -> anyhow::Result<
     let running = tokio::spawn(worker.run_until(async {
         let _ = stop_rx.await;
     }));
-    let mut rss = vec![rss_mb()];
+    let parts = rss_parts_mb();
+    let mut rss = vec![parts[0]];
+    let mut series = vec![json!([
+        0.0,
+        0,
+        round3(parts[0]),
+        round3(parts[1]),
+        round3(parts[2]),
+        round3(parts[3])
+    ])];
+    let mut depths = Vec::new();
+    let mut last_progress = (0u64, 0.0f64, celeriac_core::time::unix_now());
+    let mut last_stats = Instant::now();
     let limit = Duration::from_secs(3600);
     loop {
         tokio::time::sleep(Duration::from_millis(100)).await;
-        rss.push(rss_mb());
-        if waiting(&app.broker().queue_stats(&names).await?) == 0 {
-            break;
+        let now = start.elapsed().as_secs_f64();
+        let processed = stats.processed.load(Ordering::Relaxed);
+        let parts = rss_parts_mb();
+        rss.push(parts[0]);
+        series.push(json!([
+            round3(now),
+            processed,
+            round3(parts[0]),
+            round3(parts[1]),
+            round3(parts[2]),
+            round3(parts[3])
+        ]));
+        if processed > last_progress.0 {
+            last_progress = (processed, now, celeriac_core::time::unix_now());
+        }
+        if processed >= ready_at_start || last_stats.elapsed() >= STATS_EVERY {
+            last_stats = Instant::now();
+            let depth = waiting(&app.broker().queue_stats(&names).await?);
+            depths.push(json!([round3(now), depth]));
+            if depth == 0 {
+                break;
+            }
         }
         if start.elapsed() > limit {
             anyhow::bail!("benchmark stalled: {queue} not drained within {limit:?}");
         }
     }
-    let secs = start.elapsed().as_secs_f64();
-    let ended_unix = celeriac_core::time::unix_now();
-    let processed = stats.processed.load(std::sync::atomic::Ordering::Relaxed);
+    let processed = stats.processed.load(Ordering::Relaxed);
+    if processed > last_progress.0 {
+        last_progress = (
+            processed,
+            start.elapsed().as_secs_f64(),
+            celeriac_core::time::unix_now(),
+        );
+    }
+    let secs = last_progress.1.max(1e-9);
     let _ = stop_tx.send(());
     running.await.context("worker task")?;
     let max = rss.iter().copied().fold(0.0, f64::max);
@@ -460,9 +562,9 @@ async fn drain_only(app: &App, queue: &str, args: &BenchArgs) -> anyhow::Result<
         "concurrency": args.concurrency,
         "prefetch_multiplier": args.prefetch_multiplier,
         "secs": round3(secs),
-        "drain_per_s": (processed as f64 / secs.max(1e-9)).round(),
+        "drain_per_s": (processed as f64 / secs).round(),
         "started_unix": started_unix,
-        "ended_unix": ended_unix,
+        "ended_unix": last_progress.2,
         "rss_mb": {
             "before_worker": round3(rss_before),
             "first": round3(rss.first().copied().unwrap_or(0.0)),
@@ -471,6 +573,9 @@ async fn drain_only(app: &App, queue: &str, args: &BenchArgs) -> anyhow::Result<
             "samples": rss.len(),
         },
         "peak_rss_mb": round3(peak_rss_mb()),
+        "series_fields": ["secs", "processed", "rss_mb", "anon_mb", "file_mb", "shmem_mb"],
+        "series": series,
+        "depths": depths,
     });
     println!("{report}");
     Ok(())
