@@ -60,17 +60,24 @@ pub struct Env {
     dir: tempfile::TempDir,
     /// The private Redis, on Redis.
     pub redis: Option<RedisServer>,
-    /// The private RabbitMQ node, on RabbitMQ when `durable` was asked for.
+    /// The private RabbitMQ node, on RabbitMQ when `private` was asked for.
     pub rabbit: Option<PrivateRabbitMq>,
     url: String,
 }
 
 impl Env {
     /// A fresh broker of `kind`, or `Ok(None)` with the reason printed when the
-    /// service is missing and not required. With `durable` the scenario may restart
-    /// the broker: Redis fsyncs every write, and RabbitMQ is a private node (its
-    /// confirms already mean "on disk" for persistent messages on durable queues).
-    pub fn open(kind: BrokerKind, durable: bool, test: &str) -> anyhow::Result<Option<Env>> {
+    /// service is missing and not required. With `durable` Redis fsyncs every write
+    /// (the scenario may restart it). With `private` RabbitMQ is a node of the
+    /// suite's own, which the scenario may restart or stall (its confirms already
+    /// mean "on disk" for persistent messages on durable queues), rather than the
+    /// machine's node.
+    pub fn open(
+        kind: BrokerKind,
+        durable: bool,
+        private: bool,
+        test: &str,
+    ) -> anyhow::Result<Option<Env>> {
         let mut dir = tempfile::Builder::new()
             .prefix("celeriac-faults-")
             .tempdir()
@@ -95,7 +102,7 @@ impl Env {
                 };
                 (server.url(), Some(server))
             }
-            BrokerKind::Amqp if durable => {
+            BrokerKind::Amqp if private => {
                 let Some(node) = PrivateRabbitMq::start(test, PrivateRabbitMqOptions::plain())
                 else {
                     return Ok(None);

@@ -4,7 +4,7 @@
 //! |---|---|---|---|
 //! | `kill` | all | SIGKILL of a worker at a random point of each round of late-ack tasks | the task ran (or was running) in the killed worker: late ack redelivers it |
 //! | `restart` | Redis: the private server SIGKILLed and restarted (durable AOF); RabbitMQ: a private node SIGKILLed and started again on its port and database | twice, during publish and consume | its executions straddle an outage (its ack could not land) |
-//! | `stall` | Redis | the server SIGSTOPped for longer than the client's timeouts, while work and publishes are in flight | its executions straddle the stall |
+//! | `stall` | Redis, RabbitMQ (a private node) | the server SIGSTOPped for longer than the client's timeouts, while work and publishes are in flight | its executions straddle the stall |
 //! | `beat` | all | one of three beat processes SIGKILLed while they send a 1-second entry | never on SQLite and Redis (publish-once); on RabbitMQ, by the documented window (no publish-once) |
 //! | `term` | all | SIGTERM of a busy worker | never: running tasks finish, reserved ones go back |
 
@@ -98,7 +98,7 @@ impl Scenario {
         match self {
             Scenario::Kill | Scenario::Beat | Scenario::Term => true,
             Scenario::Restart => broker != BrokerKind::Sqlite,
-            Scenario::Stall => broker == BrokerKind::Redis,
+            Scenario::Stall => broker != BrokerKind::Sqlite,
         }
     }
 
@@ -106,7 +106,8 @@ impl Scenario {
     pub async fn run(self, kind: BrokerKind, settings: &Settings) -> Outcome {
         let started = Instant::now();
         let test = format!("faults {} on {kind}", self.name());
-        let mut env = match open_env(kind, self == Scenario::Restart, &test) {
+        let private = matches!(self, Scenario::Restart | Scenario::Stall);
+        let mut env = match open_env(kind, self == Scenario::Restart, private, &test) {
             Ok(Some(env)) => env,
             Ok(None) => return Outcome::skipped(self, kind, "the service does not answer"),
             Err(error) => return Outcome::failed(self, kind, started, format!("{error:#}")),
@@ -126,8 +127,13 @@ impl Scenario {
 }
 
 /// [`Env::open`], turning a required-but-missing service into an error (not a panic).
-fn open_env(kind: BrokerKind, durable: bool, test: &str) -> anyhow::Result<Option<Env>> {
-    match std::panic::catch_unwind(|| Env::open(kind, durable, test)) {
+fn open_env(
+    kind: BrokerKind,
+    durable: bool,
+    private: bool,
+    test: &str,
+) -> anyhow::Result<Option<Env>> {
+    match std::panic::catch_unwind(|| Env::open(kind, durable, private, test)) {
         Ok(opened) => opened,
         Err(_) => bail!("{kind} is required (CELERIAC_REQUIRE_SERVICES=1) and not available"),
     }
@@ -597,8 +603,9 @@ async fn restart(env: &mut Env) -> anyhow::Result<Counts> {
     Ok(counts)
 }
 
-/// SIGSTOPs the private Redis for 10 s while a worker runs tasks and publishes are
-/// under way; after SIGCONT the same worker and publisher finish everything.
+/// SIGSTOPs the private Redis (or RabbitMQ node) for 10 s while a worker runs tasks
+/// and publishes are under way; after SIGCONT the same worker and publisher finish
+/// everything.
 async fn stall(env: &Env) -> anyhow::Result<Counts> {
     let queue = unique("stall");
     let record = env.path("stall.log");
@@ -613,12 +620,24 @@ async fn stall(env: &Env) -> anyhow::Result<Counts> {
         Log::read(&record).finished() >= 60
     })
     .await?;
-    let pid = env
-        .redis
-        .as_ref()
-        .and_then(|r| r.pid())
-        .context("the private Redis")?;
-    crate::procs::send_signal(pid, "STOP")?;
+    let pause = |signal: &str| -> anyhow::Result<()> {
+        match (&env.redis, &env.rabbit) {
+            (Some(redis), _) => {
+                let pid = redis.pid().context("the private Redis runs")?;
+                crate::procs::send_signal(pid, signal)
+            }
+            (None, Some(rabbit)) if signal == "STOP" => {
+                rabbit.pause();
+                Ok(())
+            }
+            (None, Some(rabbit)) => {
+                rabbit.resume();
+                Ok(())
+            }
+            (None, None) => bail!("no private broker to stall"),
+        }
+    };
+    pause("STOP")?;
     let stopped = now_ms();
     // Published while the server is frozen: they wait (and retry) until it is back.
     let during = {
@@ -634,7 +653,7 @@ async fn stall(env: &Env) -> anyhow::Result<Counts> {
         })
     };
     tokio::time::sleep(Duration::from_secs(10)).await;
-    crate::procs::send_signal(pid, "CONT")?;
+    pause("CONT")?;
     let resumed = now_ms();
     let stalled_publishes = during.await.context("the stalled publisher")?;
     let after: Vec<(u64, u64)> = (220..300).map(|id| (id, 5)).collect();
