@@ -34,8 +34,19 @@ pub(crate) async fn on_success(
     message: &TaskMessage,
     value: &Value,
 ) -> Vec<Value> {
-    let children = send_continuations(shared, message, value).await;
-    on_chord_part(shared, message, TaskState::Success, value).await;
+    // The continuation futures are large (they send messages); boxed, and only when
+    // there is something to send, they do not weigh on every task's future.
+    let embed = &message.embed;
+    let links = embed.callbacks.as_ref().is_some_and(|c| !c.is_empty())
+        || embed.chain.as_ref().is_some_and(|c| !c.is_empty());
+    let children = if links {
+        Box::pin(send_continuations(shared, message, value)).await
+    } else {
+        Vec::new()
+    };
+    if embed.chord.is_some() {
+        Box::pin(on_chord_part(shared, message, TaskState::Success, value)).await;
+    }
     children
 }
 
@@ -91,7 +102,15 @@ pub(crate) async fn on_failure(
     traceback: Option<&str>,
 ) {
     fail_chain(shared, message, exception, traceback);
-    on_chord_part(shared, message, TaskState::Failure, &exception.to_value()).await;
+    if message.embed.chord.is_some() {
+        Box::pin(on_chord_part(
+            shared,
+            message,
+            TaskState::Failure,
+            &exception.to_value(),
+        ))
+        .await;
+    }
     let errbacks = message.embed.errbacks.as_deref().unwrap_or_default();
     if errbacks.is_empty() {
         return;
@@ -102,14 +121,14 @@ pub(crate) async fn on_failure(
     };
     let failed_id = Value::String(message.headers.id.clone());
     for errback in errbacks {
-        if let Err(error) = send(
+        if let Err(error) = Box::pin(send(
             shared,
             sender.as_ref(),
             message,
             errback,
             Some(&failed_id),
             &[],
-        )
+        ))
         .await
         {
             tracing::error!(id = %message.headers.id, errback = %errback.task, %error, "sending an errback failed");

@@ -354,11 +354,23 @@ async fn execute(
         shared.complete(Completion::Ack(delivery.tag.clone()));
         return;
     }
-    let lock =
-        match locks::admit_single_instance(shared, delivery, &message, task.as_ref(), stop).await {
+    // Boxed, and only for single-instance tasks: the lock dance is a large future.
+    let lock = if task.options().single_instance.is_some() {
+        match Box::pin(locks::admit_single_instance(
+            shared,
+            delivery,
+            &message,
+            task.as_ref(),
+            stop,
+        ))
+        .await
+        {
             Admission::Run(lock) => lock,
             Admission::Settled => return,
-        };
+        }
+    } else {
+        None
+    };
     let acks_late = options
         .acks_late
         .or(queue.acks_late)
@@ -554,7 +566,8 @@ async fn settle(
             ack_if_late(shared);
         }
         Err(TaskError::Retry(request)) => {
-            retry(shared, delivery, message, task, acks_late, request).await;
+            // Boxed: retrying is rare and its future large.
+            Box::pin(retry(shared, delivery, message, task, acks_late, request)).await;
         }
         Err(TaskError::Failed(failure)) => {
             let requeue = acks_late && shared.config.reject_on_failure;
