@@ -202,3 +202,46 @@ async fn a_long_wait_is_not_cut_short_by_the_response_timeout() {
     assert_eq!(got.len(), 1);
     assert_eq!(got[0].envelope.task_id_hint(), Some("late"));
 }
+
+/// A waiting fetch watches the priority-0 list with `BLMOVE` (taking nothing) and
+/// claims from every list at least every 100 ms: a message sent with a priority
+/// (another list) while the fetch waits arrives promptly, and one without at once;
+/// waiting took nothing out of any list.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_waiting_fetch_takes_messages_of_every_priority_list() {
+    let Some(server) =
+        PrivateRedis::start_or_skip("a_waiting_fetch_takes_messages_of_every_priority_list")
+    else {
+        return;
+    };
+    let broker = broker(&server, |_| {}).await;
+    for (id, priority) in [("low", Some(9u8)), ("plain", None)] {
+        let waiting = {
+            let broker = broker.clone();
+            tokio::spawn(async move {
+                let started = Instant::now();
+                let got = broker
+                    .fetch(&params(Duration::from_secs(4)))
+                    .await
+                    .expect("fetch");
+                (got, started.elapsed())
+            })
+        };
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let mut message = publish(id);
+        message.envelope.properties.priority = priority;
+        broker.publish(vec![message]).await.expect("publish");
+        let (got, waited) = waiting.await.expect("the fetch task");
+        let ids: Vec<_> = got
+            .iter()
+            .map(|d| d.envelope.task_id_hint().unwrap_or_default().to_string())
+            .collect();
+        assert_eq!(ids, [id], "priority {priority:?}");
+        assert!(
+            waited < Duration::from_millis(300 + 1000),
+            "the {id} message took {waited:?} to arrive"
+        );
+        let tags: Vec<_> = got.iter().map(|d| d.tag.clone()).collect();
+        broker.ack(&tags).await.expect("ack");
+    }
+}

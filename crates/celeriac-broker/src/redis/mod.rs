@@ -14,7 +14,7 @@
 //!   with its KEYS / ARGV / return contract at the top.
 //! - `wire`: the envelope as kombu publishes and restores it, `unacked` entries,
 //!   dead-letter records, delivery tags.
-//! - `wait`: dedicated connections for `BRPOP`.
+//! - `wait`: dedicated connections for waiting (`BLMOVE` of a list onto itself).
 //! - key names: [`celeriac_redis::keys::BrokerKeys`] (all of them, in one place).
 //!
 //! # Keys (all under the URL's `global_keyprefix`)
@@ -68,25 +68,22 @@
 //!
 //! # Waiting when the queues are empty
 //!
-//! A blocking pop cannot run inside a script, and `BLMOVE` (the zero-loss
-//! "pop into a processing list" primitive) waits on one list only, while a fetch
-//! waits on every priority list of every queue. So a fetch that claimed nothing does
-//! what kombu does: `BRPOP` on all its lists, in order, on a dedicated connection
-//! (never the shared one; at most 5 s per `BRPOP`, the connection's response timeout
-//! is longer), bounded by [`FetchParams::wait`] and returning as soon as a message
-//! arrives. The popped element is recorded at once by `claim.lua` (which also takes
-//! up to `max - 1` more). The pop and the record run in a task of their own, so a
-//! caller that stops waiting (a dropped fetch future) cannot lose the element: the
-//! task records it and then releases it to the front of its queue.
-//!
-//! **The window, stated honestly:** between `BRPOP` taking an element on the server
-//! and `claim.lua` recording it, the element exists only in this process. If the
-//! process dies in that instant (microseconds), or the connection drops after Redis
-//! sent the reply and before it arrived, that one message is lost. kombu has the same
-//! window. If recording fails with an error, the element is pushed back to the front
-//! of its list (`RPUSH`) unless the record did happen, retrying for 30 s before it is
-//! logged as lost. Messages that are already waiting are never exposed to this
-//! window: they are taken by `claim.lua` directly.
+//! A blocking pop cannot run inside a script, and a `BRPOP` takes the element out
+//! of Redis before the client has it: a reply lost to a crash or a broken connection
+//! at that instant loses the message (kombu has that window). So a fetch that
+//! claimed nothing waits without taking anything: `BLMOVE list list RIGHT RIGHT`
+//! on its queue's priority-0 list (where messages sent without a priority go) blocks
+//! until the list has an element and puts it back where it was, on a dedicated
+//! connection (never the shared one; at most 5 s per wait, the connection's response
+//! timeout is longer). Then `claim.lua` takes and records up to `max` messages in one
+//! atomic step, as when messages were already waiting. A message is therefore in a
+//! Redis list or recorded as held at every instant: no crash, restart or lost reply
+//! can lose it. Costs: a message sent with a priority (the lists of priority steps
+//! 3, 6 and 9) waits up to [`OTHER_LISTS_POLL`] (100 ms) on an idle queue, because
+//! `BLMOVE` watches one list and the claim looks at the others every 100 ms; and
+//! `BLMOVE` needs Redis 6.2 or later. The wait and the claim run in a task of their
+//! own, so a caller that stops waiting (a dropped fetch future) cannot strand what
+//! the claim took: the task releases it to the front of its queue.
 //!
 //! # Leases that end duplicate runs
 //!
@@ -153,7 +150,7 @@
 //!
 //! One self-reconnecting multiplexed connection per handle for every command and
 //! script ([`celeriac_redis::connection::commands`]); dedicated connections for
-//! `BRPOP`, pooled per handle and named `celeriac-wait:<prefix>` in `CLIENT LIST`
+//! waiting (`BLMOVE`), pooled per handle and named `celeriac-wait:<prefix>` in `CLIENT LIST`
 //! ([`waiting_client_name`]); an idle one found dead is replaced at once. Errors of
 //! the connection surface as [`BrokerError::Connection`]; the worker's fetch loop
 //! retries them with backoff.
@@ -177,9 +174,9 @@
 //!   reach Redis, nothing is re-sent: a batch is published again only once Redis
 //!   says it never arrived. (Found by the fault suite, `tests/faults`: a restart in
 //!   the middle of a publish used to queue it twice.)
-//! - **Waiting** (`BRPOP`) runs on connections of its own, never on the shared one;
-//!   their response timeout (`BRPOP`'s 5 s + 10 s) never cuts a pop short. A pop
-//!   that meets a broken connection drops it and fails the fetch with
+//! - **Waiting** (`BLMOVE`, taking nothing) runs on connections of its own, never on
+//!   the shared one; their response timeout (a wait's 5 s + 10 s) never cuts a wait
+//!   short. A wait that meets a broken connection drops it and fails the fetch with
 //!   [`BrokerError::Connection`]; the worker's fetch loop backs off (100 ms doubling
 //!   to 5 s) and the next fetch opens a new connection, so consumers resume by
 //!   themselves once Redis answers again.
@@ -244,8 +241,13 @@ const RESTORE_BATCH: usize = 256;
 const RESTORE_ROUNDS: usize = 64;
 /// kombu's `unacked_mutex_expire`.
 const UNACKED_MUTEX_EXPIRE: Duration = Duration::from_secs(300);
-/// How long an element popped by `BRPOP` is retried into Redis before it is logged
-/// as lost.
+/// The longest a waiting fetch blocks on its queue's priority-0 list before its
+/// claim also looks at the other lists (priorities 3, 6, 9, where only messages
+/// sent with a priority go): the most such a message waits on an idle queue.
+const OTHER_LISTS_POLL: Duration = Duration::from_millis(100);
+
+/// How long the release of a lost claim retries before it leaves the claimed
+/// messages to their leases.
 const RECOVER_FOR: Duration = Duration::from_secs(30);
 /// First pause before a publish is retried after a connection error.
 const RETRY_MIN: Duration = Duration::from_millis(50);
@@ -404,12 +406,11 @@ impl Inner {
         Ok(seconds * 1000 + micros / 1000)
     }
 
-    /// Runs `claim.lua`; `popped` is an element `BRPOP` already took from the list
-    /// with that 1-based index.
+    /// Runs `claim.lua` (its "already popped" argument unused: every wait leaves
+    /// the element in its list).
     async fn claim(
         &self,
         request: &ClaimRequest,
-        popped: Option<(usize, &[u8])>,
         claim: u64,
     ) -> Result<Vec<Delivery>, BrokerError> {
         let k = &self.keys;
@@ -430,10 +431,7 @@ impl Inner {
             .arg(request.max)
             .arg(millis(request.lease))
             .arg(claim);
-        match popped {
-            Some((index, element)) => invocation.arg(index).arg(element),
-            None => invocation.arg(0).arg(""),
-        };
+        invocation.arg(0).arg("");
         for (_, queue) in &request.lists {
             invocation.arg(&request.queues[*queue]);
         }
@@ -481,37 +479,34 @@ impl Inner {
         Ok(deliveries)
     }
 
-    /// Waits up to `timeout` with `BRPOP`, then records what arrived (see the module
-    /// docs, "Waiting").
+    /// Waits up to `timeout` for a message without taking it (`BLMOVE` of the first
+    /// list onto itself, see [`wait`]), then claims (see the module docs,
+    /// "Waiting"). The first list is the queue's priority-0 list, where messages
+    /// without a priority go; with more lists, one wait lasts at most
+    /// [`OTHER_LISTS_POLL`] before the claim looks at all of them.
     async fn wait_and_claim(
         &self,
         request: &ClaimRequest,
         timeout: Duration,
     ) -> Result<Vec<Delivery>, BrokerError> {
-        let lists: Vec<String> = request.lists.iter().map(|(l, _)| l.clone()).collect();
-        let Some((list, element)) = self.waiters.brpop(&lists, timeout).await? else {
+        let Some((first, _)) = request.lists.first() else {
             return Ok(Vec::new());
         };
-        let Some(index) = lists.iter().position(|l| l.as_bytes() == list.as_slice()) else {
-            let list = String::from_utf8_lossy(&list).into_owned();
-            self.recover_popped(&list, &element).await;
-            return Ok(Vec::new());
+        let timeout = if request.lists.len() > 1 {
+            timeout.min(OTHER_LISTS_POLL)
+        } else {
+            timeout
         };
+        let arrived = self.waiters.wait_for_element(first, timeout).await?;
+        if !arrived && request.lists.len() == 1 {
+            return Ok(Vec::new());
+        }
         let claim = claim_number();
-        match self
-            .claim(request, Some((index + 1, &element)), claim)
-            .await
-        {
+        match self.claim(request, claim).await {
             Ok(deliveries) => Ok(deliveries),
             Err(error) => {
                 if matches!(error, BrokerError::Connection(_)) {
-                    // The script may still run: fence it off first, so the popped
-                    // element is either recorded by it (and released) or put back,
-                    // never both.
-                    self.release_lost_claim(claim, Some((&lists[index], &element)))
-                        .await;
-                } else {
-                    self.recover_popped(&lists[index], &element).await;
+                    self.release_lost_claim(claim).await;
                 }
                 Err(error)
             }
@@ -522,11 +517,10 @@ impl Inner {
     /// script may have run — or may still run, if its request waits in a stalled
     /// server — holding messages no consumer will ever see. Once Redis answers: set
     /// `celeriac.lost_claim:<claim>`, which makes a late run of that claim do
-    /// nothing; put back an element `BRPOP` popped for it unless the claim recorded
-    /// it; release to the front of their queues the messages the claim holds
+    /// nothing; release to the front of their queues the messages the claim holds
     /// (tokens `claim * 1000 + k`). Gives up after [`RECOVER_FOR`] (leases still
     /// bring held messages back).
-    async fn release_lost_claim(&self, claim: u64, popped: Option<(&str, &[u8])>) {
+    async fn release_lost_claim(&self, claim: u64) {
         let started = Instant::now();
         let mut backoff = Duration::from_millis(50);
         let holders = loop {
@@ -554,9 +548,6 @@ impl Inner {
                 }
             }
         };
-        if let Some((list, element)) = popped {
-            self.recover_popped(list, element).await;
-        }
         let lost: Vec<(String, String)> = holders
             .into_iter()
             .filter_map(|(tag, holder)| {
@@ -575,53 +566,6 @@ impl Inner {
             let delivery = wire::delivery_tag(&token, &tag);
             if let Err(error) = self.reject(&delivery, RejectAction::Release).await {
                 tracing::warn!(%error, %tag, "releasing a lost claim failed; it comes back when its lease lapses");
-            }
-        }
-    }
-
-    /// After `claim.lua` failed for an element `BRPOP` took: unless the claim did
-    /// record it (its tag is in `unacked`), push it back to the front of its list.
-    async fn recover_popped(&self, list: &str, element: &[u8]) {
-        let tag = serde_json::from_slice::<serde_json::Value>(element)
-            .ok()
-            .and_then(|v| v["properties"]["delivery_tag"].as_str().map(String::from));
-        let started = Instant::now();
-        let mut backoff = Duration::from_millis(50);
-        loop {
-            let attempt = async {
-                let mut conn = self.conn();
-                if let Some(tag) = &tag {
-                    let recorded: bool = ::redis::cmd("HEXISTS")
-                        .arg(&self.keys.unacked)
-                        .arg(tag)
-                        .query_async(&mut conn)
-                        .await?;
-                    if recorded {
-                        return Ok(());
-                    }
-                }
-                ::redis::cmd("RPUSH")
-                    .arg(list)
-                    .arg(element)
-                    .query_async::<()>(&mut conn)
-                    .await
-            };
-            match attempt.await {
-                Ok(()) => return,
-                Err(error) if started.elapsed() < RECOVER_FOR => {
-                    tracing::warn!(%error, list, "putting back a popped message failed; retrying");
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(Duration::from_secs(2));
-                }
-                Err(error) => {
-                    tracing::error!(
-                        %error,
-                        list,
-                        payload = %String::from_utf8_lossy(element),
-                        "a message popped by BRPOP could be neither recorded nor put back: it is lost"
-                    );
-                    return;
-                }
             }
         }
     }
@@ -1365,11 +1309,11 @@ impl Broker for RedisBroker {
             lease: params.lease,
         });
         let claim = claim_number();
-        let claimed = match self.inner.claim(&request, None, claim).await {
+        let claimed = match self.inner.claim(&request, claim).await {
             Ok(claimed) => claimed,
             Err(error) => {
                 if matches!(error, BrokerError::Connection(_)) {
-                    self.inner.release_lost_claim(claim, None).await;
+                    self.inner.release_lost_claim(claim).await;
                 }
                 return Err(error);
             }

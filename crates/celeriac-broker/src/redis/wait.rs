@@ -1,9 +1,15 @@
-//! Waiting for a message: `BRPOP` on connections of their own.
+//! Waiting for a message without taking it: `BLMOVE list list RIGHT RIGHT` on
+//! connections of their own.
+//!
+//! `BLMOVE` from a list to the same list and the same end blocks until the list has
+//! an element, then moves it to where it was: the list is unchanged, and a reply
+//! lost to a crash or a broken connection loses nothing (a `BRPOP` would have taken
+//! the element out of Redis for good). The caller then claims with `claim.lua`.
 //!
 //! A blocking command holds its whole connection, so it never runs on the shared
 //! command connection. Each waiting fetch borrows an idle dedicated connection (or
 //! opens one) and returns it afterwards; a connection that failed is dropped, the
-//! next wait opens a new one. One `BRPOP` blocks at most [`BRPOP_MAX`], and the
+//! next wait opens a new one. One wait blocks at most [`WAIT_MAX`], and the
 //! connection's response timeout exceeds that, so a silent server is noticed.
 
 use std::time::Duration;
@@ -16,11 +22,11 @@ use parking_lot::Mutex;
 use super::{client_error, redis_error};
 use crate::BrokerError;
 
-/// The longest one `BRPOP` blocks; longer waits issue several.
-pub(crate) const BRPOP_MAX: Duration = Duration::from_secs(5);
+/// The longest one wait blocks; longer waits issue several.
+pub(crate) const WAIT_MAX: Duration = Duration::from_secs(5);
 
-/// The shortest `BRPOP` timeout sent (Redis reads 0 as "forever").
-const BRPOP_MIN: Duration = Duration::from_millis(10);
+/// The shortest wait timeout sent (Redis reads 0 as "forever").
+const WAIT_MIN: Duration = Duration::from_millis(10);
 
 /// Idle dedicated connections kept for the next waits.
 const MAX_IDLE: usize = 32;
@@ -47,39 +53,37 @@ impl Waiters {
         Waiters {
             target,
             timeouts: Timeouts {
-                response: BRPOP_MAX + Duration::from_secs(10),
+                response: WAIT_MAX + Duration::from_secs(10),
                 connect: connect_timeout,
             },
             idle: Mutex::new(Vec::new()),
         }
     }
 
-    /// `BRPOP lists... timeout` (timeout capped at [`BRPOP_MAX`]): the list and the
-    /// element popped, or `None` when the timeout passed. An idle connection that
-    /// turns out dead (Redis restarted, the connection was killed) is replaced once:
-    /// its command never reached Redis, so nothing was popped.
-    pub async fn brpop(
+    /// Blocks until `list` has an element, for at most `timeout` (capped at
+    /// [`WAIT_MAX`]), taking nothing: `true` when an element is there, `false` when
+    /// the timeout passed. An idle connection that turns out dead (Redis restarted,
+    /// the connection was killed) is replaced once.
+    pub async fn wait_for_element(
         &self,
-        lists: &[String],
+        list: &str,
         timeout: Duration,
-    ) -> Result<Option<(Vec<u8>, Vec<u8>)>, BrokerError> {
+    ) -> Result<bool, BrokerError> {
         let idle = self.idle.lock().pop();
         let reused = idle.is_some();
         let conn = match idle {
             Some(conn) => conn,
             None => self.open().await?,
         };
-        match self.brpop_on(conn, lists, timeout).await {
+        match self.wait_on(conn, list, timeout).await {
             Err(error)
                 if reused && connection::is_connection_error(&error) && !error.is_timeout() =>
             {
-                tracing::debug!(%error, "an idle BRPOP connection was dead; opening another");
+                tracing::debug!(%error, "an idle waiting connection was dead; opening another");
                 let conn = self.open().await?;
-                self.brpop_on(conn, lists, timeout)
-                    .await
-                    .map_err(redis_error)
+                self.wait_on(conn, list, timeout).await.map_err(wait_error)
             }
-            other => other.map_err(redis_error),
+            other => other.map_err(wait_error),
         }
     }
 
@@ -99,23 +103,41 @@ impl Waiters {
         Ok(conn)
     }
 
-    /// One `BRPOP` on `conn`, which goes back to the idle pool if it worked.
-    async fn brpop_on(
+    /// One `BLMOVE list list RIGHT RIGHT` on `conn`, which goes back to the idle
+    /// pool if it worked.
+    async fn wait_on(
         &self,
         mut conn: MultiplexedConnection,
-        lists: &[String],
+        list: &str,
         timeout: Duration,
-    ) -> Result<Option<(Vec<u8>, Vec<u8>)>, ::redis::RedisError> {
-        let seconds = timeout.clamp(BRPOP_MIN, BRPOP_MAX).as_secs_f64();
-        let popped = ::redis::cmd("BRPOP")
-            .arg(lists)
+    ) -> Result<bool, ::redis::RedisError> {
+        let seconds = timeout.clamp(WAIT_MIN, WAIT_MAX).as_secs_f64();
+        let element = ::redis::cmd("BLMOVE")
+            .arg(list)
+            .arg(list)
+            .arg("RIGHT")
+            .arg("RIGHT")
             .arg(format!("{seconds:.3}"))
-            .query_async::<Option<(Vec<u8>, Vec<u8>)>>(&mut conn)
+            .query_async::<Option<::redis::Value>>(&mut conn)
             .await?;
         let mut idle = self.idle.lock();
         if idle.len() < MAX_IDLE {
             idle.push(conn);
         }
-        Ok(popped)
+        Ok(element.is_some())
     }
+}
+
+/// A Redis error of a wait; an unknown `BLMOVE` names the Redis version needed.
+fn wait_error(error: ::redis::RedisError) -> BrokerError {
+    if error
+        .to_string()
+        .to_ascii_lowercase()
+        .contains("unknown command")
+    {
+        return BrokerError::Storage(
+            format!("waiting for messages needs BLMOVE, Redis 6.2 or later: {error}").into(),
+        );
+    }
+    redis_error(error)
 }
