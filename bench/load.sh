@@ -17,6 +17,10 @@
 # the 1M drain (docs/load-rss.png); and checks that the worker's peak RSS at the
 # largest depth is within max(2 MiB, 10 %) of its peak at the smallest. The section
 # goes into BENCHMARKS.md between the <!-- bench/load.sh:begin --> / end markers.
+# Exit status 1 when a memory check fails (the section and charts are written anyway):
+# the peak RSS, or its anonymous part (heap), of the largest depth beyond max(2 MiB,
+# 10 %) of the smallest depth's, or, within the largest run, the RSS with the queue
+# full beyond that bound above the RSS with it empty.
 #
 #   bash bench/load.sh                       # 1M on Redis and SQLite (~10 minutes)
 #   bash bench/load.sh --quick               # depths 2,000 and 20,000; prints only
@@ -185,9 +189,11 @@ json.dump({
 PY
 
 report=("$py" bench/load_report.py load --work "$work")
+status=0
 if ((write)); then
-  "${report[@]}" --out "$out" --docs docs
+  "${report[@]}" --out "$out" --docs docs || status=$?
   say "wrote the section into $out and the charts into docs/"
 else
-  "${report[@]}"
+  "${report[@]}" || status=$?
 fi
+exit "$status"

@@ -203,7 +203,8 @@ def render_load(work):
     )
     lines.append("")
     lines.append("<!-- bench/load.sh:end -->")
-    return "\n".join(lines) + "\n", f, runs
+    failed = [BROKER_NAMES[b] for b, ok_t, ok_a, ok_w in summary if not (ok_t and ok_a and ok_w)]
+    return "\n".join(lines) + "\n", f, runs, failed
 
 
 def write_load_docs(docs, f, runs):
@@ -411,7 +412,7 @@ def main():
         plot_workers(args.docs or "docs")
         return 0
     if args.what == "load":
-        section, f, runs = render_load(args.work)
+        section, f, runs, failed = render_load(args.work)
         if args.docs:
             write_load_docs(args.docs, f, runs)
         script = "bench/load.sh"
@@ -420,9 +421,14 @@ def main():
         if args.docs:
             write_scaling_docs(args.docs, f, runs, med)
         script = "bench/scaling.sh"
+        failed = []
     print(section)
     if args.out:
         insert_section(args.out, script, section)
+    if failed:
+        print(f"load_report.py: the worker's RSS grew with the depth on {', '.join(failed)} (see the section)",
+              file=sys.stderr)
+        return 1
     return 0
 
 
