@@ -318,7 +318,7 @@ async fn claim_reads_every_envelope_shape_alike() {
     };
     let k = fx.k.clone();
     let list = k.queue("q", 0);
-    let cases: [(&str, String, &str, &str, u32); 6] = [
+    let cases: [(&str, String, &str, &str, u32); 7] = [
         // Python's json.dumps: ", " and ": " separators, delivery_info before the tag.
         (
             "tag-py",
@@ -357,6 +357,15 @@ async fn claim_reads_every_envelope_shape_alike() {
             r#"{"body":"W10=","properties":{"delivery_tag":"tag-\"q\"","delivery_info":{"exchange":"","routing_key":"q"}}}"#.to_string(),
             "",
             "q",
+            1,
+        ),
+        // Look-alikes of the names claim searches for: another "_tag" key, the
+        // string "delivery_info" as a value.
+        (
+            "tag-lookalike",
+            r#"{"body":"W10=","headers":{"my_tag":"zz","note":"delivery_info","x_info":1},"properties":{"delivery_tag":"tag-lookalike","delivery_info":{"exchange":"","routing_key":"q3"}}}"#.to_string(),
+            "",
+            "q3",
             1,
         ),
         // No delivery_info at all: the queue is the routing key.
