@@ -10,6 +10,18 @@
 //!   `celeriac_schema(component, version)` table that every component sharing the file
 //!   uses, in one `BEGIN IMMEDIATE` transaction so processes opening the file at the
 //!   same time apply each migration once.
+//! - [`SharedConnection`]: a store's connection to its file, opened with
+//!   [`open_migrated`] and running each operation as one `BEGIN IMMEDIATE`
+//!   transaction on tokio's blocking pool; [`url_path`] and [`file_path`] check the
+//!   `sqlite://PATH` a store is given.
+//! - `testing` (feature `testing`): a file in a temporary directory and the checks
+//!   every component's migrations pass.
+
+mod store;
+#[cfg(feature = "testing")]
+pub mod testing;
+
+pub use store::{file_path, url_path, BoxedError, OpenError, PathError, Schema, SharedConnection};
 
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -39,6 +51,20 @@ pub enum MigrateError {
         /// Highest version this build knows.
         known: i64,
     },
+}
+
+impl MigrateError {
+    /// Converts into a store's own error: [`MigrateError::SchemaTooNew`] by
+    /// `too_new(found, known)`, a SQLite error by `From`.
+    pub fn into_store_error<E: From<rusqlite::Error>>(
+        self,
+        too_new: impl FnOnce(i64, i64) -> E,
+    ) -> E {
+        match self {
+            MigrateError::SchemaTooNew { found, known, .. } => too_new(found, known),
+            MigrateError::Sqlite(error) => E::from(error),
+        }
+    }
 }
 
 /// Opens one connection to `path` (creating the file) in WAL mode with

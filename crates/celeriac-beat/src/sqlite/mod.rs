@@ -25,14 +25,13 @@
 mod migrate;
 mod queries;
 
-use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::path::Path;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use celeriac_sqlite::SharedConnection;
 use chrono::{DateTime, Utc};
-use parking_lot::Mutex;
-use rusqlite::{params, Connection, OptionalExtension, Row, TransactionBehavior};
+use rusqlite::{params, OptionalExtension, Row};
 
 use crate::entry::{CatchUp, Entry};
 use crate::store::{
@@ -99,18 +98,13 @@ impl Default for SqliteStoreOptions {
 /// share one connection.
 #[derive(Clone)]
 pub struct SqliteScheduleStore {
-    inner: Arc<Inner>,
-}
-
-struct Inner {
-    path: PathBuf,
-    conn: Mutex<Connection>,
+    conn: SharedConnection,
 }
 
 impl std::fmt::Debug for SqliteScheduleStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("SqliteScheduleStore")
-            .field("path", &self.inner.path)
+            .field("path", &self.conn.path())
             .finish_non_exhaustive()
     }
 }
@@ -119,13 +113,10 @@ impl SqliteScheduleStore {
     /// Opens the store named by a URL: everything after `sqlite://` is the path
     /// (`sqlite:///abs/x.db` is `/abs/x.db`), with default options.
     pub async fn open_url(url: &str) -> Result<SqliteScheduleStore, BeatError> {
-        let path = url
-            .strip_prefix("sqlite://")
-            .filter(|path| !path.is_empty())
-            .ok_or_else(|| BeatError::InvalidUrl {
-                url: url.to_string(),
-                reason: "expected sqlite://PATH".into(),
-            })?;
+        let path = celeriac_sqlite::url_path(url).map_err(|error| BeatError::InvalidUrl {
+            url: url.to_string(),
+            reason: error.to_string(),
+        })?;
         SqliteScheduleStore::open(path, SqliteStoreOptions::default()).await
     }
 
@@ -135,32 +126,18 @@ impl SqliteScheduleStore {
         path: impl AsRef<Path>,
         options: SqliteStoreOptions,
     ) -> Result<SqliteScheduleStore, BeatError> {
-        let path = path.as_ref().to_path_buf();
-        if path.as_os_str().is_empty() || path == Path::new(":memory:") {
-            return Err(BeatError::InvalidUrl {
-                url: format!("sqlite://{}", path.display()),
-                reason: "the SQLite schedule store needs a file path (an in-memory database cannot be shared)".into(),
-            });
-        }
-        let conn = {
-            let path = path.clone();
-            tokio::task::spawn_blocking(move || -> Result<Connection, StoreError> {
-                migrate::open(&path, options.busy_timeout)
-            })
+        let conn = SharedConnection::open(path.as_ref(), options.busy_timeout, &migrate::SCHEMA)
             .await
-            .map_err(BeatError::storage)??
-        };
-        Ok(SqliteScheduleStore {
-            inner: Arc::new(Inner {
-                path,
-                conn: Mutex::new(conn),
-            }),
-        })
+            .map_err(|error| {
+                let invalid_url = |url, reason| BeatError::InvalidUrl { url, reason };
+                error.into_store_error(invalid_url, migrate::store_error, BeatError::Storage)
+            })?;
+        Ok(SqliteScheduleStore { conn })
     }
 
     /// The path of the file.
     pub fn path(&self) -> &Path {
-        &self.inner.path
+        self.conn.path()
     }
 
     /// Runs `f` in one `BEGIN IMMEDIATE` transaction on the blocking pool.
@@ -169,17 +146,11 @@ impl SqliteScheduleStore {
         T: Send + 'static,
         F: FnOnce(&rusqlite::Transaction<'_>) -> Result<T, StoreError> + Send + 'static,
     {
-        let inner = Arc::clone(&self.inner);
-        tokio::task::spawn_blocking(move || {
-            let mut conn = inner.conn.lock();
-            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-            let value = f(&tx)?;
-            tx.commit()?;
-            Ok(value)
-        })
-        .await
-        .map_err(BeatError::storage)?
-        .map_err(|error: StoreError| BeatError::storage(error))
+        self.conn
+            .transaction(f)
+            .await
+            .map_err(BeatError::storage)?
+            .map_err(|error: StoreError| BeatError::storage(error))
     }
 }
 
@@ -382,7 +353,7 @@ impl ScheduleStore for SqliteScheduleStore {
     }
 
     fn describe(&self) -> String {
-        format!("sqlite://{}", self.inner.path.display())
+        format!("sqlite://{}", self.conn.path().display())
     }
 }
 

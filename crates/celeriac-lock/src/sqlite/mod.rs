@@ -29,14 +29,13 @@
 mod migrate;
 mod queries;
 
-use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::path::Path;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use celeriac_sqlite::SharedConnection;
 use chrono::{DateTime, TimeZone, Utc};
-use parking_lot::Mutex;
-use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
+use rusqlite::{params, OptionalExtension};
 
 use crate::{AcquireParams, Lease, LockError, LockInfo, LockManager};
 
@@ -87,18 +86,13 @@ impl Default for SqliteLockOptions {
 /// one connection.
 #[derive(Clone)]
 pub struct SqliteLockManager {
-    inner: Arc<Inner>,
-}
-
-struct Inner {
-    path: PathBuf,
-    conn: Mutex<Connection>,
+    conn: SharedConnection,
 }
 
 impl std::fmt::Debug for SqliteLockManager {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("SqliteLockManager")
-            .field("path", &self.inner.path)
+            .field("path", &self.conn.path())
             .finish_non_exhaustive()
     }
 }
@@ -107,13 +101,10 @@ impl SqliteLockManager {
     /// Opens the store named by a URL: everything after `sqlite://` is the path
     /// (`sqlite:///abs/x.db` is `/abs/x.db`), with default options.
     pub async fn open_url(url: &str) -> Result<SqliteLockManager, LockError> {
-        let path = url
-            .strip_prefix("sqlite://")
-            .filter(|path| !path.is_empty())
-            .ok_or_else(|| LockError::InvalidUrl {
-                url: url.to_string(),
-                reason: "expected sqlite://PATH".into(),
-            })?;
+        let path = celeriac_sqlite::url_path(url).map_err(|error| LockError::InvalidUrl {
+            url: url.to_string(),
+            reason: error.to_string(),
+        })?;
         SqliteLockManager::open(path, SqliteLockOptions::default()).await
     }
 
@@ -123,32 +114,18 @@ impl SqliteLockManager {
         path: impl AsRef<Path>,
         options: SqliteLockOptions,
     ) -> Result<SqliteLockManager, LockError> {
-        let path = path.as_ref().to_path_buf();
-        if path.as_os_str().is_empty() || path == Path::new(":memory:") {
-            return Err(LockError::InvalidUrl {
-                url: format!("sqlite://{}", path.display()),
-                reason: "the SQLite lock store needs a file path (an in-memory database cannot be shared)".into(),
-            });
-        }
-        let conn = {
-            let path = path.clone();
-            tokio::task::spawn_blocking(move || -> Result<Connection, StoreError> {
-                migrate::open(&path, options.busy_timeout)
-            })
+        let conn = SharedConnection::open(path.as_ref(), options.busy_timeout, &migrate::SCHEMA)
             .await
-            .map_err(LockError::storage)??
-        };
-        Ok(SqliteLockManager {
-            inner: Arc::new(Inner {
-                path,
-                conn: Mutex::new(conn),
-            }),
-        })
+            .map_err(|error| {
+                let invalid_url = |url, reason| LockError::InvalidUrl { url, reason };
+                error.into_store_error(invalid_url, migrate::store_error, LockError::Storage)
+            })?;
+        Ok(SqliteLockManager { conn })
     }
 
     /// The path of the file.
     pub fn path(&self) -> &Path {
-        &self.inner.path
+        self.conn.path()
     }
 
     /// Runs `f` in one `BEGIN IMMEDIATE` transaction on the blocking pool.
@@ -157,17 +134,11 @@ impl SqliteLockManager {
         T: Send + 'static,
         F: FnOnce(&rusqlite::Transaction<'_>, i64) -> rusqlite::Result<T> + Send + 'static,
     {
-        let inner = Arc::clone(&self.inner);
-        tokio::task::spawn_blocking(move || {
-            let mut conn = inner.conn.lock();
-            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-            let value = f(&tx, now_ms())?;
-            tx.commit()?;
-            Ok(value)
-        })
-        .await
-        .map_err(LockError::storage)?
-        .map_err(|error: rusqlite::Error| LockError::storage(error))
+        self.conn
+            .transaction(move |tx| f(tx, now_ms()))
+            .await
+            .map_err(LockError::storage)?
+            .map_err(|error: rusqlite::Error| LockError::storage(error))
     }
 }
 
@@ -267,7 +238,7 @@ impl LockManager for SqliteLockManager {
     }
 
     fn describe(&self) -> String {
-        format!("sqlite://{}", self.inner.path.display())
+        format!("sqlite://{}", self.conn.path().display())
     }
 }
 
