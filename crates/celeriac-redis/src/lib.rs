@@ -642,8 +642,14 @@ pub mod testing {
             std::process::id(),
             NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
         ));
-        let made = make_certificates(&dir);
-        let (ca, server_cert, server_key, client_cert, client_key) = match made {
+        let made = TlsCertificates::generate(&dir);
+        let TlsCertificates {
+            ca,
+            server_cert,
+            server_key,
+            client_cert,
+            client_key,
+        } = match made {
             Ok(files) => files,
             Err(reason) => {
                 let _ = std::fs::remove_dir_all(&dir);
@@ -691,103 +697,115 @@ pub mod testing {
         Some((server, files))
     }
 
-    type CertificateFiles = (
-        std::path::PathBuf,
-        std::path::PathBuf,
-        std::path::PathBuf,
-        std::path::PathBuf,
-        std::path::PathBuf,
-    );
+    /// PEM files made by `openssl` for a TLS test server: a CA, a server certificate
+    /// for `localhost` and `127.0.0.1` signed by it, and a client certificate signed by
+    /// it (P-256 keys, valid for two days).
+    #[derive(Debug, Clone)]
+    pub struct TlsCertificates {
+        /// The CA certificate (what `ssl_ca_certs` names).
+        pub ca: std::path::PathBuf,
+        /// The server certificate.
+        pub server_cert: std::path::PathBuf,
+        /// The server's key.
+        pub server_key: std::path::PathBuf,
+        /// The client certificate (`ssl_certfile`).
+        pub client_cert: std::path::PathBuf,
+        /// The client's key (`ssl_keyfile`).
+        pub client_key: std::path::PathBuf,
+    }
 
-    /// Runs `openssl` to make a CA and certificates signed by it (P-256 keys).
-    fn make_certificates(dir: &std::path::Path) -> Result<CertificateFiles, String> {
-        std::fs::create_dir_all(dir)
-            .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
-        let file = |name: &str| dir.join(name);
-        let openssl = |args: &[&str]| -> Result<(), String> {
-            let output = std::process::Command::new("openssl")
-                .args(args)
-                .current_dir(dir)
-                .output()
-                .map_err(|e| format!("openssl is not usable ({e})"))?;
-            if output.status.success() {
-                Ok(())
-            } else {
-                Err(format!(
-                    "openssl {} failed: {}",
-                    args.first().copied().unwrap_or_default(),
-                    String::from_utf8_lossy(&output.stderr).trim()
-                ))
-            }
-        };
-        let ec = [
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:prime256v1",
-            "-nodes",
-        ];
-        let mut args = vec!["req", "-x509"];
-        args.extend(ec);
-        args.extend([
-            "-keyout",
-            "ca.key",
-            "-out",
-            "ca.crt",
-            "-days",
-            "2",
-            "-subj",
-            "/CN=celeriac test CA",
-        ]);
-        openssl(&args)?;
-        std::fs::write(
-            file("server.ext"),
-            "subjectAltName=DNS:localhost,IP:127.0.0.1\nbasicConstraints=CA:FALSE\n",
-        )
-        .map_err(|e| e.to_string())?;
-        std::fs::write(
-            file("client.ext"),
-            "basicConstraints=CA:FALSE\nextendedKeyUsage=clientAuth\n",
-        )
-        .map_err(|e| e.to_string())?;
-        for (name, subject) in [
-            ("server", "/CN=localhost"),
-            ("client", "/CN=celeriac test client"),
-        ] {
-            let (key, csr, crt, ext) = (
-                format!("{name}.key"),
-                format!("{name}.csr"),
-                format!("{name}.crt"),
-                format!("{name}.ext"),
-            );
-            let mut args = vec!["req"];
+    impl TlsCertificates {
+        /// Makes them in `dir` with `openssl`, or says why not (`openssl` missing).
+        pub fn generate(dir: &std::path::Path) -> Result<TlsCertificates, String> {
+            std::fs::create_dir_all(dir)
+                .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+            let openssl = |args: &[&str]| -> Result<(), String> {
+                let output = std::process::Command::new("openssl")
+                    .args(args)
+                    .current_dir(dir)
+                    .output()
+                    .map_err(|e| format!("openssl is not usable ({e})"))?;
+                if output.status.success() {
+                    Ok(())
+                } else {
+                    Err(format!(
+                        "openssl {} failed: {}",
+                        args.first().copied().unwrap_or_default(),
+                        String::from_utf8_lossy(&output.stderr).trim()
+                    ))
+                }
+            };
+            let write = |name: &str, text: &str| {
+                std::fs::write(dir.join(name), text)
+                    .map_err(|e| format!("cannot write {name}: {e}"))
+            };
+            let ec = [
+                "-newkey",
+                "ec",
+                "-pkeyopt",
+                "ec_paramgen_curve:prime256v1",
+                "-nodes",
+            ];
+            let mut args = vec!["req", "-x509"];
             args.extend(ec);
-            args.extend(["-keyout", &key, "-out", &csr, "-subj", subject]);
-            openssl(&args)?;
-            openssl(&[
-                "x509",
-                "-req",
-                "-in",
-                &csr,
-                "-CA",
-                "ca.crt",
-                "-CAkey",
+            args.extend([
+                "-keyout",
                 "ca.key",
-                "-CAcreateserial",
                 "-out",
-                &crt,
+                "ca.crt",
                 "-days",
                 "2",
-                "-extfile",
-                &ext,
-            ])?;
+                "-subj",
+                "/CN=celeriac test CA",
+            ]);
+            openssl(&args)?;
+            write(
+                "server.ext",
+                "subjectAltName=DNS:localhost,IP:127.0.0.1\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n",
+            )?;
+            write(
+                "client.ext",
+                "basicConstraints=CA:FALSE\nextendedKeyUsage=clientAuth\n",
+            )?;
+            for (name, subject) in [
+                ("server", "/CN=localhost"),
+                ("client", "/CN=celeriac test client"),
+            ] {
+                let (key, csr, crt, ext) = (
+                    format!("{name}.key"),
+                    format!("{name}.csr"),
+                    format!("{name}.crt"),
+                    format!("{name}.ext"),
+                );
+                let mut args = vec!["req"];
+                args.extend(ec);
+                args.extend(["-keyout", &key, "-out", &csr, "-subj", subject]);
+                openssl(&args)?;
+                openssl(&[
+                    "x509",
+                    "-req",
+                    "-in",
+                    &csr,
+                    "-CA",
+                    "ca.crt",
+                    "-CAkey",
+                    "ca.key",
+                    "-CAcreateserial",
+                    "-out",
+                    &crt,
+                    "-days",
+                    "2",
+                    "-extfile",
+                    &ext,
+                ])?;
+            }
+            Ok(TlsCertificates {
+                ca: dir.join("ca.crt"),
+                server_cert: dir.join("server.crt"),
+                server_key: dir.join("server.key"),
+                client_cert: dir.join("client.crt"),
+                client_key: dir.join("client.key"),
+            })
         }
-        Ok((
-            file("ca.crt"),
-            file("server.crt"),
-            file("server.key"),
-            file("client.crt"),
-            file("client.key"),
-        ))
     }
 }
