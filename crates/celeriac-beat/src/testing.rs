@@ -44,22 +44,18 @@ pub trait StoreHarness: Send + Sync {
 /// A SQLite file in a temporary directory, deleted on drop.
 #[cfg(feature = "sqlite")]
 #[derive(Debug)]
-pub struct SqliteHarness {
-    dir: tempfile::TempDir,
-}
+pub struct SqliteHarness(celeriac_sqlite::testing::TempDatabase);
 
 #[cfg(feature = "sqlite")]
 impl SqliteHarness {
     /// A harness on a new, empty file. Panics if no temporary directory can be made.
     pub fn new() -> SqliteHarness {
-        SqliteHarness {
-            dir: tempfile::tempdir().expect("a temporary directory for the SQLite harness"),
-        }
+        SqliteHarness(celeriac_sqlite::testing::TempDatabase::new("beat.db"))
     }
 
     /// The database file.
     pub fn path(&self) -> std::path::PathBuf {
-        self.dir.path().join("beat.db")
+        self.0.path()
     }
 }
 
@@ -112,25 +108,7 @@ impl RedisHarness {
 #[cfg(feature = "redis")]
 impl Drop for RedisHarness {
     fn drop(&mut self) {
-        let Ok(target) = celeriac_redis::RedisTarget::parse(&self.url) else {
-            return;
-        };
-        let Ok(client) = target.client() else {
-            return;
-        };
-        if let Ok(mut conn) = client.get_connection_with_timeout(Duration::from_secs(2)) {
-            let pattern = format!(
-                "{}*",
-                celeriac_redis::keys::glob_escape(&target.global_keyprefix)
-            );
-            let keys: Vec<String> = ::redis::cmd("KEYS")
-                .arg(pattern)
-                .query(&mut conn)
-                .unwrap_or_default();
-            if !keys.is_empty() {
-                let _: Result<i64, _> = ::redis::cmd("DEL").arg(keys).query(&mut conn);
-            }
-        }
+        celeriac_redis::testing::delete_prefixed_keys(&self.url);
     }
 }
 

@@ -39,22 +39,18 @@ pub trait LockHarness: Send + Sync {
 /// A SQLite file in a temporary directory, deleted on drop.
 #[cfg(feature = "sqlite")]
 #[derive(Debug)]
-pub struct SqliteHarness {
-    dir: tempfile::TempDir,
-}
+pub struct SqliteHarness(celeriac_sqlite::testing::TempDatabase);
 
 #[cfg(feature = "sqlite")]
 impl SqliteHarness {
     /// A harness on a new, empty file. Panics if no temporary directory can be made.
     pub fn new() -> SqliteHarness {
-        SqliteHarness {
-            dir: tempfile::tempdir().expect("a temporary directory for the SQLite harness"),
-        }
+        SqliteHarness(celeriac_sqlite::testing::TempDatabase::new("locks.db"))
     }
 
     /// The database file.
     pub fn path(&self) -> std::path::PathBuf {
-        self.dir.path().join("locks.db")
+        self.0.path()
     }
 }
 
@@ -118,21 +114,7 @@ impl RedisHarness {
 #[cfg(feature = "redis")]
 impl Drop for RedisHarness {
     fn drop(&mut self) {
-        let Ok(target) = celeriac_redis::RedisTarget::parse(&self.url) else {
-            return;
-        };
-        let Ok(client) = target.client() else { return };
-        let Ok(mut conn) = client.get_connection() else {
-            return;
-        };
-        let pattern = format!("{}*", celeriac_redis::keys::glob_escape(&self.prefix));
-        let keys: Vec<String> = match ::redis::cmd("KEYS").arg(&pattern).query(&mut conn) {
-            Ok(keys) => keys,
-            Err(_) => return,
-        };
-        if !keys.is_empty() {
-            let _: Result<i64, _> = ::redis::cmd("DEL").arg(&keys).query(&mut conn);
-        }
+        celeriac_redis::testing::delete_prefixed_keys(&self.url);
     }
 }
 

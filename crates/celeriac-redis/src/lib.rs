@@ -451,6 +451,33 @@ pub mod testing {
         None
     }
 
+    /// Deletes the keys under the `global_keyprefix` of the Redis URL `url`, which a
+    /// test harness gave a prefix of its own; nothing when the URL has no prefix or
+    /// Redis does not answer within 2 s (a harness's cleanup on drop must not fail).
+    pub fn delete_prefixed_keys(url: &str) {
+        let Ok(target) = super::RedisTarget::parse(url) else {
+            return;
+        };
+        if target.global_keyprefix.is_empty() {
+            return;
+        }
+        let Ok(client) = target.client() else {
+            return;
+        };
+        let Ok(mut conn) = client.get_connection_with_timeout(std::time::Duration::from_secs(2))
+        else {
+            return;
+        };
+        let pattern = format!("{}*", super::keys::glob_escape(&target.global_keyprefix));
+        let keys: Vec<String> = redis::cmd("KEYS")
+            .arg(pattern)
+            .query(&mut conn)
+            .unwrap_or_default();
+        if !keys.is_empty() {
+            let _: Result<i64, _> = redis::cmd("DEL").arg(keys).query(&mut conn);
+        }
+    }
+
     /// Whether a test must fail (not skip) when a service is missing
     /// (`CELERIAC_REQUIRE_SERVICES=1`).
     pub fn services_required() -> bool {
