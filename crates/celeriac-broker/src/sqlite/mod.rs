@@ -78,6 +78,7 @@ mod migrate;
 mod store;
 #[cfg(test)]
 mod tests;
+mod thread;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -98,6 +99,7 @@ use crate::{
 };
 
 use store::{ClaimParams, NewMessage, Rejection, Tag};
+use thread::ConnectionThread;
 
 /// Errors of the SQLite store, wrapped in [`BrokerError::Storage`].
 #[derive(Debug, thiserror::Error)]
@@ -121,6 +123,9 @@ impl From<StoreError> for BrokerError {
         BrokerError::storage(error)
     }
 }
+
+/// The reader connection's page cache, in KiB (as a negative `cache_size`).
+const READER_CACHE_KIB: i64 = -256;
 
 /// Settings of a [`SqliteBroker`].
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -154,11 +159,13 @@ pub struct SqliteBroker {
 struct Inner {
     path: PathBuf,
     options: SqliteBrokerOptions,
-    /// All writes, serialized in this process (SQLite serializes them across processes).
-    writer: Mutex<Connection>,
+    /// All writes, serialized in this process (SQLite serializes them across
+    /// processes), on a thread of their own (see `thread.rs`: keeping a connection on
+    /// one thread keeps the worker's heap flat).
+    writer: ConnectionThread,
     /// Stats, dead-letter listings and `data_version` polls, which then never wait
-    /// behind a write of this process.
-    reader: Mutex<Connection>,
+    /// behind a write of this process; a thread of its own too.
+    reader: ConnectionThread,
     /// Woken when a message may have become ready; shared by every handle of this
     /// process on the same file.
     ready: Arc<Notify>,
@@ -218,6 +225,11 @@ impl SqliteBroker {
                             tracing::info!(path = %path.display(), versions = ?applied, "applied broker migrations");
                         }
                         let reader = open_connection(&path, &options)?;
+                        // Every commit of the writer (or of another process) empties
+                        // the reader's page cache at its next read, so a large one
+                        // only adds heap: a queue_stats count over a deep queue
+                        // filled SQLite's default 2 MiB after each write.
+                        reader.pragma_update(None, "cache_size", READER_CACHE_KIB)?;
                         Ok((writer, reader))
                     })();
                     match attempt {
@@ -236,13 +248,17 @@ impl SqliteBroker {
             .map_err(BrokerError::storage)?
         };
         let (writer, reader) = opened?;
+        let writer =
+            ConnectionThread::spawn("celeriac-sqlite-w", writer).map_err(BrokerError::storage)?;
+        let reader =
+            ConnectionThread::spawn("celeriac-sqlite-r", reader).map_err(BrokerError::storage)?;
         let ready = ready_signal(&path);
         Ok(SqliteBroker {
             inner: Arc::new(Inner {
                 path,
                 options,
-                writer: Mutex::new(writer),
-                reader: Mutex::new(reader),
+                writer,
+                reader,
                 ready,
                 next_queue: AtomicUsize::new(0),
                 claim_attempts: AtomicU64::new(0),
@@ -266,30 +282,22 @@ impl SqliteBroker {
         Ok(())
     }
 
-    /// Runs `f` on the writer connection in the blocking pool.
+    /// Runs `f` on the writer connection, on its thread.
     async fn write<T, F>(&self, f: F) -> Result<T, BrokerError>
     where
         T: Send + 'static,
         F: FnOnce(&mut Connection) -> rusqlite::Result<T> + Send + 'static,
     {
-        let inner = Arc::clone(&self.inner);
-        tokio::task::spawn_blocking(move || f(&mut inner.writer.lock()))
-            .await
-            .map_err(BrokerError::storage)?
-            .map_err(BrokerError::storage)
+        self.inner.writer.call(f).await
     }
 
-    /// Runs `f` on the reader connection in the blocking pool.
+    /// Runs `f` on the reader connection, on its thread.
     async fn read<T, F>(&self, f: F) -> Result<T, BrokerError>
     where
         T: Send + 'static,
         F: FnOnce(&mut Connection) -> rusqlite::Result<T> + Send + 'static,
     {
-        let inner = Arc::clone(&self.inner);
-        tokio::task::spawn_blocking(move || f(&mut inner.reader.lock()))
-            .await
-            .map_err(BrokerError::storage)?
-            .map_err(BrokerError::storage)
+        self.inner.reader.call(f).await
     }
 
     /// One claim attempt without waiting.
@@ -353,7 +361,7 @@ impl Broker for SqliteBroker {
             return Ok(());
         }
         self.write(move |conn| {
-            // Serialized here, in the blocking pool, before the lock is contended.
+            // Serialized here, on the writer's thread, not on the async runtime.
             let rows = new_messages(messages);
             store::publish(conn, &rows, now_ms())
         })
@@ -631,7 +639,7 @@ fn millis(duration: Duration) -> i64 {
     i64::try_from(duration.as_millis()).unwrap_or(i64::MAX)
 }
 
-/// Rows for a publish (serialized in the blocking pool, before the lock is contended).
+/// Rows for a publish (serialized on the writer's thread, not on the async runtime).
 fn new_messages(messages: Vec<Publish>) -> Vec<NewMessage> {
     messages
         .into_iter()

@@ -101,6 +101,31 @@ async fn open_url_creates_the_file_in_wal_mode_and_records_the_schema() {
 }
 
 #[tokio::test]
+async fn each_connection_keeps_one_thread_and_the_reader_a_small_page_cache() {
+    // Issue 9: calls spread over the blocking pool's threads spread SQLite's page
+    // cache over as many malloc arenas, and the worker's heap crept up with every
+    // task run.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let broker = SqliteBroker::open(dir.path().join("b.db"), SqliteBrokerOptions::default())
+        .await
+        .expect("open");
+    let on_thread = |conn: &mut Connection| -> rusqlite::Result<(std::thread::ThreadId, i64)> {
+        let cache: i64 = conn.query_row("PRAGMA cache_size", [], |row| row.get(0))?;
+        Ok((std::thread::current().id(), cache))
+    };
+    let (writer, writer_cache) = broker.write(on_thread).await.expect("write");
+    let (reader, reader_cache) = broker.read(on_thread).await.expect("read");
+    let calls = (0..20).map(|_| broker.write(on_thread));
+    for call in futures::future::join_all(calls).await {
+        assert_eq!(call.expect("write").0, writer, "every write on one thread");
+    }
+    assert_eq!(broker.read(on_thread).await.expect("read").0, reader);
+    assert_ne!(writer, reader);
+    assert_eq!(reader_cache, READER_CACHE_KIB);
+    assert_eq!(writer_cache, -2000, "the writer keeps SQLite's default");
+}
+
+#[tokio::test]
 async fn migrations_apply_once_and_leave_other_components_alone() {
     let harness = SqliteHarness::new();
     // Another component (the result backend) got there first.
