@@ -81,7 +81,10 @@
 //! can lose it. Costs: a message sent with a priority (the lists of priority steps
 //! 3, 6 and 9) waits up to [`OTHER_LISTS_POLL`] (100 ms) on an idle queue, because
 //! `BLMOVE` watches one list and the claim looks at the others every 100 ms; and
-//! `BLMOVE` needs Redis 6.2 or later. The wait and the claim run in a task of their
+//! `BLMOVE` needs Redis 6.2 or later; and since the element stays in the list,
+//! Redis wakes every consumer waiting on that list for each arriving message (all but
+//! one then claim nothing and wait again): cheap for tens of consumers of a queue, a
+//! cost for hundreds. The wait and the claim run in a task of their
 //! own, so a caller that stops waiting (a dropped fetch future) cannot strand what
 //! the claim took: the task releases it to the front of its queue.
 //!
