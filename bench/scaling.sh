@@ -68,22 +68,10 @@ cleanup() {
 }
 trap cleanup EXIT
 
-bash scripts/python-env.sh >&2
-py=.venv/bin/python
-if [[ -z $celeriac ]]; then
-  say "cargo build --release --bin celeriac"
-  cargo build --release -p celeriac-cli --bin celeriac >&2
-  celeriac=${CARGO_TARGET_DIR:-target}/release/celeriac
-fi
-[[ -x $celeriac ]] || die "no celeriac binary at $celeriac"
-flushdb() { "$py" -c 'import redis, sys; redis.Redis.from_url(sys.argv[1]).flushdb()' "$redis_url"; }
-redis_version=$("$py" -c 'import redis, sys; print(redis.Redis.from_url(sys.argv[1], socket_connect_timeout=2).info("server")["redis_version"])' "$redis_url") \
-  || die "Redis does not answer at $redis_url"
-if [[ -n $label ]]; then
-  git_fact=$label
-else
-  git_fact="$(git rev-parse --short HEAD)$(git diff --quiet HEAD -- crates Cargo.lock 2>/dev/null || echo ' + uncommitted changes')"
-fi
+source bench/common.sh
+bench_prepare
+redis_version=$(bench_redis_version) || exit 2
+git_fact=$(bench_git_fact)
 load_start=$(cut -d' ' -f1-3 /proc/loadavg)
 say "load average at start: $load_start"
 
@@ -113,24 +101,7 @@ flushdb
 load_end=$(cut -d' ' -f1-3 /proc/loadavg)
 say "load average at end: $load_end"
 
-GIT_FACT=$git_fact COMMAND_LINE=$command_line "$py" - "$work/facts.json" <<PY
-import json, os, sys
-json.dump({
-    "date": """$(date -u '+%Y-%m-%d %H:%M UTC')""",
-    "nproc": $(nproc),
-    "cpu": """$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//')""",
-    "mem_gib": $(awk '/MemTotal/ {printf "%.0f", $2/1048576}' /proc/meminfo),
-    "kernel": """$(uname -r)""",
-    "redis": """$redis_version""",
-    "redis_url": """$redis_url""",
-    "rustc": """$(rustc --version 2>/dev/null | cut -d' ' -f2 || echo unknown)""",
-    "load_start": """$load_start""",
-    "load_end": """$load_end""",
-    "tasks": $tasks,
-    "git": os.environ["GIT_FACT"],
-    "command": os.environ["COMMAND_LINE"],
-}, open(sys.argv[1], "w"))
-PY
+bench_facts "$work/facts.json" "{\"tasks\": $tasks}"
 
 report=("$py" bench/load_report.py scaling --work "$work")
 if ((write)); then

@@ -94,15 +94,8 @@ cleanup() {
 }
 trap cleanup EXIT
 
-bash scripts/python-env.sh >&2
-py=.venv/bin/python
-if [[ -z $celeriac ]]; then
-  say "cargo build --release --bin celeriac"
-  cargo build --release -p celeriac-cli --bin celeriac >&2
-  celeriac=${CARGO_TARGET_DIR:-target}/release/celeriac
-fi
-[[ -x $celeriac ]] || die "no celeriac binary at $celeriac"
-flushdb() { "$py" -c 'import redis, sys; redis.Redis.from_url(sys.argv[1]).flushdb()' "$redis_url"; }
+source bench/common.sh
+bench_prepare
 
 case $broker in
   redis) broker_url=$redis_url; backend_url=$redis_url ;;
@@ -110,8 +103,7 @@ case $broker in
   amqp) broker_url=$amqp_url; backend_url=$redis_url ;;
 esac
 if [[ $broker != sqlite ]]; then
-  redis_version=$("$py" -c 'import redis, sys; print(redis.Redis.from_url(sys.argv[1], socket_connect_timeout=2).info("server")["redis_version"])' "$redis_url") \
-    || die "Redis does not answer at $redis_url"
+  redis_version=$(bench_redis_version) || exit 2
   flushdb
 else
   redis_version=""
@@ -119,11 +111,7 @@ fi
 if [[ $broker == amqp ]]; then
   "$celeriac" --log error --broker "$amqp_url" purge -Q short-task long-task --force >/dev/null 2>&1 || true
 fi
-if [[ -n $label ]]; then
-  git_fact=$label
-else
-  git_fact="$(git rev-parse --short HEAD)$(git diff --quiet HEAD -- crates Cargo.lock 2>/dev/null || echo ' + uncommitted changes')"
-fi
+git_fact=$(bench_git_fact)
 load_start=$(cut -d' ' -f1-3 /proc/loadavg)
 say "load average at start: $load_start"
 
@@ -170,25 +158,7 @@ load_end=$(cut -d' ' -f1-3 /proc/loadavg)
 say "load average at end: $load_end"
 warnings=$(grep -c -i "warn\|error" "$work/worker.err" || true)
 
-GIT_FACT=$git_fact COMMAND_LINE=$command_line "$py" - "$work/facts.json" <<PY
-import json, os, sys
-json.dump({
-    "date": """$(date -u '+%Y-%m-%d %H:%M UTC')""",
-    "nproc": $(nproc),
-    "cpu": """$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//')""",
-    "mem_gib": $(awk '/MemTotal/ {printf "%.0f", $2/1048576}' /proc/meminfo),
-    "kernel": """$(uname -r)""",
-    "redis": """$redis_version""",
-    "redis_url": """$redis_url""",
-    "broker": """$broker""",
-    "rustc": """$(rustc --version 2>/dev/null | cut -d' ' -f2 || echo unknown)""",
-    "load_start": """$load_start""",
-    "load_end": """$load_end""",
-    "worker_log_lines": $warnings,
-    "git": os.environ["GIT_FACT"],
-    "command": os.environ["COMMAND_LINE"],
-}, open(sys.argv[1], "w"))
-PY
+bench_facts "$work/facts.json" "{\"broker\": \"$broker\", \"worker_log_lines\": $warnings}"
 
 report=("$py" bench/soak_report.py --work "$work")
 status=0
