@@ -411,7 +411,7 @@ impl Inner {
 
     /// Runs `claim.lua` (its "already popped" argument unused: every wait leaves
     /// the element in its list).
-    async fn claim(
+    async fn run_claim(
         &self,
         request: &ClaimRequest,
         claim: u64,
@@ -504,16 +504,18 @@ impl Inner {
         if !arrived && request.lists.len() == 1 {
             return Ok(Vec::new());
         }
+        self.claim(request).await
+    }
+
+    /// Runs one claim under a fresh claim number; when its reply is lost to a
+    /// connection error, releases what it may have taken before returning the error.
+    async fn claim(&self, request: &ClaimRequest) -> Result<Vec<Delivery>, BrokerError> {
         let claim = claim_number();
-        match self.claim(request, claim).await {
-            Ok(deliveries) => Ok(deliveries),
-            Err(error) => {
-                if matches!(error, BrokerError::Connection(_)) {
-                    self.release_lost_claim(claim).await;
-                }
-                Err(error)
-            }
+        let result = self.run_claim(request, claim).await;
+        if let Err(BrokerError::Connection(_)) = &result {
+            self.release_lost_claim(claim).await;
         }
+        result
     }
 
     /// After a claim whose reply was lost (a timeout, a broken connection), the
@@ -1311,16 +1313,7 @@ impl Broker for RedisBroker {
             max: params.max.min(MAX_FETCH),
             lease: params.lease,
         });
-        let claim = claim_number();
-        let claimed = match self.inner.claim(&request, claim).await {
-            Ok(claimed) => claimed,
-            Err(error) => {
-                if matches!(error, BrokerError::Connection(_)) {
-                    self.inner.release_lost_claim(claim).await;
-                }
-                return Err(error);
-            }
-        };
+        let claimed = self.inner.claim(&request).await?;
         if !claimed.is_empty() || params.wait.is_zero() {
             return Ok(claimed);
         }
