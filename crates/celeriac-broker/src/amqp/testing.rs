@@ -63,6 +63,22 @@ pub fn amqp_url_or_skip(test: &str) -> Option<String> {
     None
 }
 
+/// What a private node's start gave `test`: the value, or `None` after printing why
+/// the test is skipped (a panic instead under `CELERIAC_REQUIRE_SERVICES=1`).
+fn or_skip<T>(test: &str, started: Result<T, String>) -> Option<T> {
+    match started {
+        Ok(value) => Some(value),
+        Err(reason) => {
+            assert!(
+                !services_required(),
+                "{test}: {reason}, and CELERIAC_REQUIRE_SERVICES=1"
+            );
+            eprintln!("skipped {test}: {reason}");
+            None
+        }
+    }
+}
+
 /// A harness over one vhost of a RabbitMQ: priority queues (`x-max-priority` 10)
 /// that expire 60 s after their last use.
 pub struct AmqpHarness {
@@ -389,17 +405,7 @@ impl PrivateRabbitMq {
     /// with the reason under `CELERIAC_REQUIRE_SERVICES=1`, else prints why `test` is
     /// skipped and returns `None`.
     pub fn start(test: &str, options: PrivateRabbitMqOptions) -> Option<PrivateRabbitMq> {
-        match PrivateRabbitMq::try_start(options) {
-            Ok(node) => Some(node),
-            Err(reason) => {
-                assert!(
-                    !services_required(),
-                    "{test}: {reason}, and CELERIAC_REQUIRE_SERVICES=1"
-                );
-                eprintln!("skipped {test}: {reason}");
-                None
-            }
-        }
+        or_skip(test, PrivateRabbitMq::try_start(options))
     }
 
     /// Starts a node and waits until it accepts connections, or says why not.
@@ -783,17 +789,10 @@ pub fn tls_rabbitmq_or_skip(
     test: &str,
     require_client_certificate: bool,
 ) -> Option<(PrivateRabbitMq, TlsCertificates)> {
-    match PrivateRabbitMq::try_start_with_tls(require_client_certificate) {
-        Ok(started) => Some(started),
-        Err(reason) => {
-            assert!(
-                !services_required(),
-                "{test}: {reason}, and CELERIAC_REQUIRE_SERVICES=1"
-            );
-            eprintln!("skipped {test}: {reason}");
-            None
-        }
-    }
+    or_skip(
+        test,
+        PrivateRabbitMq::try_start_with_tls(require_client_certificate),
+    )
 }
 
 /// A new temporary directory for a node.
