@@ -2,6 +2,14 @@
 //! name, read results, inspect and purge queues, benchmark a broker). Applications
 //! get the same commands plus a worker for their tasks with `celeriac::cli::run(app)`.
 
+/// mimalloc instead of glibc's malloc: a worker allocates and frees a few dozen small
+/// blocks per message (decoded headers, strings), and glibc's malloc and free were a
+/// quarter of the instructions of a Redis drain (BENCHMARKS.md, issue 9). Built
+/// without transparent huge pages (`no_thp`): with them each touched 2 MiB page
+/// counted whole in the RSS, and a draining worker's peak went 16 → 30 MiB.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     celeriac::cli::run_builder(celeriac::App::builder("celeriac")).await
