@@ -66,6 +66,25 @@ impl Default for TransportOptions {
     }
 }
 
+/// When a send (`delay`, `send_task`) returns: after the broker confirmed its
+/// message, or at once with the broker's confirm deferred (`task_publish_confirms`,
+/// `CELERIAC_TASK_PUBLISH_CONFIRMS=deferred`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PublishConfirms {
+    /// Every send waits for the broker to store its message (one round trip each).
+    #[default]
+    Each,
+    /// Sends hand their message to the app's background publisher and return at
+    /// once; messages handed over while a publish is in flight go out together in
+    /// the next one. A failed publish is reported by the next send and by the app's
+    /// `flush()`.
+    Deferred,
+}
+
+/// Default of [`Settings::task_publish_buffer`].
+pub const DEFAULT_PUBLISH_BUFFER: usize = 10_000;
+
 /// A queue in the config file.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct QueueConfig {
@@ -208,6 +227,13 @@ pub struct Settings {
     pub worker_send_task_events: bool,
     /// Clients send a `task-sent` event for every task they publish.
     pub task_send_sent_event: bool,
+    /// Whether a send waits for the broker's confirm (`each`, the default) or
+    /// returns at once and leaves it to a background publisher (`deferred`;
+    /// `CELERIAC_TASK_PUBLISH_CONFIRMS`).
+    pub task_publish_confirms: PublishConfirms,
+    /// With deferred confirms, how many sends may wait for the publisher; a send
+    /// to a full buffer waits for room (`CELERIAC_TASK_PUBLISH_BUFFER`).
+    pub task_publish_buffer: usize,
     /// Exchange of monitoring events.
     pub event_exchange: String,
     /// Namespace of remote control: requests on `<name>.pidbox`, replies through
@@ -238,6 +264,8 @@ impl Default for Settings {
             task_routes: Map::new(),
             worker_send_task_events: false,
             task_send_sent_event: false,
+            task_publish_confirms: PublishConfirms::Each,
+            task_publish_buffer: DEFAULT_PUBLISH_BUFFER,
             event_exchange: crate::event::EVENT_EXCHANGE.into(),
             control_exchange: crate::pidbox::DEFAULT_NAMESPACE.into(),
         }
@@ -582,5 +610,28 @@ mod tests {
             s.effective_result_backend().as_deref(),
             Some("sqlite://celeriac.db")
         );
+    }
+
+    #[test]
+    fn publish_confirms_from_env_and_toml() {
+        assert_eq!(
+            Settings::default().task_publish_confirms,
+            PublishConfirms::Each
+        );
+        let env = Settings::default()
+            .merge_env(vec![
+                ("CELERIAC_TASK_PUBLISH_CONFIRMS".into(), "deferred".into()),
+                ("CELERIAC_TASK_PUBLISH_BUFFER".into(), "64".into()),
+            ])
+            .expect("env");
+        assert_eq!(env.task_publish_confirms, PublishConfirms::Deferred);
+        assert_eq!(env.task_publish_buffer, 64);
+        let file = Settings::default()
+            .merge_toml_str("task_publish_confirms = \"each\"")
+            .expect("toml");
+        assert_eq!(file.task_publish_confirms, PublishConfirms::Each);
+        assert!(Settings::default()
+            .merge_toml_str("task_publish_confirms = \"later\"")
+            .is_err());
     }
 }

@@ -1,5 +1,6 @@
 //! The errors of the celeriac API.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use celeriac_core::ExceptionInfo;
@@ -14,6 +15,18 @@ pub enum Error {
     /// The broker failed.
     #[error(transparent)]
     Broker(#[from] celeriac_broker::BrokerError),
+    /// Sends made with deferred publish confirms
+    /// ([`PublishConfirms::Deferred`](crate::PublishConfirms::Deferred)) were not
+    /// stored by the broker (after its own retries). Returned by the next send and by
+    /// [`App::flush`](crate::App::flush), with the first error.
+    #[error("{} task(s) sent with deferred publish confirms were not published ({}): {source}", .task_ids.len(), id_list(.task_ids))]
+    PublishFailed {
+        /// Ids of the tasks that were not published: every one that failed since
+        /// the last report (flush, or for a send, the last send that reported).
+        task_ids: Vec<String>,
+        /// The broker's error.
+        source: Arc<celeriac_broker::BrokerError>,
+    },
     /// The result backend failed.
     #[error(transparent)]
     Backend(#[from] celeriac_backend::BackendError),
@@ -74,4 +87,22 @@ pub enum Error {
         /// `revoked`, `expired` or `terminated`.
         reason: String,
     },
+}
+
+/// The first few task ids, for an error message.
+fn id_list(ids: &[String]) -> String {
+    const SHOWN: usize = 3;
+    let mut text = ids
+        .iter()
+        .take(SHOWN)
+        .map(String::as_str)
+        .collect::<Vec<_>>()
+        .join(", ");
+    if ids.len() > SHOWN {
+        text.push_str(&format!(", and {} more", ids.len() - SHOWN));
+    }
+    if text.is_empty() {
+        text.push_str("no task ids");
+    }
+    text
 }

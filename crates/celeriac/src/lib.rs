@@ -47,6 +47,7 @@ pub mod canvas;
 pub mod cli;
 pub mod control;
 pub mod error;
+mod publisher;
 pub mod result;
 
 pub use app::{App, AppBuilder, TaskCall};
@@ -61,6 +62,7 @@ pub use celeriac_worker as worker;
 pub use error::Error;
 pub use result::{AsyncResult, GroupResult};
 
+pub use celeriac_core::config::PublishConfirms;
 pub use celeriac_core::options::Unique;
 pub use celeriac_core::task::{KeyArg, LockKey, OnConflict, SingleInstance};
 pub use celeriac_core::{
@@ -69,7 +71,7 @@ pub use celeriac_core::{
 
 /// Everything a task module needs.
 pub mod prelude {
-    pub use crate::{task, App, AsyncResult, Error, Unique};
+    pub use crate::{task, App, AsyncResult, Error, PublishConfirms, Unique};
     pub use celeriac_core::routing::{Exchange, Queue, Route};
     pub use celeriac_core::{CancelReason, SendOptions, TaskContext, TaskError, TaskResult};
 }
