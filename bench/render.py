@@ -107,6 +107,14 @@ def render(work, load_end):
         f"≥ 20× (9) {check(r1 >= 20)}",
         rate(sq.get("enqueue_single_per_s")),
     )
+    e1d = cr.get("enqueue_single_deferred_per_s")
+    r1d = (e1d / e1c) if e1c and e1d else 0
+    row(
+        "enqueue, one call at a time, deferred confirms (`PublishConfirms::Deferred`)",
+        rate(e1c), rate(e1d), ratio(e1d, e1c),
+        f"≥ 20× (9) {check(r1d >= 20)}",
+        rate(sq.get("enqueue_single_deferred_per_s")),
+    )
     ebc, ebr = py.get("enqueue_group_per_s"), cr.get("enqueue_per_s")
     rb = (ebr / ebc) if ebc and ebr else 0
     row(
@@ -187,7 +195,9 @@ def render(work, load_end):
     lines.append(
         "How each figure is taken. *Enqueue*: wall time of N sequential calls into one queue (Celery "
         "has no batch publish; `group().apply_async()` is its closest, and still one `LPUSH` per "
-        "message). *Drain*: the queue is prefilled; celeriac: from worker start until it has run "
+        "message). *Enqueue, deferred confirms*: the same N sequential `send_task` calls from an app "
+        "with `PublishConfirms::Deferred`, timed until the final `App::flush()` returned, i.e. every "
+        "message stored. *Drain*: the queue is prefilled; celeriac: from worker start until it has run "
         "all N; Celery: from the first message received until the N-th task finished, counted in "
         "the worker's parent process at no cost to the tasks (`bench/celery_app.py`), i.e. its "
         f"start-up is left out (counted from process start it drains {d['drain_from_process_start_per_s']:,}/s; "

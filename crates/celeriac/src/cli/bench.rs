@@ -5,7 +5,11 @@
 //! Phases, in order:
 //! 1. `--tasks` no-op tasks published in batches of `--batch` (`App::send_batch`);
 //! 2. `--single-sends` no-op tasks published one `send_task` call at a time, to a
-//!    second queue nobody consumes (purged afterwards);
+//!    second queue nobody consumes (purged afterwards): first with each send
+//!    waiting for the broker (`PublishConfirms::Each`, `enqueue_single_per_s`), then
+//!    again with deferred confirms (`PublishConfirms::Deferred`,
+//!    `enqueue_single_deferred_per_s`, timed up to the end of the final
+//!    `App::flush`, so every message is stored);
 //! 3. a worker (`-c`, `--prefetch-multiplier`) drains the batched tasks: time from
 //!    its start until it has run them all;
 //! 4. `--latency-samples` sequential sends, each timed from send to task start;
@@ -249,6 +253,8 @@ pub async fn run(app: App, args: BenchArgs) -> anyhow::Result<()> {
             options: echo_options,
             samples: Arc::new(Samples::default()),
         })
+        // The one-at-a-time phase measures each confirm mode on purpose.
+        .override_settings(json!({"task_publish_confirms": "each"}))
         .build()
         .await
         .context("connecting for the benchmark")?;
@@ -304,6 +310,51 @@ pub async fn run(app: App, args: BenchArgs) -> anyhow::Result<()> {
         }
         enqueue_single_per_s = Some((single_sends as f64 / start.elapsed().as_secs_f64()).round());
         bar.finish_and_clear();
+    }
+    let _ = app.broker().purge(&single_queue).await;
+
+    // 2b. The same with deferred publish confirms, up to the final flush.
+    let mut enqueue_single_deferred_per_s = None;
+    if single_sends > 0 {
+        let deferred = app
+            .to_builder()
+            .override_settings(json!({"task_publish_confirms": "deferred"}))
+            .build()
+            .await
+            .context("connecting for the deferred-confirm sends")?;
+        let bar = progress(single_sends as u64, "deferred");
+        let start = Instant::now();
+        for _ in 0..single_sends {
+            deferred
+                .send_task(
+                    NOOP_TASK,
+                    Vec::new(),
+                    Map::new(),
+                    SendOptions::new().queue(single_queue.clone()),
+                )
+                .await?;
+            bar.inc(1);
+        }
+        deferred
+            .flush()
+            .await
+            .context("deferred-confirm sends: flush")?;
+        enqueue_single_deferred_per_s =
+            Some((single_sends as f64 / start.elapsed().as_secs_f64()).round());
+        bar.finish_and_clear();
+        let stored = app
+            .broker()
+            .queue_stats(std::slice::from_ref(&single_queue))
+            .await
+            .ok()
+            .and_then(|stats| stats.first().map(|s| s.ready));
+        if let Some(stored) = stored {
+            if stored < single_sends as u64 {
+                anyhow::bail!(
+                    "deferred-confirm sends: {stored} of {single_sends} messages stored after flush"
+                );
+            }
+        }
     }
     let _ = app.broker().purge(&single_queue).await;
 
@@ -401,6 +452,7 @@ pub async fn run(app: App, args: BenchArgs) -> anyhow::Result<()> {
         "enqueue_per_s": (args.tasks as f64 / enqueue_secs).round(),
         "single_sends": single_sends,
         "enqueue_single_per_s": enqueue_single_per_s,
+        "enqueue_single_deferred_per_s": enqueue_single_deferred_per_s,
         "drain_per_s": (args.tasks as f64 / drain_secs).round(),
         "latency_ms": {
             "p50": round3(percentile(&latencies, 50.0)),
@@ -412,9 +464,10 @@ pub async fn run(app: App, args: BenchArgs) -> anyhow::Result<()> {
     });
     if !args.json {
         eprintln!(
-            "broker {broker_name}: enqueue {:.0}/s batched, {} one at a time, drain {:.0}/s, latency p50 {:.3} ms p99 {:.3} ms, round trip p50 {}, peak RSS {:.1} MiB",
+            "broker {broker_name}: enqueue {:.0}/s batched, {} one at a time ({} with deferred confirms), drain {:.0}/s, latency p50 {:.3} ms p99 {:.3} ms, round trip p50 {}, peak RSS {:.1} MiB",
             args.tasks as f64 / enqueue_secs,
             enqueue_single_per_s.map_or("-".to_string(), |r| format!("{r:.0}/s")),
+            enqueue_single_deferred_per_s.map_or("-".to_string(), |r| format!("{r:.0}/s")),
             args.tasks as f64 / drain_secs,
             percentile(&latencies, 50.0),
             percentile(&latencies, 99.0),
