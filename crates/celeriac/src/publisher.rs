@@ -172,20 +172,17 @@ impl Publisher {
         let Some(sender) = &self.sender else {
             return Err(stopped(vec![id]));
         };
+        // Room first (a caller that gives up while waiting leaves no trace), then
+        // count and send without waiting.
+        let Ok(permit) = sender.reserve().await else {
+            return Err(stopped(vec![id]));
+        };
         self.shared.pending.fetch_add(1, Ordering::SeqCst);
-        let item = Item::Send {
+        permit.send(Item::Send {
             id,
             publishes,
             events,
-        };
-        if let Err(mpsc::error::SendError(item)) = sender.send(item).await {
-            self.shared.pending.fetch_sub(1, Ordering::SeqCst);
-            let ids = match item {
-                Item::Send { id, .. } => vec![id],
-                Item::Flush(_) => Vec::new(),
-            };
-            return Err(stopped(ids));
-        }
+        });
         Ok(())
     }
 

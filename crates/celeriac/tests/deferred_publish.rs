@@ -29,6 +29,8 @@ struct Faulty {
     /// Publishes take a read guard: a test holding the write guard stalls them.
     gate: Arc<tokio::sync::RwLock<()>>,
     publishes: AtomicUsize,
+    /// Publishes called (counted before the gate).
+    entered: AtomicUsize,
 }
 
 impl Faulty {
@@ -38,6 +40,7 @@ impl Faulty {
             fail: AtomicBool::new(false),
             gate: Arc::new(tokio::sync::RwLock::new(())),
             publishes: AtomicUsize::new(0),
+            entered: AtomicUsize::new(0),
         })
     }
 }
@@ -54,6 +57,7 @@ impl Broker for Faulty {
         self.inner.declare_queue(queue).await
     }
     async fn publish(&self, messages: Vec<Publish>) -> Result<(), BrokerError> {
+        self.entered.fetch_add(1, Ordering::SeqCst);
         let _open = self.gate.read().await;
         self.publishes.fetch_add(1, Ordering::SeqCst);
         if self.fail.load(Ordering::SeqCst) {
@@ -282,6 +286,33 @@ async fn a_full_buffer_makes_senders_wait() {
     );
     // Coalesced: far fewer publishes than sends.
     assert!(faulty.publishes.load(Ordering::SeqCst) < SENDS);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_send_given_up_while_the_buffer_is_full_is_not_sent_nor_counted() {
+    const BUFFER: usize = 2;
+    let t = TestApp::new();
+    let (app, faulty) = faulty_app(&t, BUFFER).await;
+    let stall = faulty.gate.clone().write_owned().await;
+    // One in the publisher's hands, BUFFER in the buffer.
+    send(&app, "q", 0).await.expect("handed over");
+    wait_for("the publisher to take the first", WAIT, || async {
+        faulty.entered.load(Ordering::SeqCst) == 1
+    })
+    .await;
+    for i in 1..=BUFFER {
+        send(&app, "q", i).await.expect("handed over");
+    }
+    let waited = tokio::time::timeout(Duration::from_millis(100), send(&app, "q", 99)).await;
+    assert!(waited.is_err(), "a send to a full buffer returned");
+    assert_eq!(app.unconfirmed_sends(), 1 + BUFFER);
+    drop(stall);
+    app.flush().await.expect("stored");
+    assert_eq!(app.unconfirmed_sends(), 0);
+    assert_eq!(
+        drain_args(app.broker().as_ref(), "q").await,
+        (0..=BUFFER as u64).collect::<Vec<_>>()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
