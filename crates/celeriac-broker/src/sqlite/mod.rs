@@ -25,7 +25,17 @@
 //!
 //! ETA messages wait in the broker as `scheduled` rows, not in worker memory: a fetch
 //! first turns the due ones of its queues into `ready` rows (keeping their id, so a due
-//! ETA message is not queued behind everything published after it), then claims.
+//! ETA message is not queued behind everything published after it), then claims. A
+//! `ready` row is therefore always due, and the fetch does not read `not_before`.
+//!
+//! A publish stores its batch with multi-row `INSERT`s (64 rows a statement). A fetch
+//! claims each queue's rows with one `UPDATE … RETURNING`; an ack deletes, and a
+//! renewal updates, all of its tags with one statement (the tags passed as a JSON
+//! array, each row found by its id). The payloads are decoded after the claim's
+//! transaction, off the writer's thread; one that does not decode is then moved to
+//! `broker_dead_letters` in a second transaction (not counted as a delivery) and the
+//! fetch claims again for its place. Should the process die between the two, the
+//! lease lapses and a later fetch dead-letters it.
 //!
 //! # Leases and delivery tags
 //!
@@ -88,6 +98,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use celeriac_core::routing::Queue;
+use celeriac_core::Envelope;
 use parking_lot::Mutex;
 use rusqlite::{Connection, OpenFlags};
 use tokio::sync::Notify;
@@ -300,30 +311,92 @@ impl SqliteBroker {
         self.inner.reader.call(f).await
     }
 
-    /// One claim attempt without waiting.
-    async fn try_fetch(&self, params: &FetchParams) -> Result<store::Claimed, BrokerError> {
+    /// One claim attempt without waiting: claims, then decodes the payloads here (off
+    /// the writer's thread, which then serves the next write) and moves the ones that
+    /// do not decode to the dead letters; claims again for the places they left.
+    async fn try_fetch(&self, params: &FetchParams) -> Result<Claimed, BrokerError> {
         self.inner.claim_attempts.fetch_add(1, Ordering::Relaxed);
         let start = self.inner.next_queue.fetch_add(1, Ordering::Relaxed) % params.queues.len();
         let mut queues = params.queues.clone();
         queues.rotate_left(start);
-        let max = params.max;
-        let consumer = params.consumer.clone();
+        let queues = Arc::new(queues);
         let lease = millis(params.lease);
-        self.write(move |conn| {
-            let now = now_ms();
-            store::claim(
-                conn,
-                &ClaimParams {
-                    queues: &queues,
-                    max,
-                    consumer: &consumer,
-                    lease_until: now.saturating_add(lease),
-                    now,
-                },
-            )
-        })
-        .await
+        let mut deliveries = Vec::new();
+        loop {
+            let wanted = params.max - deliveries.len();
+            let claimed = {
+                let queues = queues.clone();
+                let consumer = params.consumer.clone();
+                self.write(move |conn| {
+                    let now = now_ms();
+                    store::claim(
+                        conn,
+                        &ClaimParams {
+                            queues: &queues,
+                            max: wanted,
+                            consumer: &consumer,
+                            lease_until: now.saturating_add(lease),
+                            now,
+                        },
+                    )
+                })
+                .await?
+            };
+            let read = claimed.rows.len();
+            let undecodable = decode_claimed(claimed.rows, &queues, &mut deliveries);
+            if undecodable.is_empty() {
+                return Ok(Claimed {
+                    deliveries,
+                    next_due: claimed.next_due,
+                });
+            }
+            self.write(move |conn| store::dead_letter_undecodable(conn, &undecodable, now_ms()))
+                .await?;
+            if read < wanted {
+                // The queues had no more.
+                return Ok(Claimed {
+                    deliveries,
+                    next_due: None,
+                });
+            }
+        }
     }
+}
+
+/// What one claim attempt got.
+struct Claimed {
+    deliveries: Vec<Delivery>,
+    /// When the next ETA message of the fetched queues is due (only when nothing was
+    /// claimed).
+    next_due: Option<i64>,
+}
+
+/// Decodes claimed rows into `deliveries`; returns the tags of the ones that do not
+/// decode, with the reason.
+fn decode_claimed(
+    rows: Vec<store::ClaimedRow>,
+    queues: &[String],
+    deliveries: &mut Vec<Delivery>,
+) -> Vec<(Tag, String)> {
+    let mut undecodable = Vec::new();
+    deliveries.reserve(rows.len());
+    for row in rows {
+        let queue = queues.get(row.queue).cloned().unwrap_or_default();
+        match Envelope::from_kombu_json(&row.payload) {
+            Ok(envelope) => deliveries.push(Delivery {
+                tag: row.tag.to_delivery_tag(),
+                queue,
+                envelope,
+                delivery_count: u32::try_from(row.delivery_count).unwrap_or(u32::MAX),
+            }),
+            Err(error) => {
+                let reason = format!("payload cannot be decoded: {error}");
+                tracing::warn!(queue = %queue, message_id = row.tag.id, %reason, "dead-lettering message");
+                undecodable.push((row.tag, reason));
+            }
+        }
+    }
+    undecodable
 }
 
 #[async_trait]

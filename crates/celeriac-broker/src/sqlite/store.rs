@@ -3,12 +3,11 @@
 //! no other connection (in this process or another) can claim the same rows between
 //! our read and our update.
 
-use celeriac_core::Envelope;
 use chrono::{DateTime, Utc};
 use rusqlite::types::ValueRef;
 use rusqlite::{params, Connection, TransactionBehavior};
 
-use crate::{DeadLetter, DeadLetterQuery, Delivery, DeliveryTag, QueueStats};
+use crate::{DeadLetter, DeadLetterQuery, DeliveryTag, QueueStats};
 
 /// A message ready to insert: the payload is serialized before the lock is taken.
 pub(super) struct NewMessage {
@@ -19,9 +18,22 @@ pub(super) struct NewMessage {
     pub payload: Vec<u8>,
 }
 
+/// One row a fetch claimed, its payload not yet decoded (that happens after the
+/// transaction, off the connection's thread).
+pub(super) struct ClaimedRow {
+    /// Index of its queue in [`ClaimParams::queues`].
+    pub queue: usize,
+    /// The tag of this delivery (the lease token already counts it).
+    pub tag: Tag,
+    /// Deliveries counted so far, this one included.
+    pub delivery_count: i64,
+    pub payload: Vec<u8>,
+}
+
 /// What a fetch claimed, and when the next ETA message of its queues becomes due.
 pub(super) struct Claimed {
-    pub deliveries: Vec<Delivery>,
+    /// In delivery order: queue by queue, each by priority (higher first), then id.
+    pub rows: Vec<ClaimedRow>,
     /// Unix milliseconds of the earliest scheduled message of the fetched queues, when
     /// nothing was claimed.
     pub next_due: Option<i64>,
@@ -67,30 +79,74 @@ const INSERT_MESSAGE: &str = "INSERT INTO broker_messages
     (queue, priority, state, not_before, published_at, payload)
     VALUES (?1, ?2, ?3, ?4, ?5, ?6)";
 
+/// Rows per multi-row `INSERT` of a publish: one statement step stores this many.
+const INSERT_CHUNK: usize = 64;
+/// Parameters per row of [`INSERT_ONE`] and [`insert_many_sql`].
+const INSERT_PARAMS: usize = 4;
+/// The values of one published row, its parameters starting at `?{n}`: queue,
+/// priority, not_before, payload; `?1` is now (the publish time, and what decides
+/// between `ready` and `scheduled`).
+fn insert_values(n: usize) -> String {
+    format!(
+        "(?{q}, ?{p}, CASE WHEN ?{nb} > ?1 THEN 'scheduled' ELSE 'ready' END, ?{nb}, ?1, ?{pl})",
+        q = n,
+        p = n + 1,
+        nb = n + 2,
+        pl = n + 3
+    )
+}
+const INSERT_INTO: &str = "INSERT OR FAIL INTO broker_messages
+    (queue, priority, state, not_before, published_at, payload) VALUES ";
+/// One published row (`?1` now, then [`insert_values`]).
+const INSERT_ONE: &str = "INSERT INTO broker_messages
+    (queue, priority, state, not_before, published_at, payload)
+    VALUES (?2, ?3, CASE WHEN ?4 > ?1 THEN 'scheduled' ELSE 'ready' END, ?4, ?1, ?5)";
+
+/// [`INSERT_CHUNK`] published rows in one statement.
+fn insert_many_sql() -> &'static str {
+    static SQL: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    SQL.get_or_init(|| {
+        let values: Vec<String> = (0..INSERT_CHUNK)
+            .map(|i| insert_values(2 + i * INSERT_PARAMS))
+            .collect();
+        format!("{INSERT_INTO}{}", values.join(", "))
+    })
+}
+
 /// Due ETA messages of one queue become ready, keeping their id (their place).
 const PROMOTE_DUE: &str = "UPDATE broker_messages SET state = 'ready'
     WHERE state = 'scheduled' AND queue = ?1 AND not_before <= ?2";
 
-/// The fetch path; served by the partial index `broker_messages_ready` without a sort.
-pub(super) const SELECT_READY: &str = "SELECT id, payload, delivery_count, lease_token
-    FROM broker_messages
-    WHERE state = 'ready' AND queue = ?1 AND not_before <= ?2
-    ORDER BY priority DESC, id
-    LIMIT ?3";
-
-const CLAIM: &str = "UPDATE broker_messages
-    SET state = 'held', lease_until = ?2, consumer = ?3,
+/// The fetch path: claims the first `?2` ready rows of queue `?1` in one statement
+/// (`?3` lease end, `?4` consumer). The rows are picked from the partial index
+/// `broker_messages_ready` alone (it holds every column the subquery reads), without
+/// a sort. Ready rows are due by construction (a message is stored `ready` only when
+/// its ETA has passed, and a `scheduled` one becomes `ready` only once due), so
+/// `not_before` is not read. `RETURNING` gives rows in no particular order; the
+/// caller sorts them.
+///
+/// `OR FAIL` (here and in the other statements that write many rows): no constraint
+/// can fail on these rows, and without `ABORT`'s statement rollback SQLite keeps no
+/// statement journal (it copied every page the statement touched, and spilled to a
+/// temporary file past 64 KiB).
+pub(super) const CLAIM_READY: &str = "UPDATE OR FAIL broker_messages
+    SET state = 'held', lease_until = ?3, consumer = ?4,
         delivery_count = delivery_count + 1, lease_token = lease_token + 1
-    WHERE id = ?1";
+    WHERE id IN (SELECT id FROM broker_messages
+                 WHERE state = 'ready' AND queue = ?1
+                 ORDER BY priority DESC, id
+                 LIMIT ?2)
+    RETURNING id, priority, lease_token, delivery_count, payload";
 
 const NEXT_DUE: &str = "SELECT MIN(not_before) FROM broker_messages
     WHERE state = 'scheduled' AND queue = ?1";
 
-/// Copies a message (any state) to the dead letters; `?1` id, `?2` reason, `?3` now.
-const COPY_TO_DEAD_LETTERS: &str = "INSERT INTO broker_dead_letters
+/// Copies a claimed delivery whose payload does not decode to the dead letters, not
+/// counting that claim as a delivery; `?1` id, `?2` token, `?3` reason, `?4` now.
+const UNDECODABLE_TO_DEAD_LETTERS: &str = "INSERT INTO broker_dead_letters
     (queue, reason, dead_at, message_id, delivery_count, published_at, payload)
-    SELECT queue, ?2, ?3, id, delivery_count, published_at, payload
-    FROM broker_messages WHERE id = ?1";
+    SELECT queue, ?3, ?4, id, MAX(delivery_count - 1, 0), published_at, payload
+    FROM broker_messages WHERE id = ?1 AND lease_token = ?2 AND state = 'held'";
 
 /// Copies a held delivery to the dead letters; `?1` id, `?2` token, `?3` reason, `?4` now.
 const HELD_TO_DEAD_LETTERS: &str = "INSERT INTO broker_dead_letters
@@ -116,8 +172,17 @@ const RELEASE_HELD: &str = "UPDATE broker_messages
         delivery_count = MAX(delivery_count - 1, 0)
     WHERE id = ?1 AND lease_token = ?2 AND state = 'held'";
 
-const RENEW_HELD: &str = "UPDATE broker_messages SET lease_until = ?3
-    WHERE id = ?1 AND lease_token = ?2 AND state = 'held'";
+/// Ack: deletes the held deliveries named by `?1`, a JSON array of `[id, token]`
+/// pairs ([`tags_json`]); one statement for a batch, each row found by its id.
+pub(super) const ACK_HELD: &str = "DELETE FROM broker_messages
+    WHERE state = 'held'
+      AND (id, lease_token) IN (SELECT value ->> 0, value ->> 1 FROM json_each(?1))";
+
+/// Renew: `?2` is the new lease end of the held deliveries named by `?1` (as in
+/// [`ACK_HELD`]).
+pub(super) const RENEW_HELD: &str = "UPDATE OR FAIL broker_messages SET lease_until = ?2
+    WHERE state = 'held'
+      AND (id, lease_token) IN (SELECT value ->> 0, value ->> 1 FROM json_each(?1))";
 
 /// Lapsed leases: back to ready in place; the next fetch counts a new delivery.
 const RESTORE_EXPIRED: &str = "UPDATE broker_messages
@@ -206,22 +271,39 @@ fn insert_messages(
     messages: &[NewMessage],
     now: i64,
 ) -> rusqlite::Result<()> {
-    let mut insert = tx.prepare_cached(INSERT_MESSAGE)?;
-    for message in messages {
-        let state = if message.not_before > now {
-            "scheduled"
-        } else {
-            "ready"
-        };
-        insert.execute(params![
-            message.queue,
-            message.priority,
-            state,
-            message.not_before,
-            now,
-            message.payload,
-        ])?;
+    let mut chunks = messages.chunks_exact(INSERT_CHUNK);
+    if chunks.len() > 0 {
+        let mut insert = tx.prepare_cached(insert_many_sql())?;
+        for chunk in &mut chunks {
+            insert.raw_bind_parameter(1, now)?;
+            for (i, message) in chunk.iter().enumerate() {
+                bind_message(&mut insert, 2 + i * INSERT_PARAMS, message)?;
+            }
+            insert.raw_execute()?;
+        }
     }
+    let rest = chunks.remainder();
+    if !rest.is_empty() {
+        let mut insert = tx.prepare_cached(INSERT_ONE)?;
+        for message in rest {
+            insert.raw_bind_parameter(1, now)?;
+            bind_message(&mut insert, 2, message)?;
+            insert.raw_execute()?;
+        }
+    }
+    Ok(())
+}
+
+/// Binds one message's parameters, the first at index `first`.
+fn bind_message(
+    insert: &mut rusqlite::CachedStatement<'_>,
+    first: usize,
+    message: &NewMessage,
+) -> rusqlite::Result<()> {
+    insert.raw_bind_parameter(first, message.queue.as_str())?;
+    insert.raw_bind_parameter(first + 1, message.priority)?;
+    insert.raw_bind_parameter(first + 2, message.not_before)?;
+    insert.raw_bind_parameter(first + 3, message.payload.as_slice())?;
     Ok(())
 }
 
@@ -238,72 +320,48 @@ pub(super) fn insert_raw(
     tx.commit()
 }
 
-/// Claims up to `max` due messages from the queues in the given order. A payload that
-/// does not decode is moved to the dead letters (with the decode error as reason) in
-/// the same transaction and not returned.
+/// Claims up to `max` due messages from the queues in the given order, one
+/// `UPDATE … RETURNING` per queue. The payloads are returned undecoded: the caller
+/// decodes them after the transaction and hands the ones that do not decode to
+/// [`dead_letter_undecodable`].
 pub(super) fn claim(conn: &mut Connection, p: &ClaimParams<'_>) -> rusqlite::Result<Claimed> {
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-    let mut deliveries = Vec::new();
+    let mut rows: Vec<ClaimedRow> = Vec::with_capacity(p.max.min(1024));
+    // (priority, row) of one queue, sorted before they join `rows`.
+    let mut of_queue: Vec<(i64, ClaimedRow)> = Vec::new();
     {
         let mut promote = tx.prepare_cached(PROMOTE_DUE)?;
-        let mut select = tx.prepare_cached(SELECT_READY)?;
-        let mut claim = tx.prepare_cached(CLAIM)?;
-        let mut to_dead = tx.prepare_cached(COPY_TO_DEAD_LETTERS)?;
-        let mut delete = tx.prepare_cached(DELETE_BY_ID)?;
-        for queue in p.queues {
-            if deliveries.len() >= p.max {
+        let mut claim = tx.prepare_cached(CLAIM_READY)?;
+        for (index, queue) in p.queues.iter().enumerate() {
+            if rows.len() >= p.max {
                 break;
             }
             promote.execute(params![queue, p.now])?;
-            // Loop because dead-lettered rows leave holes in a batch; each pass claims
-            // or removes every row it read, so the next pass reads new rows.
-            loop {
-                let wanted = p.max - deliveries.len();
-                let rows: Vec<(i64, Vec<u8>, i64, i64)> = select
-                    .query_map(
-                        params![queue, p.now, i64::try_from(wanted).unwrap_or(i64::MAX)],
-                        |row| {
-                            Ok((
-                                row.get(0)?,
-                                payload_bytes(row.get_ref(1)?),
-                                row.get(2)?,
-                                row.get(3)?,
-                            ))
+            let wanted = i64::try_from(p.max - rows.len()).unwrap_or(i64::MAX);
+            let mut returned = claim.query(params![queue, wanted, p.lease_until, p.consumer])?;
+            while let Some(row) = returned.next()? {
+                let id: i64 = row.get(0)?;
+                let priority: i64 = row.get(1)?;
+                of_queue.push((
+                    priority,
+                    ClaimedRow {
+                        queue: index,
+                        tag: Tag {
+                            id,
+                            token: row.get(2)?,
                         },
-                    )?
-                    .collect::<Result<_, _>>()?;
-                let read = rows.len();
-                for (id, payload, delivery_count, token) in rows {
-                    match Envelope::from_kombu_json(&payload) {
-                        Ok(envelope) => {
-                            claim.execute(params![id, p.lease_until, p.consumer])?;
-                            let tag = Tag {
-                                id,
-                                token: token + 1,
-                            };
-                            deliveries.push(Delivery {
-                                tag: tag.to_delivery_tag(),
-                                queue: queue.clone(),
-                                envelope,
-                                delivery_count: u32::try_from(delivery_count + 1)
-                                    .unwrap_or(u32::MAX),
-                            });
-                        }
-                        Err(error) => {
-                            let reason = format!("payload cannot be decoded: {error}");
-                            tracing::warn!(queue = %queue, message_id = id, %reason, "dead-lettering message");
-                            to_dead.execute(params![id, reason, p.now])?;
-                            delete.execute(params![id])?;
-                        }
-                    }
-                }
-                if read < wanted || deliveries.len() >= p.max {
-                    break;
-                }
+                        delivery_count: row.get(3)?,
+                        payload: payload_bytes(row.get_ref(4)?),
+                    },
+                ));
             }
+            drop(returned);
+            // RETURNING has no order: restore the queue's (priority DESC, id).
+            of_queue.sort_unstable_by(|(pa, a), (pb, b)| pb.cmp(pa).then(a.tag.id.cmp(&b.tag.id)));
+            rows.extend(of_queue.drain(..).map(|(_, row)| row));
         }
     }
-    let next_due = if deliveries.is_empty() {
+    let next_due = if rows.is_empty() {
         let mut next = tx.prepare_cached(NEXT_DUE)?;
         let mut earliest: Option<i64> = None;
         for queue in p.queues {
@@ -318,22 +376,54 @@ pub(super) fn claim(conn: &mut Connection, p: &ClaimParams<'_>) -> rusqlite::Res
         None
     };
     tx.commit()?;
-    Ok(Claimed {
-        deliveries,
-        next_due,
-    })
+    Ok(Claimed { rows, next_due })
 }
 
-/// Deletes held deliveries named by current tags; returns how many.
-pub(super) fn ack(conn: &mut Connection, tags: &[Tag]) -> rusqlite::Result<u64> {
+/// Moves claimed deliveries whose payload does not decode to the dead letters, each
+/// with its reason; the claim is not counted as a delivery. A tag that is no longer
+/// current (the lease lapsed meanwhile) is skipped. Returns how many were moved.
+pub(super) fn dead_letter_undecodable(
+    conn: &mut Connection,
+    undecodable: &[(Tag, String)],
+    now: i64,
+) -> rusqlite::Result<u64> {
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-    let mut removed = 0;
+    let mut moved = 0;
     {
+        let mut copy = tx.prepare_cached(UNDECODABLE_TO_DEAD_LETTERS)?;
         let mut delete = tx.prepare_cached(DELETE_HELD)?;
-        for tag in tags {
-            removed += delete.execute(params![tag.id, tag.token])? as u64;
+        for (tag, reason) in undecodable {
+            if copy.execute(params![tag.id, tag.token, reason, now])? == 1 {
+                delete.execute(params![tag.id, tag.token])?;
+                moved += 1;
+            }
         }
     }
+    tx.commit()?;
+    Ok(moved)
+}
+
+/// Tags as the JSON array [`ACK_HELD`] and [`RENEW_HELD`] read: `[[id,token],…]`.
+fn tags_json(tags: &[Tag]) -> String {
+    use std::fmt::Write;
+    let mut json = String::with_capacity(2 + tags.len() * 24);
+    json.push('[');
+    for (i, tag) in tags.iter().enumerate() {
+        if i > 0 {
+            json.push(',');
+        }
+        // Writing to a String cannot fail.
+        let _ = write!(json, "[{},{}]", tag.id, tag.token);
+    }
+    json.push(']');
+    json
+}
+
+/// Deletes held deliveries named by current tags, in one statement; returns how many.
+pub(super) fn ack(conn: &mut Connection, tags: &[Tag]) -> rusqlite::Result<u64> {
+    let json = tags_json(tags);
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    let removed = tx.prepare_cached(ACK_HELD)?.execute([json])? as u64;
     tx.commit()?;
     Ok(removed)
 }
@@ -382,20 +472,18 @@ pub(super) fn reject(
     Ok(done)
 }
 
-/// Sets the lease end of held deliveries named by current tags; returns how many.
+/// Sets the lease end of held deliveries named by current tags, in one statement;
+/// returns how many.
 pub(super) fn renew(
     conn: &mut Connection,
     tags: &[Tag],
     lease_until: i64,
 ) -> rusqlite::Result<u64> {
+    let json = tags_json(tags);
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-    let mut renewed = 0;
-    {
-        let mut renew = tx.prepare_cached(RENEW_HELD)?;
-        for tag in tags {
-            renewed += renew.execute(params![tag.id, tag.token, lease_until])? as u64;
-        }
-    }
+    let renewed = tx
+        .prepare_cached(RENEW_HELD)?
+        .execute(params![json, lease_until])? as u64;
     tx.commit()?;
     Ok(renewed)
 }

@@ -344,6 +344,136 @@ async fn release_does_not_count_as_a_delivery_but_requeue_does() {
 }
 
 #[tokio::test]
+async fn a_large_publish_keeps_order_priorities_and_etas_across_insert_chunks() {
+    let harness = SqliteHarness::new();
+    let broker = harness.sqlite_broker().await;
+    // 150 rows: two full multi-row INSERTs and 22 single ones. Every 7th is due in an
+    // hour, every 10th has priority 5.
+    let mut batch = Vec::new();
+    for i in 0..150 {
+        let mut m = message("q", &format!("m{i}"));
+        if i % 7 == 3 {
+            m.not_before = Some(Utc::now() + chrono::Duration::hours(1));
+        }
+        if i % 10 == 9 {
+            m.envelope.properties.priority = Some(5);
+        }
+        batch.push(m);
+    }
+    broker.publish(batch).await.expect("publish");
+    let stats = broker.queue_stats(&["q".into()]).await.expect("stats");
+    let scheduled = (0..150).filter(|i| i % 7 == 3).count() as u64;
+    assert_eq!(
+        (stats[0].ready, stats[0].scheduled),
+        (150 - scheduled, scheduled)
+    );
+    let mut got = Vec::new();
+    loop {
+        let batch = broker.fetch(&params("q", 32)).await.expect("fetch");
+        if batch.is_empty() {
+            break;
+        }
+        got.extend(batch.iter().map(id_of));
+    }
+    let ready: Vec<usize> = (0..150).filter(|i| i % 7 != 3).collect();
+    let expected: Vec<String> = ready
+        .iter()
+        .filter(|i| *i % 10 == 9)
+        .chain(ready.iter().filter(|i| *i % 10 != 9))
+        .map(|i| format!("m{i}"))
+        .collect();
+    assert_eq!(got, expected, "priority 5 first, then publish order");
+}
+
+#[tokio::test]
+async fn batched_acks_and_renewals_touch_only_current_tags() {
+    let harness = SqliteHarness::new();
+    let broker = harness.sqlite_broker().await;
+    broker
+        .publish((0..5).map(|i| message("q", &format!("m{i}"))).collect())
+        .await
+        .expect("publish");
+    let held = broker.fetch(&params("q", 5)).await.expect("fetch");
+    let tags: Vec<DeliveryTag> = held.iter().map(|d| d.tag.clone()).collect();
+    // A stale tag of the first message (an earlier lease token) and garbage.
+    let first = Tag::parse(&tags[0]).expect("tag");
+    let stale = Tag {
+        id: first.id,
+        token: first.token - 1,
+    }
+    .to_delivery_tag();
+    let lease_of = |id: i64| -> i64 {
+        raw(&harness)
+            .query_row(
+                "SELECT lease_until FROM broker_messages WHERE id = ?1",
+                [id],
+                |r| r.get(0),
+            )
+            .expect("lease")
+    };
+    let before = lease_of(first.id);
+    broker
+        .renew_leases(std::slice::from_ref(&stale), Duration::from_secs(3600))
+        .await
+        .expect("renew stale");
+    assert_eq!(lease_of(first.id), before, "a stale tag renews nothing");
+    broker
+        .renew_leases(&tags, Duration::from_secs(3600))
+        .await
+        .expect("renew");
+    assert!(lease_of(first.id) > before + 3_000_000);
+    broker
+        .ack(&[
+            stale,
+            DeliveryTag("x".into()),
+            tags[1].clone(),
+            tags[3].clone(),
+        ])
+        .await
+        .expect("ack");
+    let left: Vec<i64> = raw(&harness)
+        .prepare("SELECT id FROM broker_messages ORDER BY id")
+        .and_then(|mut s| s.query_map([], |r| r.get(0))?.collect())
+        .expect("ids");
+    let id = |i: usize| Tag::parse(&tags[i]).expect("tag").id;
+    assert_eq!(left, [id(0), id(2), id(4)]);
+    broker.ack(&tags).await.expect("ack all");
+    let stats = broker.queue_stats(&["q".into()]).await.expect("stats");
+    assert_eq!((stats[0].ready, stats[0].held), (0, 0));
+}
+
+#[tokio::test]
+async fn a_full_fetch_refills_the_places_of_undecodable_payloads() {
+    let harness = SqliteHarness::new();
+    let broker = harness.sqlite_broker().await;
+    broker.insert_raw("q", b"not json").await.expect("raw");
+    broker
+        .publish(vec![message("q", "a")])
+        .await
+        .expect("publish");
+    broker.insert_raw("q", b"{}").await.expect("raw");
+    broker
+        .publish(vec![message("q", "b"), message("q", "c")])
+        .await
+        .expect("publish");
+    let got = broker.fetch(&params("q", 2)).await.expect("fetch");
+    assert_eq!(got.iter().map(id_of).collect::<Vec<_>>(), ["a", "b"]);
+    assert!(got.iter().all(|d| d.delivery_count == 1));
+    let dead = broker
+        .dead_letters(&DeadLetterQuery::default())
+        .await
+        .expect("dead letters");
+    assert_eq!(dead.len(), 2, "{dead:?}");
+    let counts: Vec<i64> = raw(&harness)
+        .prepare("SELECT delivery_count FROM broker_dead_letters")
+        .and_then(|mut s| s.query_map([], |r| r.get(0))?.collect())
+        .expect("counts");
+    assert_eq!(counts, [0, 0], "a failed decode is not a delivery");
+    let stats = broker.queue_stats(&["q".into()]).await.expect("stats");
+    assert_eq!((stats[0].ready, stats[0].held), (1, 2));
+}
+
+#[tokio::test]
 async fn unknown_tags_are_ignored() {
     let harness = SqliteHarness::new();
     let broker = harness.sqlite_broker().await;
@@ -522,21 +652,42 @@ async fn several_queues_are_served_in_turn() {
     assert_eq!(from_b, 4, "half of the fetches start at the second queue");
 }
 
+/// The query plan of `sql` run with `params`, one line per step.
+fn query_plan(conn: &Connection, sql: &str, params: impl rusqlite::Params) -> String {
+    let plan: Vec<String> = conn
+        .prepare(&format!("EXPLAIN QUERY PLAN {sql}"))
+        .and_then(|mut s| s.query_map(params, |r| r.get::<_, String>(3))?.collect())
+        .expect("plan");
+    plan.join("\n")
+}
+
 #[tokio::test]
 async fn the_fetch_query_uses_the_ready_index_without_sorting() {
     let harness = SqliteHarness::new();
     drop(harness.sqlite_broker().await);
     let conn = raw(&harness);
-    let plan: Vec<String> = conn
-        .prepare(&format!("EXPLAIN QUERY PLAN {}", store::SELECT_READY))
-        .and_then(|mut s| {
-            s.query_map(rusqlite::params!["q", 0, 1], |r| r.get::<_, String>(3))?
-                .collect()
-        })
-        .expect("plan");
-    let plan = plan.join("\n");
-    assert!(plan.contains("broker_messages_ready"), "{plan}");
+    let plan = query_plan(&conn, store::CLAIM_READY, rusqlite::params!["q", 1, 0, "c"]);
+    assert!(
+        plan.contains("USING COVERING INDEX broker_messages_ready"),
+        "{plan}"
+    );
+    assert!(plan.contains("INTEGER PRIMARY KEY"), "{plan}");
     assert!(!plan.contains("TEMP B-TREE"), "{plan}");
+}
+
+#[tokio::test]
+async fn batched_acks_and_renewals_find_each_row_by_its_id() {
+    let harness = SqliteHarness::new();
+    drop(harness.sqlite_broker().await);
+    let conn = raw(&harness);
+    for (sql, params) in [
+        (store::ACK_HELD, vec!["[[1,1]]"]),
+        (store::RENEW_HELD, vec!["[[1,1]]", "0"]),
+    ] {
+        let plan = query_plan(&conn, sql, rusqlite::params_from_iter(params));
+        assert!(plan.contains("INTEGER PRIMARY KEY"), "{sql}: {plan}");
+        assert!(!plan.contains("SCAN broker_messages"), "{sql}: {plan}");
+    }
 }
 
 #[tokio::test]
