@@ -94,7 +94,7 @@ async fn send(args: &[String]) -> Result<(), String> {
         None => serde_json::Map::new(),
     };
     let mut envelope = Envelope {
-        headers,
+        headers: headers.into(),
         properties: Default::default(),
         content_type: "application/json".into(),
         content_encoding: "utf-8".into(),

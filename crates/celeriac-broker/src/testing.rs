@@ -388,7 +388,7 @@ fn broadcast_message(exchange: &str, routing_key: &str, id: &str) -> crate::Broa
     headers.insert("clock".into(), serde_json::Value::from(7));
     headers.insert("conformance_id".into(), serde_json::Value::from(id));
     let mut envelope = Envelope {
-        headers,
+        headers: headers.into(),
         properties: Default::default(),
         content_type: "application/json".into(),
         content_encoding: "utf-8".into(),

@@ -25,7 +25,7 @@ fn event(routing_key: &str, id: &str) -> Broadcast {
         exchange: "celeryev".into(),
         routing_key: routing_key.into(),
         envelope: Envelope {
-            headers: serde_json::Map::new(),
+            headers: Default::default(),
             properties: Default::default(),
             content_type: "application/json".into(),
             content_encoding: "utf-8".into(),

@@ -328,7 +328,7 @@ pub fn event_envelope(hostname: &str, body: &Value) -> Envelope {
     let mut headers = Map::new();
     headers.insert("hostname".into(), json!(hostname));
     Envelope {
-        headers,
+        headers: headers.into(),
         properties: Properties {
             delivery_mode: Some(1),
             ..Properties::default()

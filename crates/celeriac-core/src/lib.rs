@@ -10,6 +10,8 @@
 //!   decoded task message of protocol v2 (`[args, kwargs, embed]`), with the kombu
 //!   Redis JSON envelope codec. Protocol v1, pickle and YAML are refused with a clear
 //!   [`DecodeError`].
+//! - [`headers`]: an envelope's headers, kept as the JSON text they arrived in
+//!   until read as a map (the task decoder reads the text directly).
 //! - [`time`]: Celery's ISO-8601 date-time dialect (naive means UTC).
 //! - [`state`] and [`result`]: task states and the result meta Celery stores.
 //! - [`task`]: the [`Task`] trait implemented by `#[task]`, [`TaskOptions`],
@@ -27,6 +29,7 @@
 pub mod canvas;
 pub mod config;
 pub mod event;
+pub mod headers;
 pub mod limits;
 pub mod message;
 pub mod options;
@@ -39,6 +42,7 @@ pub mod task;
 pub mod time;
 
 pub use config::{ConfigError, Settings};
+pub use headers::Headers;
 pub use limits::{Backoff, RateLimit};
 pub use message::{DecodeError, Embed, Envelope, Properties, Signature, TaskHeaders, TaskMessage};
 pub use options::SendOptions;

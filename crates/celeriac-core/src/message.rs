@@ -8,11 +8,14 @@
 //! [`DecodeError`]: pickle and YAML bodies, protocol v1 messages, and bodies that are not
 //! a three-element `[args, kwargs, embed]` array.
 
+use std::borrow::Cow;
+
 use base64::Engine;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::{Map, Number, Value};
 
+use crate::headers::Headers;
 use crate::time::{format_iso, parse_iso};
 
 /// Content type of JSON bodies, the only serializer celeriac runs.
@@ -173,8 +176,9 @@ impl<'de> serde::de::Visitor<'de> for PropertiesVisitor {
 /// A transport message: what brokers store and move.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Envelope {
-    /// Application headers (for tasks: the protocol v2 headers).
-    pub headers: Map<String, Value>,
+    /// Application headers (for tasks: the protocol v2 headers); a received
+    /// envelope keeps them as JSON text until they are read as a map.
+    pub headers: Headers,
     /// Message properties.
     pub properties: Properties,
     /// MIME type of the body.
@@ -193,7 +197,7 @@ struct KombuEnvelopeOut<'a> {
     content_encoding: &'a str,
     #[serde(rename = "content-type")]
     content_type: &'a str,
-    headers: &'a Map<String, Value>,
+    headers: &'a Headers,
     properties: PropertiesOut<'a>,
 }
 
@@ -260,7 +264,7 @@ struct KombuEnvelopeIn<'a> {
     #[serde(rename = "content-type", default)]
     content_type: Option<String>,
     #[serde(default)]
-    headers: Map<String, Value>,
+    headers: Option<Box<serde_json::value::RawValue>>,
     #[serde(default)]
     properties: Properties,
 }
@@ -285,7 +289,11 @@ impl Envelope {
                 overrides,
             },
         };
-        let mut out = Vec::with_capacity(body.len() + 512 + 64 * self.headers.len());
+        let headers_len = match self.headers.approximate_len() {
+            Some(len) => len,
+            None => 64 * self.headers.len(),
+        };
+        let mut out = Vec::with_capacity(body.len() + 512 + headers_len);
         // Writing to a Vec fails only for a non-string map key, which a
         // `Map<String, Value>` cannot hold.
         let _ = serde_json::to_writer(&mut out, &envelope);
@@ -318,8 +326,12 @@ impl Envelope {
             let value: Value = serde_json::from_str(body_json).map_err(invalid)?;
             serde_json::to_vec(&value).unwrap_or_default()
         };
+        let headers = match envelope.headers {
+            Some(text) => Headers::from_json(text)?,
+            None => Headers::default(),
+        };
         Ok(Envelope {
-            headers: envelope.headers,
+            headers,
             properties: envelope.properties,
             content_type: envelope
                 .content_type
@@ -347,10 +359,13 @@ impl Envelope {
     /// huge header counts as much as a huge body.
     pub fn approximate_size(&self) -> usize {
         let mut size = self.body.len();
+        if let Some(text) = self.headers.json_text() {
+            return size + text.get().len();
+        }
         // An explicit stack: header values may be nested (as deep as the JSON
         // parser allowed), and counting must not recurse.
         let mut pending: Vec<&Value> = Vec::new();
-        for (name, value) in &self.headers {
+        for (name, value) in self.headers.iter() {
             size += name.len() + 8;
             pending.push(value);
         }
@@ -519,15 +534,16 @@ impl TaskHeaders {
         seconds_to_duration(self.timelimit[1].as_ref())
     }
 
-    /// Reads the headers of a received message. One pass sorts the entries into the
-    /// known headers (by reference, no hashing) and the rest, kept in their order;
-    /// then the known ones are checked in Celery's order, so the first invalid one
-    /// is the error whatever the order on the wire.
-    fn from_map(map: &Map<String, Value>) -> Result<TaskHeaders, DecodeError> {
+    /// Sorts the entries of a received message's headers into the known headers
+    /// (no hashing) and the rest (`extra`, kept in their order; a repeated name keeps
+    /// its last value, as a JSON map does).
+    fn sort_entries<'a>(
+        entries: impl IntoIterator<Item = (Cow<'a, str>, Value)>,
+    ) -> (KnownHeaders, Map<String, Value>) {
         let mut known = KnownHeaders::default();
         let mut extra = Map::new();
-        for (name, value) in map {
-            let slot = match name.as_str() {
+        for (name, value) in entries {
+            let slot = match name.as_ref() {
                 "task" => &mut known.task,
                 "id" => &mut known.id,
                 "lang" => &mut known.lang,
@@ -548,12 +564,21 @@ impl TaskHeaders {
                 "stamped_headers" => &mut known.stamped_headers,
                 "stamps" => &mut known.stamps,
                 _ => {
-                    extra.insert(name.clone(), value.clone());
+                    extra.insert(name.into_owned(), value);
                     continue;
                 }
             };
             *slot = Some(value);
         }
+        (known, extra)
+    }
+
+    /// Checks the known headers in Celery's order, so the first invalid one is the
+    /// error whatever the order on the wire.
+    fn from_known(
+        known: KnownHeaders,
+        extra: Map<String, Value>,
+    ) -> Result<TaskHeaders, DecodeError> {
         let task = required_string(known.task, "task")?;
         let id = required_string(known.id, "id")?;
         let lang = opt_string(known.lang, "lang")?;
@@ -575,7 +600,7 @@ impl TaskHeaders {
         let origin = opt_string(known.origin, "origin")?;
         let ignore_result = match known.ignore_result {
             None | Some(Value::Null) => None,
-            Some(Value::Bool(b)) => Some(*b),
+            Some(Value::Bool(b)) => Some(b),
             Some(other) => {
                 return Err(DecodeError::InvalidHeader {
                     name: "ignore_result",
@@ -596,7 +621,7 @@ impl TaskHeaders {
             };
         let stamps = match known.stamps {
             None | Some(Value::Null) => None,
-            Some(Value::Object(stamps)) => Some(stamps.clone()),
+            Some(Value::Object(stamps)) => Some(stamps),
             Some(other) => {
                 return Err(DecodeError::InvalidHeader {
                     name: "stamps",
@@ -691,34 +716,33 @@ fn seconds_to_duration(n: Option<&Number>) -> Option<std::time::Duration> {
     (secs.is_finite() && secs > 0.0).then(|| std::time::Duration::from_secs_f64(secs))
 }
 
-/// The protocol v2 headers [`TaskHeaders`] names, found by reference in a
-/// received header map.
+/// The protocol v2 headers [`TaskHeaders`] names, as received.
 #[derive(Default)]
-struct KnownHeaders<'a> {
-    task: Option<&'a Value>,
-    id: Option<&'a Value>,
-    lang: Option<&'a Value>,
-    shadow: Option<&'a Value>,
-    eta: Option<&'a Value>,
-    expires: Option<&'a Value>,
-    group: Option<&'a Value>,
-    group_index: Option<&'a Value>,
-    retries: Option<&'a Value>,
-    timelimit: Option<&'a Value>,
-    root_id: Option<&'a Value>,
-    parent_id: Option<&'a Value>,
-    argsrepr: Option<&'a Value>,
-    kwargsrepr: Option<&'a Value>,
-    origin: Option<&'a Value>,
-    ignore_result: Option<&'a Value>,
-    replaced_task_nesting: Option<&'a Value>,
-    stamped_headers: Option<&'a Value>,
-    stamps: Option<&'a Value>,
+struct KnownHeaders {
+    task: Option<Value>,
+    id: Option<Value>,
+    lang: Option<Value>,
+    shadow: Option<Value>,
+    eta: Option<Value>,
+    expires: Option<Value>,
+    group: Option<Value>,
+    group_index: Option<Value>,
+    retries: Option<Value>,
+    timelimit: Option<Value>,
+    root_id: Option<Value>,
+    parent_id: Option<Value>,
+    argsrepr: Option<Value>,
+    kwargsrepr: Option<Value>,
+    origin: Option<Value>,
+    ignore_result: Option<Value>,
+    replaced_task_nesting: Option<Value>,
+    stamped_headers: Option<Value>,
+    stamps: Option<Value>,
 }
 
-fn required_string(value: Option<&Value>, name: &'static str) -> Result<String, DecodeError> {
+fn required_string(value: Option<Value>, name: &'static str) -> Result<String, DecodeError> {
     match value {
-        Some(Value::String(s)) if !s.is_empty() => Ok(s.clone()),
+        Some(Value::String(s)) if !s.is_empty() => Ok(s),
         Some(Value::String(_)) => Err(DecodeError::InvalidHeader {
             name,
             reason: "empty".into(),
@@ -731,10 +755,10 @@ fn required_string(value: Option<&Value>, name: &'static str) -> Result<String, 
     }
 }
 
-fn opt_string(value: Option<&Value>, name: &'static str) -> Result<Option<String>, DecodeError> {
+fn opt_string(value: Option<Value>, name: &'static str) -> Result<Option<String>, DecodeError> {
     match value {
         None | Some(Value::Null) => Ok(None),
-        Some(Value::String(s)) => Ok(Some(s.clone())),
+        Some(Value::String(s)) => Ok(Some(s)),
         Some(other) => Err(DecodeError::InvalidHeader {
             name,
             reason: format!("expected a string, found {other}"),
@@ -742,7 +766,7 @@ fn opt_string(value: Option<&Value>, name: &'static str) -> Result<Option<String
     }
 }
 
-fn opt_int(value: Option<&Value>, name: &'static str) -> Result<Option<i64>, DecodeError> {
+fn opt_int(value: Option<Value>, name: &'static str) -> Result<Option<i64>, DecodeError> {
     match value {
         None | Some(Value::Null) => Ok(None),
         Some(Value::Number(n)) => n.as_i64().map(Some).ok_or(DecodeError::InvalidHeader {
@@ -757,12 +781,12 @@ fn opt_int(value: Option<&Value>, name: &'static str) -> Result<Option<i64>, Dec
 }
 
 fn opt_time(
-    value: Option<&Value>,
+    value: Option<Value>,
     name: &'static str,
 ) -> Result<Option<DateTime<Utc>>, DecodeError> {
     match value {
         None | Some(Value::Null) => Ok(None),
-        Some(Value::String(s)) => parse_iso(s).map(Some).ok_or(DecodeError::InvalidHeader {
+        Some(Value::String(s)) => parse_iso(&s).map(Some).ok_or(DecodeError::InvalidHeader {
             name,
             reason: format!("{s:?} is not an ISO-8601 date-time"),
         }),
@@ -773,7 +797,7 @@ fn opt_time(
     }
 }
 
-fn timelimit(value: Option<&Value>) -> Result<[Option<Number>; 2], DecodeError> {
+fn timelimit(value: Option<Value>) -> Result<[Option<Number>; 2], DecodeError> {
     let invalid = |reason: String| DecodeError::InvalidHeader {
         name: "timelimit",
         reason,
@@ -785,7 +809,7 @@ fn timelimit(value: Option<&Value>) -> Result<[Option<Number>; 2], DecodeError> 
             for (slot, item) in out.iter_mut().zip(items) {
                 *slot = match item {
                     Value::Null => None,
-                    Value::Number(n) => Some(n.clone()),
+                    Value::Number(n) => Some(n),
                     other => {
                         return Err(invalid(format!("expected a number or null, found {other}")))
                     }
@@ -840,7 +864,22 @@ impl TaskMessage {
     /// Decodes an envelope, refusing pickle/YAML, protocol v1 and malformed bodies.
     pub fn decode(envelope: &Envelope) -> Result<TaskMessage, DecodeError> {
         check_content_type(envelope)?;
-        if let Some(compression) = envelope.headers.get("compression") {
+        // Received headers are read from their JSON text (no map is built); headers
+        // given as a map are read from it.
+        let (known, extra) = match envelope.headers.json_text() {
+            Some(text) => {
+                let entries = serde_json::from_str::<HeaderEntries<'_>>(text.get())
+                    .map_err(|e| DecodeError::InvalidEnvelope(format!("headers: {e}")))?;
+                TaskHeaders::sort_entries(entries.0)
+            }
+            None => TaskHeaders::sort_entries(
+                envelope
+                    .headers
+                    .iter()
+                    .map(|(name, value)| (Cow::Borrowed(name.as_str()), value.clone())),
+            ),
+        };
+        if let Some(compression) = extra.get("compression") {
             return Err(DecodeError::UnsupportedCompression(
                 compression.as_str().unwrap_or("?").to_string(),
             ));
@@ -852,7 +891,7 @@ impl TaskMessage {
             Err(_) => Err(serde_json::from_slice::<Value>(&envelope.body)
                 .map_err(|e| DecodeError::InvalidJson(e.to_string()))?),
         };
-        if !envelope.headers.contains_key("task") {
+        if known.task.is_none() {
             if let Err(Value::Object(fields)) = &body {
                 if let Some(task) = fields.get("task") {
                     return Err(DecodeError::ProtocolV1 {
@@ -862,7 +901,7 @@ impl TaskMessage {
             }
             return Err(DecodeError::MissingHeader("task"));
         }
-        let headers = TaskHeaders::from_map(&envelope.headers)?;
+        let headers = TaskHeaders::from_known(known, extra)?;
         let (args, kwargs, embed) = match body {
             Ok(BodyFastPath(args, kwargs, embed)) => {
                 (args, kwargs.unwrap_or_default(), embed.unwrap_or_default())
@@ -886,7 +925,7 @@ impl TaskMessage {
             embed_to_value(&self.embed),
         ]);
         Envelope {
-            headers: self.headers.to_map(),
+            headers: self.headers.to_map().into(),
             properties: self.properties.clone(),
             content_type: CONTENT_TYPE_JSON.to_string(),
             content_encoding: "utf-8".to_string(),
@@ -922,6 +961,64 @@ fn check_content_type(envelope: &Envelope) -> Result<(), DecodeError> {
 /// object or null, embed an object or null), read without an intermediate `Value`.
 #[derive(Deserialize)]
 struct BodyFastPath(Vec<Value>, Option<Map<String, Value>>, Option<Embed>);
+
+/// The entries of a header object in their order, names borrowed from the text
+/// when they have no escapes.
+struct HeaderEntries<'a>(Vec<(Cow<'a, str>, Value)>);
+
+impl<'de> Deserialize<'de> for HeaderEntries<'de> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct EntriesVisitor;
+        impl<'de> serde::de::Visitor<'de> for EntriesVisitor {
+            type Value = HeaderEntries<'de>;
+
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a JSON object of headers")
+            }
+
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<HeaderEntries<'de>, A::Error> {
+                let mut entries = Vec::with_capacity(map.size_hint().unwrap_or(24));
+                while let Some(HeaderName(name)) = map.next_key()? {
+                    entries.push((name, map.next_value::<Value>()?));
+                }
+                Ok(HeaderEntries(entries))
+            }
+        }
+        deserializer.deserialize_map(EntriesVisitor)
+    }
+}
+
+/// A header name, borrowed from the text when it has no escapes.
+struct HeaderName<'a>(Cow<'a, str>);
+
+impl<'de> Deserialize<'de> for HeaderName<'de> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct NameVisitor;
+        impl<'de> serde::de::Visitor<'de> for NameVisitor {
+            type Value = HeaderName<'de>;
+
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a header name")
+            }
+
+            fn visit_borrowed_str<E>(self, name: &'de str) -> Result<HeaderName<'de>, E> {
+                Ok(HeaderName(Cow::Borrowed(name)))
+            }
+
+            fn visit_str<E>(self, name: &str) -> Result<HeaderName<'de>, E> {
+                Ok(HeaderName(Cow::Owned(name.to_string())))
+            }
+
+            fn visit_string<E>(self, name: String) -> Result<HeaderName<'de>, E> {
+                Ok(HeaderName(Cow::Owned(name)))
+            }
+        }
+        deserializer.deserialize_str(NameVisitor)
+    }
+}
 
 /// `[args, kwargs, embed]` taken apart.
 type BodyParts = (Vec<Value>, Map<String, Value>, Embed);
@@ -978,7 +1075,7 @@ mod tests {
 
     fn envelope(headers: Value, body: Value, content_type: &str) -> Envelope {
         Envelope {
-            headers: headers.as_object().cloned().unwrap_or_default(),
+            headers: headers.as_object().cloned().unwrap_or_default().into(),
             properties: Properties::default(),
             content_type: content_type.into(),
             content_encoding: "utf-8".into(),
@@ -1107,7 +1204,8 @@ mod tests {
             headers: json!({"task": "t", "id": "x"})
                 .as_object()
                 .cloned()
-                .unwrap_or_default(),
+                .unwrap_or_default()
+                .into(),
             properties: Properties::default(),
             content_type: CONTENT_TYPE_JSON.into(),
             content_encoding: "utf-8".into(),

@@ -128,7 +128,7 @@ impl ControlRequest {
         headers.insert("clock".into(), json!(clock));
         headers.insert("expires".into(), json!(expires));
         Envelope {
-            headers,
+            headers: headers.into(),
             properties: Properties {
                 delivery_mode: Some(2),
                 ..Properties::default()
@@ -167,7 +167,7 @@ pub fn reply_envelope(hostname: &str, reply: Value, ticket: &str, clock: u64) ->
     let mut body = Map::new();
     body.insert(hostname.to_string(), reply);
     Envelope {
-        headers,
+        headers: headers.into(),
         properties: Properties {
             delivery_mode: Some(1),
             ..Properties::default()

@@ -290,7 +290,7 @@ mod tests {
         assert_eq!(key().verify(&back), Ok(()));
         // Reverse the header order (AMQP field tables come back sorted).
         let reversed: Map<String, Value> = back.headers.clone().into_iter().rev().collect();
-        back.headers = reversed;
+        back.headers = reversed.into();
         assert_eq!(key().verify(&back), Ok(()));
         // Broker-added headers do not break it.
         back.headers.insert("redelivered".into(), json!(true));

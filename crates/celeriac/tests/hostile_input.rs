@@ -36,7 +36,7 @@ struct Case {
 /// the delivery tag and delivery info a publisher writes.
 fn envelope(headers: Value, content_type: &str, body: &[u8]) -> Vec<u8> {
     let envelope = Envelope {
-        headers: headers.as_object().cloned().unwrap_or_default(),
+        headers: headers.as_object().cloned().unwrap_or_default().into(),
         properties: Properties {
             delivery_tag: Some(uuid::Uuid::new_v4().to_string()),
             delivery_info: Some(DeliveryInfo {

@@ -189,7 +189,7 @@ pub(crate) fn envelope_of(arrived: &Arrived<'_>) -> Result<Envelope, String> {
             }
         });
     let mut envelope = Envelope {
-        headers,
+        headers: headers.into(),
         properties: Default::default(),
         content_type,
         content_encoding,

@@ -365,7 +365,7 @@ mod tests {
             exchange: "celery.pidbox".into(),
             routing_key: String::new(),
             envelope: Envelope {
-                headers: serde_json::Map::new(),
+                headers: Default::default(),
                 properties: Default::default(),
                 content_type: "application/json".into(),
                 content_encoding: "utf-8".into(),

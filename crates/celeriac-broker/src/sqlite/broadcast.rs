@@ -211,7 +211,7 @@ mod tests {
             exchange: "celeryev".into(),
             routing_key: "worker.heartbeat".into(),
             envelope: Envelope {
-                headers: serde_json::Map::new(),
+                headers: Default::default(),
                 properties: Default::default(),
                 content_type: "application/json".into(),
                 content_encoding: "utf-8".into(),
