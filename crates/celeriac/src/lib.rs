@@ -39,6 +39,15 @@
 //! ([`Error::Duplicate`]). Both use the lock store of [`App::locks`]: the broker's
 //! SQLite file (other brokers have none yet). See [`lock`] for the lease, owner-token
 //! and fencing-number design.
+//!
+//! # Publish confirms
+//!
+//! By default each `delay` / `send_task` returns once the broker stored its message
+//! (one round trip per send). [`PublishConfirms::Deferred`]
+//! ([`AppBuilder::publish_confirms`], `CELERIAC_TASK_PUBLISH_CONFIRMS=deferred`)
+//! returns at once and lets a background publisher store the sends in batches;
+//! [`App::flush`] waits for them and returns a failed publish
+//! ([`Error::PublishFailed`]), as does the next send.
 
 #![doc(html_root_url = "https://docs.rs/celeriac")]
 
