@@ -68,6 +68,14 @@
 //! no `fsync` (a power loss may lose the last commits, never corrupt the file). The
 //! file must be on a local file system: WAL needs shared memory between processes.
 //!
+//! Each broker handle keeps three connections, each on a thread of its own: the
+//! writer, a reader, and a checkpointer that copies the WAL back into the file
+//! (`PRAGMA wal_checkpoint(PASSIVE)`, about once per 50 ms while writes go on), so
+//! the writer's commits no longer do that copying and its `fsync`s. A passive
+//! checkpoint never waits for or blocks readers and writers; the writer's own
+//! automatic checkpoint stays as a backstop at 4,000 WAL pages (16 MiB), which keeps
+//! the WAL bounded when the checkpointer cannot catch up with a busy writer.
+//!
 //! # Waiting
 //!
 //! A fetch that finds nothing waits up to [`FetchParams::wait`]. Publishes (and
@@ -92,7 +100,7 @@ mod thread;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock, Weak};
 use std::time::Duration;
 
@@ -138,6 +146,15 @@ impl From<StoreError> for BrokerError {
 /// The reader connection's page cache, in KiB (as a negative `cache_size`).
 const READER_CACHE_KIB: i64 = -256;
 
+/// How long the checkpointer waits after a write before it checkpoints, so one
+/// checkpoint covers the writes of that time (see [`SqliteBroker::schedule_checkpoint`]).
+const CHECKPOINT_DELAY: Duration = Duration::from_millis(50);
+
+/// The writer's own automatic checkpoint, in WAL pages (SQLite's default is 1,000):
+/// the backstop that keeps the WAL bounded when the checkpointer never catches up
+/// with a busy writer. It then copies only what the checkpointer had not.
+const WRITER_AUTOCHECKPOINT_PAGES: i64 = 4_000;
+
 /// Settings of a [`SqliteBroker`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SqliteBrokerOptions {
@@ -177,6 +194,11 @@ struct Inner {
     /// Stats, dead-letter listings and `data_version` polls, which then never wait
     /// behind a write of this process; a thread of its own too.
     reader: ConnectionThread,
+    /// Copies the WAL back into the database file (`PRAGMA wal_checkpoint(PASSIVE)`)
+    /// shortly after writes, on a third thread, so the writer's commits do not.
+    checkpointer: ConnectionThread,
+    /// A checkpoint is queued on `checkpointer` and has not started yet.
+    checkpoint_queued: Arc<AtomicBool>,
     /// Woken when a message may have become ready; shared by every handle of this
     /// process on the same file.
     ready: Arc<Notify>,
@@ -235,13 +257,22 @@ impl SqliteBroker {
                         if !applied.is_empty() {
                             tracing::info!(path = %path.display(), versions = ?applied, "applied broker migrations");
                         }
+                        writer.pragma_update(
+                            None,
+                            "wal_autocheckpoint",
+                            WRITER_AUTOCHECKPOINT_PAGES,
+                        )?;
                         let reader = open_connection(&path, &options)?;
                         // Every commit of the writer (or of another process) empties
                         // the reader's page cache at its next read, so a large one
                         // only adds heap: a queue_stats count over a deep queue
                         // filled SQLite's default 2 MiB after each write.
                         reader.pragma_update(None, "cache_size", READER_CACHE_KIB)?;
-                        Ok((writer, reader))
+                        // Checkpoints read the WAL and write the file directly; the
+                        // page cache holds little more than the schema.
+                        let checkpointer = open_connection(&path, &options)?;
+                        checkpointer.pragma_update(None, "cache_size", READER_CACHE_KIB)?;
+                        Ok((writer, reader, checkpointer))
                     })();
                     match attempt {
                         Err(error)
@@ -258,11 +289,13 @@ impl SqliteBroker {
             .await
             .map_err(BrokerError::storage)?
         };
-        let (writer, reader) = opened?;
+        let (writer, reader, checkpointer) = opened?;
         let writer =
             ConnectionThread::spawn("celeriac-sqlite-w", writer).map_err(BrokerError::storage)?;
         let reader =
             ConnectionThread::spawn("celeriac-sqlite-r", reader).map_err(BrokerError::storage)?;
+        let checkpointer = ConnectionThread::spawn("celeriac-sqlite-c", checkpointer)
+            .map_err(BrokerError::storage)?;
         let ready = ready_signal(&path);
         Ok(SqliteBroker {
             inner: Arc::new(Inner {
@@ -270,6 +303,8 @@ impl SqliteBroker {
                 options,
                 writer,
                 reader,
+                checkpointer,
+                checkpoint_queued: Arc::new(AtomicBool::new(false)),
                 ready,
                 next_queue: AtomicUsize::new(0),
                 claim_attempts: AtomicU64::new(0),
@@ -293,13 +328,36 @@ impl SqliteBroker {
         Ok(())
     }
 
-    /// Runs `f` on the writer connection, on its thread.
+    /// Runs `f` on the writer connection, on its thread, then schedules a checkpoint.
     async fn write<T, F>(&self, f: F) -> Result<T, BrokerError>
     where
         T: Send + 'static,
         F: FnOnce(&mut Connection) -> rusqlite::Result<T> + Send + 'static,
     {
-        self.inner.writer.call(f).await
+        let result = self.inner.writer.call(f).await;
+        self.schedule_checkpoint();
+        result
+    }
+
+    /// Queues a passive checkpoint on the checkpointer's thread, [`CHECKPOINT_DELAY`]
+    /// from now, unless one is queued already: a busy writer gets about one
+    /// checkpoint per delay, run beside it instead of inside one of its commits. A
+    /// passive checkpoint never waits for (or blocks) readers and writers; what it
+    /// could not copy, the next one or the writer's own backstop
+    /// ([`WRITER_AUTOCHECKPOINT_PAGES`]) does.
+    fn schedule_checkpoint(&self) {
+        if self.inner.checkpoint_queued.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let queued = self.inner.checkpoint_queued.clone();
+        self.inner.checkpointer.submit(move |conn| {
+            std::thread::sleep(CHECKPOINT_DELAY);
+            // Writes from now on queue the next checkpoint.
+            queued.store(false, Ordering::Release);
+            if let Err(error) = store::checkpoint(conn) {
+                tracing::debug!(%error, "background WAL checkpoint failed");
+            }
+        });
     }
 
     /// Runs `f` on the reader connection, on its thread.

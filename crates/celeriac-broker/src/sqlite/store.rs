@@ -591,6 +591,12 @@ pub(super) fn dead_letters(
     }
 }
 
+/// A passive checkpoint: copies what it can of the WAL into the database file
+/// without waiting for readers or writers.
+pub(super) fn checkpoint(conn: &Connection) -> rusqlite::Result<()> {
+    conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()))
+}
+
 /// `PRAGMA data_version`: changes whenever another connection commits to the file.
 pub(super) fn data_version(conn: &Connection) -> rusqlite::Result<i64> {
     conn.query_row("PRAGMA data_version", [], |row| row.get(0))

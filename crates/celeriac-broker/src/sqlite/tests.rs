@@ -126,6 +126,40 @@ async fn each_connection_keeps_one_thread_and_the_reader_a_small_page_cache() {
 }
 
 #[tokio::test]
+async fn the_checkpointer_copies_the_wal_into_the_file_beside_the_writer() {
+    let harness = SqliteHarness::new();
+    let broker = harness.sqlite_broker().await;
+    let autocheckpoint: i64 = broker
+        .write(|conn| conn.query_row("PRAGMA wal_autocheckpoint", [], |r| r.get(0)))
+        .await
+        .expect("pragma");
+    assert_eq!(autocheckpoint, WRITER_AUTOCHECKPOINT_PAGES);
+    let file_size = || std::fs::metadata(harness.path()).expect("metadata").len();
+    let before = file_size();
+    // About 150 pages: far below the writer's own automatic checkpoint, so only the
+    // checkpointer can have copied them into the file.
+    let payload = "x".repeat(1000);
+    let batch = (0..500)
+        .map(|i| {
+            let mut m = message("q", &format!("m{i}"));
+            m.envelope.body = payload.clone().into_bytes();
+            m
+        })
+        .collect();
+    broker.publish(batch).await.expect("publish");
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while file_size() < before + 500_000 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the WAL was not checkpointed: {} bytes",
+            file_size()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(broker.fetch(&params("q", 1)).await.expect("fetch").len(), 1);
+}
+
+#[tokio::test]
 async fn migrations_apply_once_and_leave_other_components_alone() {
     let harness = SqliteHarness::new();
     // Another component (the result backend) got there first.

@@ -66,6 +66,18 @@ impl ConnectionThread {
     }
 }
 
+impl ConnectionThread {
+    /// Queues `f` to run on the connection without waiting for it (its result and any
+    /// error are dropped: for housekeeping such as checkpoints). Returns false when
+    /// the thread has ended.
+    pub(super) fn submit<F>(&self, f: F) -> bool
+    where
+        F: FnOnce(&mut Connection) + Send + 'static,
+    {
+        self.jobs.send(Box::new(f)).is_ok()
+    }
+}
+
 /// The connection thread ended, or the call panicked.
 #[derive(Debug, thiserror::Error)]
 #[error("the SQLite connection thread stopped, or the call panicked")]
