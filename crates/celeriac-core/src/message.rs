@@ -148,7 +148,7 @@ impl<'de> serde::de::Visitor<'de> for PropertiesVisitor {
 
     fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Properties, A::Error> {
         let mut properties = Properties::default();
-        while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
+        while let Some(HeaderName(key)) = map.next_key()? {
             match key.as_ref() {
                 "correlation_id" => properties.correlation_id = map.next_value()?,
                 "reply_to" => properties.reply_to = map.next_value()?,
@@ -711,6 +711,66 @@ impl TaskHeaders {
     }
 }
 
+/// The names of the headers [`TaskHeaders`] has fields for, in Celery's order.
+const KNOWN_HEADERS: [&str; 19] = [
+    "lang",
+    "task",
+    "id",
+    "shadow",
+    "eta",
+    "expires",
+    "group",
+    "group_index",
+    "retries",
+    "timelimit",
+    "root_id",
+    "parent_id",
+    "argsrepr",
+    "kwargsrepr",
+    "origin",
+    "ignore_result",
+    "replaced_task_nesting",
+    "stamped_headers",
+    "stamps",
+];
+
+/// Writes the headers as [`TaskHeaders::to_map`] orders them, without building the
+/// map. An `extra` entry named like a known header would replace it in the map:
+/// [`TaskMessage::encode`] takes the map for those.
+impl Serialize for TaskHeaders {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let mut map = serializer.serialize_map(None)?;
+        map.serialize_entry("lang", &self.lang)?;
+        map.serialize_entry("task", &self.task)?;
+        map.serialize_entry("id", &self.id)?;
+        map.serialize_entry("shadow", &self.shadow)?;
+        map.serialize_entry("eta", &self.eta.map(format_iso))?;
+        map.serialize_entry("expires", &self.expires.map(format_iso))?;
+        map.serialize_entry("group", &self.group)?;
+        map.serialize_entry("group_index", &self.group_index)?;
+        map.serialize_entry("retries", &self.retries)?;
+        map.serialize_entry("timelimit", &self.timelimit)?;
+        map.serialize_entry("root_id", &self.root_id)?;
+        map.serialize_entry("parent_id", &self.parent_id)?;
+        map.serialize_entry("argsrepr", &self.argsrepr)?;
+        map.serialize_entry("kwargsrepr", &self.kwargsrepr)?;
+        map.serialize_entry("origin", &self.origin)?;
+        map.serialize_entry("ignore_result", &self.ignore_result)?;
+        if let Some(nesting) = self.replaced_task_nesting {
+            map.serialize_entry("replaced_task_nesting", &nesting)?;
+        }
+        map.serialize_entry("stamped_headers", &self.stamped_headers)?;
+        if let Some(stamps) = &self.stamps {
+            map.serialize_entry("stamps", stamps)?;
+        }
+        for (name, value) in &self.extra {
+            map.serialize_entry(name, value)?;
+        }
+        map.end()
+    }
+}
+
 fn seconds_to_duration(n: Option<&Number>) -> Option<std::time::Duration> {
     let secs = n?.as_f64()?;
     (secs.is_finite() && secs > 0.0).then(|| std::time::Duration::from_secs_f64(secs))
@@ -925,12 +985,32 @@ impl TaskMessage {
             embed_to_value(&self.embed),
         ]);
         Envelope {
-            headers: self.headers.to_map().into(),
+            headers: self.encode_headers(),
             properties: self.properties.clone(),
             content_type: CONTENT_TYPE_JSON.to_string(),
             content_encoding: "utf-8".to_string(),
             body: serde_json::to_vec(&body).unwrap_or_default(),
         }
+    }
+}
+
+impl TaskMessage {
+    /// The headers as JSON text, written straight from the fields (no map, no
+    /// hashing); as a map when an `extra` header shadows a known one or the text
+    /// would not be accepted back (nested too deep).
+    fn encode_headers(&self) -> Headers {
+        let extra = &self.headers.extra;
+        let shadowed =
+            !extra.is_empty() && KNOWN_HEADERS.iter().any(|name| extra.contains_key(*name));
+        if !shadowed {
+            if let Some(headers) = serde_json::value::to_raw_value(&self.headers)
+                .ok()
+                .and_then(|text| Headers::from_json(text).ok())
+            {
+                return headers;
+            }
+        }
+        self.headers.to_map().into()
     }
 }
 
@@ -991,7 +1071,7 @@ impl<'de> Deserialize<'de> for HeaderEntries<'de> {
     }
 }
 
-/// A header name, borrowed from the text when it has no escapes.
+/// A header or property name, borrowed from the text when it has no escapes.
 struct HeaderName<'a>(Cow<'a, str>);
 
 impl<'de> Deserialize<'de> for HeaderName<'de> {
@@ -1222,6 +1302,32 @@ mod tests {
             Envelope::from_kombu_json(raw.as_bytes()),
             Err(DecodeError::InvalidEnvelope(_))
         ));
+    }
+
+    #[test]
+    fn headers_are_written_as_text_exactly_as_their_map() {
+        let mut message = TaskMessage::new("tasks.add", "id-1", vec![json!(1)], Map::new());
+        message.headers.eta = parse_iso("2026-11-27T07:00:00.123456+00:00");
+        message.headers.timelimit = [Some(Number::from(10)), None];
+        message.headers.group_index = Some(3);
+        message.headers.stamped_headers = Some(vec!["s".into()]);
+        message
+            .headers
+            .extra
+            .insert("x-user".into(), json!({"nested": [1, "two"]}));
+        let envelope = message.encode();
+        let text = envelope.headers.json_text().expect("encoded as text").get();
+        let from_map = serde_json::to_string(&message.headers.to_map()).expect("serializes");
+        assert_eq!(text, from_map);
+        assert_eq!(TaskMessage::decode(&envelope).expect("decodes"), message);
+        // An extra header named like a known one replaces it, as in the map.
+        message
+            .headers
+            .extra
+            .insert("task".into(), json!("shadowed"));
+        let envelope = message.encode();
+        assert!(envelope.headers.json_text().is_none());
+        assert_eq!(*envelope.headers, message.headers.to_map());
     }
 
     #[test]
