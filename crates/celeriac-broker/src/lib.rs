@@ -379,6 +379,15 @@ pub trait Broker: Send + Sync + 'static {
     /// A short description for logs (`sqlite:///path/to/file.db`), without secrets.
     fn describe(&self) -> String;
 
+    /// How many [`Broker::fetch`] calls one consumer of a queue may keep in flight
+    /// (1 by default). A broker whose fetch is a round trip to a server that does
+    /// the claiming (Redis runs `claim.lua`) says 2: while the server claims the
+    /// next batch, the worker runs the previous one, instead of each waiting for
+    /// the other. The consumer's window of held messages bounds both together.
+    fn concurrent_fetches(&self) -> usize {
+        1
+    }
+
     /// Declares a queue and its binding (idempotent).
     async fn declare_queue(&self, queue: &Queue) -> Result<(), BrokerError>;
 

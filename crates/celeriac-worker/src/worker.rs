@@ -315,63 +315,114 @@ async fn consume(
         queue.name,
         uuid::Uuid::new_v4().simple()
     );
-    let mut backoff = Duration::from_millis(100);
-    loop {
-        let first = tokio::select! {
-            biased;
-            _ = stop.cancelled() => return,
-            permit = window.clone().acquire_owned() => match permit {
-                Ok(permit) => permit,
-                Err(_) => return,
-            },
-        };
-        let mut permits = vec![first];
-        while permits.len() < FETCH_BATCH {
-            match window.clone().try_acquire_owned() {
-                Ok(permit) => permits.push(permit),
-                Err(_) => break,
-            }
-        }
-        let params = FetchParams {
-            queues: vec![queue.name.clone()],
-            max: permits.len(),
-            wait: FETCH_WAIT,
-            consumer: consumer.clone(),
-            lease: shared.config.lease,
-        };
-        match shared.broker.fetch(&params).await {
-            Ok(deliveries) => {
-                backoff = Duration::from_millis(100);
-                for delivery in deliveries {
-                    let Some(permit) = permits.pop() else {
-                        // The broker returned more than asked: keep it held anyway.
-                        tracing::warn!("broker returned more messages than requested");
-                        break;
-                    };
-                    shared.held.lock().insert(delivery.tag.clone());
-                    // Boxed: the job's future is large (kilobytes), and tokio moves a
-                    // task's future several times (into its cell, each stage change);
-                    // boxed, those moves copy a pointer (≈ 100,000 instructions less
-                    // per message, measured with callgrind).
-                    jobs.spawn(Box::pin(executor::process(
-                        shared.clone(),
-                        delivery,
-                        queue.clone(),
-                        permit,
-                        slots.ticket(),
-                        stop.clone(),
-                        cancel_running.clone(),
-                    )));
+    let fetchers = shared
+        .broker
+        .concurrent_fetches()
+        .min(queue.window() / FETCH_BATCH)
+        .max(1);
+    let fetcher = Fetcher {
+        shared: &shared,
+        queue: &queue,
+        window: &window,
+        slots: &slots,
+        consumer: &consumer,
+        jobs: &jobs,
+        stop: &stop,
+        cancel_running: &cancel_running,
+    };
+    if fetchers > 1 {
+        // Two fetches in flight: the broker claims the next batch while this
+        // process runs the previous one (see `Broker::concurrent_fetches`).
+        tokio::join!(fetcher.run(), fetcher.run());
+    } else {
+        fetcher.run().await;
+    }
+}
+
+/// What a consumer's fetch loop works with (one or more loops per queue share it).
+struct Fetcher<'a> {
+    shared: &'a Arc<Shared>,
+    queue: &'a Arc<QueueSettings>,
+    window: &'a Arc<Semaphore>,
+    slots: &'a Arc<executor::Slots>,
+    consumer: &'a str,
+    jobs: &'a TaskTracker,
+    stop: &'a CancellationToken,
+    cancel_running: &'a CancellationToken,
+}
+
+impl Fetcher<'_> {
+    /// Fetches while the window has room and spawns a job per delivery, until
+    /// `stop`.
+    async fn run(&self) {
+        let Fetcher {
+            shared,
+            queue,
+            window,
+            slots,
+            consumer,
+            jobs,
+            stop,
+            cancel_running,
+        } = *self;
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            let first = tokio::select! {
+                biased;
+                _ = stop.cancelled() => return,
+                permit = window.clone().acquire_owned() => match permit {
+                    Ok(permit) => permit,
+                    Err(_) => return,
+                },
+            };
+            let mut permits = vec![first];
+            while permits.len() < FETCH_BATCH {
+                match window.clone().try_acquire_owned() {
+                    Ok(permit) => permits.push(permit),
+                    Err(_) => break,
                 }
             }
-            Err(error) => {
-                drop(permits);
-                tracing::warn!(%error, queue = %queue.name, ?backoff, "fetch failed; retrying");
-                tokio::select! {
-                    _ = stop.cancelled() => return,
-                    _ = tokio::time::sleep(backoff) => {}
+            let params = FetchParams {
+                queues: vec![queue.name.clone()],
+                max: permits.len(),
+                wait: FETCH_WAIT,
+                consumer: consumer.to_string(),
+                lease: shared.config.lease,
+            };
+            match shared.broker.fetch(&params).await {
+                Ok(deliveries) => {
+                    backoff = Duration::from_millis(100);
+                    for delivery in deliveries {
+                        let Some(permit) = permits.pop() else {
+                            // The broker returned more than asked: keep it held anyway.
+                            tracing::warn!("broker returned more messages than requested");
+                            break;
+                        };
+                        shared.held.lock().insert(delivery.tag.clone());
+                        // Boxed: the job's future is large (kilobytes), and tokio moves a
+                        // task's future several times (into its cell, each stage change);
+                        // boxed, those moves copy a pointer (≈ 100,000 instructions less
+                        // per message, measured with callgrind).
+                        jobs.spawn(Box::pin(executor::process(
+                            shared.clone(),
+                            delivery,
+                            queue.clone(),
+                            permit,
+                            slots.ticket(),
+                            stop.clone(),
+                            cancel_running.clone(),
+                        )));
+                    }
                 }
-                backoff = (backoff * 2).min(Duration::from_secs(5));
+                Err(error) => {
+                    drop(permits);
+                    tracing::warn!(%error, queue = %queue.name, ?backoff, "fetch failed; retrying");
+                    tokio::select! {
+                        _ = stop.cancelled() => return,
+                        _ = tokio::time::sleep(backoff) => {}
+                    }
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                }
             }
         }
     }

@@ -442,27 +442,9 @@ async fn deferred_sends_still_send_task_sent_events() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deferred_sends_on_redis_are_stored_in_order() {
-    let redis = std::env::var("CELERIAC_TEST_REDIS_URL")
-        .unwrap_or_else(|_| "redis://127.0.0.1:6379".to_string());
-    let address = redis
-        .trim_start_matches("redis://")
-        .split('/')
-        .next()
-        .unwrap_or("127.0.0.1:6379")
-        .to_string();
-    let answers = std::net::ToSocketAddrs::to_socket_addrs(&address)
-        .ok()
-        .and_then(|mut a| a.next())
-        .is_some_and(|a| std::net::TcpStream::connect_timeout(&a, Duration::from_secs(1)).is_ok());
-    if !answers {
-        let required = std::env::var("CELERIAC_REQUIRE_SERVICES").is_ok_and(|v| v == "1");
-        assert!(
-            !required,
-            "Redis does not answer at {redis} and CELERIAC_REQUIRE_SERVICES=1"
-        );
-        eprintln!("skipped: Redis does not answer at {redis} (set CELERIAC_TEST_REDIS_URL)");
+    let Some(redis) = support::redis_url_or_skip() else {
         return;
-    }
+    };
     // A fresh queue of its own; purged at the end (the database is never flushed).
     let queue = format!("deferred-test-{}", uuid::Uuid::new_v4().simple());
     let app = App::builder("test")

@@ -1192,6 +1192,10 @@ impl Broker for RedisBroker {
         self.inner.target.display.clone()
     }
 
+    fn concurrent_fetches(&self) -> usize {
+        2
+    }
+
     async fn declare_queue(&self, queue: &Queue) -> Result<(), BrokerError> {
         let exchange = if queue.exchange.name.is_empty() {
             "celery"
