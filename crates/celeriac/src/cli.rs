@@ -319,6 +319,18 @@ pub async fn run_builder(builder: AppBuilder) -> anyhow::Result<()> {
 }
 
 async fn dispatch(app: App, command: Command) -> anyhow::Result<()> {
+    let publisher = app.clone();
+    let outcome = run_command(app, command).await;
+    // With deferred publish confirms a command's last sends may still be buffered:
+    // store them before exiting, and fail the command if they could not be.
+    publisher
+        .flush()
+        .await
+        .context("publishing the command's buffered sends failed")?;
+    outcome
+}
+
+async fn run_command(app: App, command: Command) -> anyhow::Result<()> {
     match command {
         Command::Worker(args) => worker(app, args).await,
         Command::Call(args) => call(app, args).await,
