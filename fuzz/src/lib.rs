@@ -19,7 +19,7 @@ pub fn task_message(data: &[u8]) {
     headers.insert("task".into(), "tasks.add".into());
     headers.insert("id".into(), "fuzz-0001".into());
     let envelope = Envelope {
-        headers,
+        headers: headers.into(),
         properties: Properties::default(),
         content_type: CONTENT_TYPE_JSON.into(),
         content_encoding: "utf-8".into(),
