@@ -48,6 +48,15 @@
 //! returns at once and lets a background publisher store the sends in batches;
 //! [`App::flush`] waits for them and returns a failed publish
 //! ([`Error::PublishFailed`]), as does the next send.
+//!
+//! # Allocator
+//!
+//! A worker allocates and frees a few dozen small blocks per message. The `celeriac`
+//! binary uses mimalloc (the `mimalloc` crate with its `no_thp` feature) as its
+//! global allocator, which took a quarter off a Redis drain's instructions against
+//! glibc's malloc (BENCHMARKS.md); a worker binary of your own
+//! ([`cli::run`]) chooses its allocator the same way, with a `#[global_allocator]`
+//! static in its `main.rs`.
 
 #![doc(html_root_url = "https://docs.rs/celeriac")]
 
