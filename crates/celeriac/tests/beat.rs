@@ -125,27 +125,11 @@ async fn three_beat_processes_send_every_run_exactly_once_across_a_sigkill() {
 /// `CELERIAC_REQUIRE_SERVICES=1`).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_beat_processes_on_a_redis_store_send_every_run_exactly_once() {
-    let redis = std::env::var("CELERIAC_TEST_REDIS_URL")
-        .unwrap_or_else(|_| "redis://127.0.0.1:6379".to_string());
-    let address = redis
-        .trim_start_matches("redis://")
-        .split('/')
-        .next()
-        .unwrap_or("127.0.0.1:6379")
-        .to_string();
-    let answers = std::net::ToSocketAddrs::to_socket_addrs(&address)
-        .ok()
-        .and_then(|mut a| a.next())
-        .is_some_and(|a| std::net::TcpStream::connect_timeout(&a, Duration::from_secs(1)).is_ok());
-    if !answers {
-        let required = std::env::var("CELERIAC_REQUIRE_SERVICES").is_ok_and(|v| v == "1");
-        assert!(
-            !required,
-            "Redis does not answer at {redis} and CELERIAC_REQUIRE_SERVICES=1"
-        );
-        eprintln!("skipped: Redis does not answer at {redis} (set CELERIAC_TEST_REDIS_URL)");
+    let Some(redis) = celeriac_redis::testing::redis_url_or_skip(
+        "three_beat_processes_on_a_redis_store_send_every_run_exactly_once",
+    ) else {
         return;
-    }
+    };
     let t = TestApp::new();
     let prefix = format!("beat-test-{}:", uuid::Uuid::new_v4().simple());
     let separator = if redis.contains('?') { '&' } else { '?' };

@@ -442,7 +442,9 @@ async fn deferred_sends_still_send_task_sent_events() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deferred_sends_on_redis_are_stored_in_order() {
-    let Some(redis) = support::redis_url_or_skip() else {
+    let Some(redis) =
+        celeriac_redis::testing::redis_url_or_skip("deferred_sends_on_redis_are_stored_in_order")
+    else {
         return;
     };
     // A fresh queue of its own; purged at the end (the database is never flushed).

@@ -16,7 +16,9 @@ use support::{task, wait_for, RunningWorker};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_wide_window_on_redis_runs_every_message_once() {
-    let Some(redis) = support::redis_url_or_skip() else {
+    let Some(redis) = celeriac_redis::testing::redis_url_or_skip(
+        "a_wide_window_on_redis_runs_every_message_once",
+    ) else {
         return;
     };
     // A fresh queue of its own; purged at the end (the database is never flushed).

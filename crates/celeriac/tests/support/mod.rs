@@ -114,31 +114,3 @@ pub fn shared<T: Task>(t: T) -> Arc<dyn Task> {
 pub fn queue(name: &str) -> Queue {
     Queue::new(name)
 }
-
-/// The Redis URL of the service tests (`CELERIAC_TEST_REDIS_URL`, default
-/// `redis://127.0.0.1:6379`), or `None` (with the reason printed) when it does not
-/// answer; with `CELERIAC_REQUIRE_SERVICES=1` a silent Redis fails the test instead.
-pub fn redis_url_or_skip() -> Option<String> {
-    let redis = std::env::var("CELERIAC_TEST_REDIS_URL")
-        .unwrap_or_else(|_| "redis://127.0.0.1:6379".to_string());
-    let address = redis
-        .trim_start_matches("redis://")
-        .split('/')
-        .next()
-        .unwrap_or("127.0.0.1:6379")
-        .to_string();
-    let answers = std::net::ToSocketAddrs::to_socket_addrs(&address)
-        .ok()
-        .and_then(|mut a| a.next())
-        .is_some_and(|a| std::net::TcpStream::connect_timeout(&a, Duration::from_secs(1)).is_ok());
-    if answers {
-        return Some(redis);
-    }
-    let required = std::env::var("CELERIAC_REQUIRE_SERVICES").is_ok_and(|v| v == "1");
-    assert!(
-        !required,
-        "Redis does not answer at {redis} and CELERIAC_REQUIRE_SERVICES=1"
-    );
-    eprintln!("skipped: Redis does not answer at {redis} (set CELERIAC_TEST_REDIS_URL)");
-    None
-}
