@@ -60,16 +60,20 @@ impl Headers {
         self.map.take().unwrap_or_default()
     }
 
-    /// The size of the headers as JSON text, or a rough estimate for a map (for
-    /// buffer sizes and message size limits).
+    /// The size of the headers as JSON text while they are text; `None` once they
+    /// are a map (for buffer sizes).
     pub fn approximate_len(&self) -> Option<usize> {
         self.text.as_ref().map(|text| text.get().len())
     }
 
+    /// The map of the received text (empty without text).
+    fn build_map(&self) -> Map<String, Value> {
+        self.text.as_deref().map(parse).unwrap_or_default()
+    }
+
     fn materialize(&mut self) {
         if self.map.get().is_none() {
-            let map = self.text.as_deref().map(parse).unwrap_or_default();
-            let _ = self.map.set(map);
+            let _ = self.map.set(self.build_map());
         }
     }
 }
@@ -139,8 +143,7 @@ impl Deref for Headers {
     type Target = Map<String, Value>;
 
     fn deref(&self) -> &Map<String, Value> {
-        self.map
-            .get_or_init(|| self.text.as_deref().map(parse).unwrap_or_default())
+        self.map.get_or_init(|| self.build_map())
     }
 }
 
