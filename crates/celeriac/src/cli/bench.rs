@@ -296,20 +296,8 @@ pub async fn run(app: App, args: BenchArgs) -> anyhow::Result<()> {
     // 2. Enqueue, one call at a time (to a queue nobody consumes; purged after).
     let mut enqueue_single_per_s = None;
     if single_sends > 0 {
-        let bar = progress(single_sends as u64, "single");
-        let start = Instant::now();
-        for _ in 0..single_sends {
-            app.send_task(
-                NOOP_TASK,
-                Vec::new(),
-                Map::new(),
-                SendOptions::new().queue(single_queue.clone()),
-            )
-            .await?;
-            bar.inc(1);
-        }
-        enqueue_single_per_s = Some((single_sends as f64 / start.elapsed().as_secs_f64()).round());
-        bar.finish_and_clear();
+        enqueue_single_per_s =
+            Some(send_one_at_a_time(&app, single_sends, &single_queue, "single").await?);
     }
     let _ = app.broker().purge(&single_queue).await;
 
@@ -322,26 +310,8 @@ pub async fn run(app: App, args: BenchArgs) -> anyhow::Result<()> {
             .build()
             .await
             .context("connecting for the deferred-confirm sends")?;
-        let bar = progress(single_sends as u64, "deferred");
-        let start = Instant::now();
-        for _ in 0..single_sends {
-            deferred
-                .send_task(
-                    NOOP_TASK,
-                    Vec::new(),
-                    Map::new(),
-                    SendOptions::new().queue(single_queue.clone()),
-                )
-                .await?;
-            bar.inc(1);
-        }
-        deferred
-            .flush()
-            .await
-            .context("deferred-confirm sends: flush")?;
         enqueue_single_deferred_per_s =
-            Some((single_sends as f64 / start.elapsed().as_secs_f64()).round());
-        bar.finish_and_clear();
+            Some(send_one_at_a_time(&deferred, single_sends, &single_queue, "deferred").await?);
         let stored = app
             .broker()
             .queue_stats(std::slice::from_ref(&single_queue))
@@ -874,4 +844,33 @@ mod mixed {
         println!("{report}");
         Ok(())
     }
+}
+
+/// Sends `count` no-op tasks into `queue` one `send_task` call at a time, then
+/// flushes (a no-op unless the app defers its publish confirms, whose sends are
+/// timed until they are stored); returns the rate per second.
+async fn send_one_at_a_time(
+    app: &App,
+    count: usize,
+    queue: &str,
+    label: &'static str,
+) -> anyhow::Result<f64> {
+    let bar = progress(count as u64, label);
+    let start = Instant::now();
+    for _ in 0..count {
+        app.send_task(
+            NOOP_TASK,
+            Vec::new(),
+            Map::new(),
+            SendOptions::new().queue(queue.to_string()),
+        )
+        .await?;
+        bar.inc(1);
+    }
+    app.flush()
+        .await
+        .with_context(|| format!("{label} sends: flush"))?;
+    let rate = (count as f64 / start.elapsed().as_secs_f64()).round();
+    bar.finish_and_clear();
+    Ok(rate)
 }
