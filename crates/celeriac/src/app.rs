@@ -23,6 +23,10 @@ use crate::error::Error;
 use crate::publisher::Publisher;
 use crate::result::{AsyncResult, GroupResult};
 
+/// Calls of an [`App::send_batch`] prepared and published at a time when the batch is
+/// large and plain (no unique or publish-once calls).
+pub const BATCH_CHUNK: usize = 256;
+
 /// One task to send in a batch ([`App::send_batch`]).
 #[derive(Debug, Clone)]
 pub struct TaskCall {
@@ -492,11 +496,22 @@ impl App {
         ))
     }
 
-    /// Sends many tasks in one broker round trip; returns their ids in order. With
-    /// unique calls ([`SendOptions::unique`]), a duplicate refuses the whole batch
-    /// (nothing is sent) with [`Error::Duplicate`].
+    /// Sends many tasks; returns their ids in order. With unique calls
+    /// ([`SendOptions::unique`]) or publish-once calls, the batch is one broker
+    /// publish after all are prepared, and a duplicate refuses the whole batch
+    /// (nothing is sent) with [`Error::Duplicate`]. A batch of plain calls larger than
+    /// [`BATCH_CHUNK`] goes out in chunks of that size, each published while the next
+    /// is prepared; if a chunk fails, the chunks before it are sent (as with a
+    /// pipeline that breaks) and the error is returned.
     pub async fn send_batch(&self, calls: Vec<TaskCall>) -> Result<Vec<String>, Error> {
         self.report_deferred_failure()?;
+        if calls.len() > BATCH_CHUNK
+            && calls
+                .iter()
+                .all(|c| c.options.unique.is_none() && c.options.publish_once.is_none())
+        {
+            return self.send_batch_in_chunks(calls).await;
+        }
         let mut ids = Vec::with_capacity(calls.len());
         let mut publishes = Vec::with_capacity(calls.len());
         let mut claimed = Vec::new();
@@ -544,6 +559,72 @@ impl App {
             return Err(error);
         }
         Ok(ids)
+    }
+
+    /// [`App::send_batch`] of plain calls: chunk `k + 1` is prepared (messages built
+    /// and serialized on this task) while chunk `k`'s publish is with the broker, so
+    /// the producer's CPU and the broker's work overlap instead of taking turns.
+    async fn send_batch_in_chunks(&self, calls: Vec<TaskCall>) -> Result<Vec<String>, Error> {
+        let mut ids = Vec::with_capacity(calls.len());
+        let mut calls = calls.into_iter();
+        let mut in_flight = None;
+        loop {
+            let chunk: Vec<TaskCall> = calls.by_ref().take(BATCH_CHUNK).collect();
+            if chunk.is_empty() {
+                break;
+            }
+            let prepared = match in_flight.take() {
+                None => self.prepare_chunk(chunk, &mut ids),
+                Some(publish) => {
+                    // `join!` polls the publish first: it is handed to the broker
+                    // before the next chunk is prepared.
+                    let (published, prepared) =
+                        futures::join!(publish, async { self.prepare_chunk(chunk, &mut ids) });
+                    published?;
+                    prepared
+                }
+            }?;
+            in_flight = Some(self.publish_chunk(prepared));
+        }
+        if let Some(publish) = in_flight {
+            publish.await?;
+        }
+        Ok(ids)
+    }
+
+    /// Builds the messages of plain calls (no unique, no publish-once), adding their
+    /// ids to `ids`.
+    fn prepare_chunk(
+        &self,
+        calls: Vec<TaskCall>,
+        ids: &mut Vec<String>,
+    ) -> Result<Vec<Publish>, Error> {
+        let mut publishes = Vec::with_capacity(calls.len());
+        for call in calls {
+            let task_options = self
+                .inner
+                .registry
+                .get(&call.name)
+                .map(|t| t.options().clone());
+            let (id, mut batch) = self.prepare(
+                &call.name,
+                task_options.as_ref(),
+                call.args,
+                call.kwargs,
+                call.options,
+            )?;
+            publishes.append(&mut batch);
+            ids.push(id);
+        }
+        Ok(publishes)
+    }
+
+    /// Publishes prepared messages and their `task-sent` events.
+    async fn publish_chunk(&self, publishes: Vec<Publish>) -> Result<(), Error> {
+        let sent_events = crate::control::sent_events(self, &publishes);
+        self.inner.broker.publish(publishes).await?;
+        crate::control::send_events(self, sent_events).await;
+        Ok(())
     }
 
     async fn send_with(

@@ -68,7 +68,7 @@ pub mod error;
 mod publisher;
 pub mod result;
 
-pub use app::{App, AppBuilder, TaskCall};
+pub use app::{App, AppBuilder, TaskCall, BATCH_CHUNK};
 pub use celeriac_backend as backend;
 pub use celeriac_beat as beat;
 pub use celeriac_broker as broker;

@@ -1,7 +1,8 @@
 //! Deferred publish confirms (`PublishConfirms::Deferred`, issue 9): sends return at
 //! once and a background publisher stores them in batches. On SQLite (a wrapper
 //! broker injects failures and stalls) and on Redis (skipped with a printed reason
-//! when Redis does not answer, failed instead with `CELERIAC_REQUIRE_SERVICES=1`).
+//! when Redis does not answer, failed instead with `CELERIAC_REQUIRE_SERVICES=1`). Also
+//! `App::send_batch`, whose large plain batches go out in chunks.
 
 mod support;
 
@@ -16,7 +17,7 @@ use celeriac::broker::{
     WorkerInfo,
 };
 use celeriac::core::{Map, Queue, TaskMessage, TaskOptions, Value};
-use celeriac::{App, Error, PublishConfirms, SendOptions, Unique};
+use celeriac::{App, Error, PublishConfirms, SendOptions, TaskCall, Unique, BATCH_CHUNK};
 use serde_json::json;
 use support::{task, wait_for, RunningWorker, TestApp};
 
@@ -466,4 +467,74 @@ async fn deferred_sends_on_redis_are_stored_in_order() {
     let args = drain_args(app.broker().as_ref(), &queue).await;
     app.broker().purge(&queue).await.expect("purge");
     assert_eq!(args, (0..SENDS as u64).collect::<Vec<_>>());
+}
+
+// ---- send_batch: large plain batches go out in chunks --------------------------
+
+fn batch_calls(queue: &str, n: usize) -> Vec<TaskCall> {
+    (0..n)
+        .map(|i| {
+            TaskCall::new("tests.seq", vec![json!(i)]).options(SendOptions::new().queue(queue))
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_large_plain_batch_goes_out_in_chunks_in_order() {
+    let t = TestApp::new();
+    let (app, faulty) = faulty_app(&t, 100).await;
+    let n = 3 * BATCH_CHUNK + 7;
+    let ids = app.send_batch(batch_calls("b", n)).await.expect("sent");
+    assert_eq!(ids.len(), n);
+    let distinct: std::collections::HashSet<&String> = ids.iter().collect();
+    assert_eq!(distinct.len(), n, "every call has an id of its own");
+    // Stored when the call returns, one publish per chunk.
+    assert_eq!(faulty.publishes.load(Ordering::SeqCst), 4);
+    assert_eq!(ready(faulty.inner.as_ref(), "b").await, n as u64);
+    let args = drain_args(faulty.inner.as_ref(), "b").await;
+    assert_eq!(args, (0..n as u64).collect::<Vec<u64>>());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_whose_publish_fails_returns_the_error() {
+    let t = TestApp::new();
+    let (app, faulty) = faulty_app(&t, 100).await;
+    faulty.fail.store(true, Ordering::SeqCst);
+    let sent = app.send_batch(batch_calls("b", 2 * BATCH_CHUNK)).await;
+    assert!(sent.is_err(), "the failed publish is reported");
+    // The first chunk failed; the second was never handed over.
+    assert_eq!(faulty.publishes.load(Ordering::SeqCst), 1);
+    assert_eq!(ready(faulty.inner.as_ref(), "b").await, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_with_a_unique_call_is_one_publish_and_all_or_nothing() {
+    let t = TestApp::new();
+    let (app, faulty) = faulty_app(&t, 100).await;
+    let unique = || {
+        TaskCall::new("tests.seq", vec![json!("once")]).options(
+            SendOptions::new()
+                .queue("b")
+                .unique(Unique::new(Duration::from_secs(60))),
+        )
+    };
+    let mut calls = batch_calls("b", 2 * BATCH_CHUNK);
+    calls.push(unique());
+    app.send_batch(calls).await.expect("sent");
+    assert_eq!(faulty.publishes.load(Ordering::SeqCst), 1);
+    assert_eq!(
+        ready(faulty.inner.as_ref(), "b").await,
+        2 * BATCH_CHUNK as u64 + 1
+    );
+    // The same unique call again refuses the whole batch: nothing of it is sent.
+    let mut calls = batch_calls("b", 2 * BATCH_CHUNK);
+    calls.push(unique());
+    assert!(matches!(
+        app.send_batch(calls).await,
+        Err(Error::Duplicate { .. })
+    ));
+    assert_eq!(
+        ready(faulty.inner.as_ref(), "b").await,
+        2 * BATCH_CHUNK as u64 + 1
+    );
 }

@@ -491,12 +491,12 @@ impl Broker for SqliteBroker {
         if messages.is_empty() {
             return Ok(());
         }
-        self.write(move |conn| {
-            // Serialized here, on the writer's thread, not on the async runtime.
-            let rows = new_messages(messages);
-            store::publish(conn, &rows, now_ms())
-        })
-        .await?;
+        // Serialized by the caller: the writer thread is the one every publish, fetch
+        // and ack of the file waits for, so it only runs the statements (a batch's
+        // caller can prepare its next chunk meanwhile, see `App::send_batch`).
+        let rows = new_messages(messages);
+        self.write(move |conn| store::publish(conn, &rows, now_ms()))
+            .await?;
         self.inner.ready.notify_waiters();
         Ok(())
     }
@@ -508,6 +508,7 @@ impl Broker for SqliteBroker {
         messages: Vec<Publish>,
     ) -> Result<bool, BrokerError> {
         let key = key.to_string();
+        let rows = new_messages(messages);
         let stored = self
             .write(move |conn| {
                 let now = now_ms();
@@ -516,7 +517,6 @@ impl Broker for SqliteBroker {
                     key,
                     expires_at: now.saturating_add(window.max(1)),
                 };
-                let rows = new_messages(messages);
                 store::publish_once(conn, &marker, &rows, now)
             })
             .await?;
@@ -770,7 +770,7 @@ fn millis(duration: Duration) -> i64 {
     i64::try_from(duration.as_millis()).unwrap_or(i64::MAX)
 }
 
-/// Rows for a publish (serialized on the writer's thread, not on the async runtime).
+/// Rows for a publish, serialized by the caller (the writer thread only runs statements).
 fn new_messages(messages: Vec<Publish>) -> Vec<NewMessage> {
     messages
         .into_iter()
