@@ -524,19 +524,8 @@ impl App {
                 {
                     claimed.push(lease);
                 }
-                let task_options = self
-                    .inner
-                    .registry
-                    .get(&call.name)
-                    .map(|t| t.options().clone());
                 let publish_once = call.options.publish_once;
-                let (id, mut batch) = self.prepare(
-                    &call.name,
-                    task_options.as_ref(),
-                    call.args,
-                    call.kwargs,
-                    call.options,
-                )?;
+                let (id, mut batch) = self.prepare_call(call)?;
                 match publish_once {
                     Some(window) => once.push((id.clone(), window, batch)),
                     None => publishes.append(&mut batch),
@@ -601,22 +590,28 @@ impl App {
     ) -> Result<Vec<Publish>, Error> {
         let mut publishes = Vec::with_capacity(calls.len());
         for call in calls {
-            let task_options = self
-                .inner
-                .registry
-                .get(&call.name)
-                .map(|t| t.options().clone());
-            let (id, mut batch) = self.prepare(
-                &call.name,
-                task_options.as_ref(),
-                call.args,
-                call.kwargs,
-                call.options,
-            )?;
+            let (id, mut batch) = self.prepare_call(call)?;
             publishes.append(&mut batch);
             ids.push(id);
         }
         Ok(publishes)
+    }
+
+    /// The id and messages of one batch call, with the options of the task when it
+    /// is declared in this program.
+    fn prepare_call(&self, call: TaskCall) -> Result<(String, Vec<Publish>), Error> {
+        let task_options = self
+            .inner
+            .registry
+            .get(&call.name)
+            .map(|t| t.options().clone());
+        self.prepare(
+            &call.name,
+            task_options.as_ref(),
+            call.args,
+            call.kwargs,
+            call.options,
+        )
     }
 
     /// Publishes prepared messages and their `task-sent` events.
