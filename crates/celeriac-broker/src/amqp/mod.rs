@@ -233,20 +233,22 @@ struct Received {
     /// delivery tags order its deliveries).
     consumer: u64,
     /// Keeps the channel open while its deliveries wait (a channel closes when its
-    /// last handle goes, and RabbitMQ then takes its deliveries back).
-    channel: Channel,
+    /// last handle goes, and RabbitMQ then takes its deliveries back). Shared by
+    /// the consumer's deliveries: cloning a `Channel` costs more than a dozen
+    /// atomic increments, an `Arc` one.
+    channel: Arc<Channel>,
     delivery: lapin::message::Delivery,
 }
 
 /// A message handed out by [`Broker::fetch`] and not yet acked or rejected.
 struct Held {
-    queue: String,
+    queue: Arc<str>,
     /// The connection it came on.
     generation: u64,
     /// The consumer it came to.
     consumer: u64,
     /// Keeps the channel open until this delivery is settled.
-    channel: Channel,
+    channel: Arc<Channel>,
     delivery: lapin::message::Delivery,
     delivery_count: u32,
 }
@@ -268,6 +270,9 @@ struct State {
     consumers: HashMap<String, QueueConsumer>,
     buffers: HashMap<String, VecDeque<Received>>,
     held: HashMap<u64, Held>,
+    /// How many of `held` each queue has (counting them was a scan of `held` per
+    /// fetch).
+    held_by_queue: HashMap<Arc<str>, usize>,
     declared_queues: HashSet<String>,
     declared_dead_letter_queues: HashSet<String>,
     /// Queues this handle declared, published to or consumed (for `queue_stats(&[])`).
@@ -278,7 +283,7 @@ struct State {
     live_exchanges: HashSet<String>,
     /// Delivery tags each consumer received and nobody settled yet: an ack of
     /// every tag up to some tag is one `basic.ack` with `multiple`.
-    unsettled: HashMap<u64, BTreeSet<u64>>,
+    unsettled: HashMap<u64, Unsettled>,
     rotation: usize,
 }
 
@@ -286,12 +291,96 @@ impl State {
     /// Forgets a settled delivery.
     fn settle(&mut self, consumer: u64, tag: u64) {
         if let Some(tags) = self.unsettled.get_mut(&consumer) {
-            tags.remove(&tag);
+            tags.remove(tag);
         }
     }
 
+    /// How many messages of `queue` are handed out and not settled.
     fn held_in(&self, queue: &str) -> usize {
-        self.held.values().filter(|h| h.queue == queue).count()
+        self.held_by_queue.get(queue).copied().unwrap_or(0)
+    }
+
+    /// Records a handed-out message under its id.
+    fn hold(&mut self, id: u64, held: Held) {
+        match self.held_by_queue.get_mut(&*held.queue) {
+            Some(count) => *count += 1,
+            None => {
+                self.held_by_queue.insert(Arc::clone(&held.queue), 1);
+            }
+        }
+        if let Some(replaced) = self.held.insert(id, held) {
+            self.count_out(&replaced.queue);
+        }
+    }
+
+    /// Takes a handed-out message back by its id.
+    fn unhold(&mut self, id: u64) -> Option<Held> {
+        let held = self.held.remove(&id)?;
+        self.count_out(&held.queue);
+        Some(held)
+    }
+
+    fn count_out(&mut self, queue: &str) {
+        if let Some(count) = self.held_by_queue.get_mut(queue) {
+            *count = count.saturating_sub(1);
+            if *count == 0 {
+                self.held_by_queue.remove(queue);
+            }
+        }
+    }
+}
+
+/// The delivery tags of one consumer that nobody settled yet, in ascending order.
+/// A consumer's tags arrive in ascending order and are mostly settled oldest
+/// first, so a sorted deque takes them at its ends (a `BTreeSet` allocated and
+/// rebalanced nodes per message).
+#[derive(Debug, Default)]
+struct Unsettled {
+    tags: VecDeque<u64>,
+}
+
+impl Unsettled {
+    /// Adds a tag (again).
+    fn insert(&mut self, tag: u64) {
+        match self.tags.back() {
+            None => self.tags.push_back(tag),
+            Some(&last) if last < tag => self.tags.push_back(tag),
+            Some(_) => {
+                if let Err(at) = self.tags.binary_search(&tag) {
+                    self.tags.insert(at, tag);
+                }
+            }
+        }
+    }
+
+    /// Removes a tag; whether it was there.
+    fn remove(&mut self, tag: u64) -> bool {
+        if self.tags.front() == Some(&tag) {
+            self.tags.pop_front();
+            return true;
+        }
+        match self.tags.binary_search(&tag) {
+            Ok(at) => {
+                self.tags.remove(at);
+                true
+            }
+            Err(_) => false,
+        }
+    }
+
+    /// Settles a batch of tags whose greatest is `last`; whether they were all
+    /// unsettled and no other unsettled tag is below `last` (then one ack with
+    /// `multiple` settles the batch and nothing else).
+    fn settle_batch(&mut self, batch: impl IntoIterator<Item = u64>, last: u64) -> bool {
+        let mut all_there = true;
+        for tag in batch {
+            all_there &= self.remove(tag);
+        }
+        all_there && self.tags.front().is_none_or(|&first| first > last)
+    }
+
+    fn is_empty(&self) -> bool {
+        self.tags.is_empty()
     }
 }
 
@@ -814,10 +903,10 @@ impl Inner {
             }
         };
         let alive = Arc::new(AtomicBool::new(true));
-        let reader_channel = channel.clone();
+        let reader_channel = Arc::new(channel.clone());
         let seq = self.next_id.fetch_add(1, Ordering::Relaxed);
         let mut state = self.state.lock();
-        state.unsettled.insert(seq, BTreeSet::new());
+        state.unsettled.insert(seq, Unsettled::default());
         state.consumers.insert(
             queue.to_string(),
             QueueConsumer {
@@ -881,15 +970,19 @@ impl Inner {
     /// handing them out; dead-letters undecodable ones.
     async fn take_buffered(&self, queues: &[String], max: usize, generation: u64) -> Vec<Delivery> {
         let mut out = Vec::new();
+        // Each handed-out message's queue name, shared by its `Held`.
+        let mut names: Vec<Option<Arc<str>>> = vec![None; queues.len()];
+        let tag_prefix = format!("amqp-{generation}-");
         loop {
-            let taken: Vec<(String, Received)> = {
+            // (index in `queues`, message)
+            let taken: Vec<(usize, Received)> = {
                 let mut state = self.state.lock();
                 let start = state.rotation % queues.len().max(1);
                 state.rotation = state.rotation.wrapping_add(1);
                 let mut taken = Vec::new();
                 for i in 0..queues.len() {
-                    let queue = &queues[(start + i) % queues.len()];
-                    let Some(buffer) = state.buffers.get_mut(queue) else {
+                    let index = (start + i) % queues.len();
+                    let Some(buffer) = state.buffers.get_mut(&queues[index]) else {
                         continue;
                     };
                     while taken.len() < max - out.len() {
@@ -897,7 +990,7 @@ impl Inner {
                             break;
                         };
                         if received.generation == generation && received.delivery.acker.usable() {
-                            taken.push((queue.clone(), received));
+                            taken.push((index, received));
                         }
                     }
                 }
@@ -906,51 +999,60 @@ impl Inner {
             if taken.is_empty() {
                 return out;
             }
+            // Decoded without the lock, which the consumer tasks take per arrival.
+            let mut decoded = Vec::with_capacity(taken.len());
             let mut malformed = Vec::new();
-            {
-                let mut state = self.state.lock();
-                for (queue, received) in taken {
-                    let delivery = received.delivery;
-                    let arrived = Arrived {
-                        exchange: delivery.exchange.as_str(),
-                        routing_key: delivery.routing_key.as_str(),
-                        redelivered: delivery.redelivered,
-                        properties: &delivery.properties,
-                        body: &delivery.data,
-                    };
-                    match wire::envelope_of(&arrived) {
-                        Ok(envelope) => {
-                            let delivery_count = wire::delivery_count(&arrived);
-                            let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-                            out.push(Delivery {
-                                tag: DeliveryTag(format!("amqp-{generation}-{id}")),
-                                queue: queue.clone(),
-                                envelope,
-                                delivery_count,
-                            });
-                            state.held.insert(
-                                id,
-                                Held {
-                                    queue,
-                                    generation: received.generation,
-                                    consumer: received.consumer,
-                                    channel: received.channel,
-                                    delivery,
-                                    delivery_count,
-                                },
-                            );
-                        }
-                        Err(reason) => {
-                            state.settle(received.consumer, delivery.delivery_tag);
-                            malformed.push((queue, delivery, reason));
-                        }
+            for (index, received) in taken {
+                let delivery = &received.delivery;
+                let arrived = Arrived {
+                    exchange: delivery.exchange.as_str(),
+                    routing_key: delivery.routing_key.as_str(),
+                    redelivered: delivery.redelivered,
+                    properties: &delivery.properties,
+                    body: &delivery.data,
+                };
+                match wire::envelope_of(&arrived) {
+                    Ok(envelope) => {
+                        let delivery_count = wire::delivery_count(&arrived);
+                        decoded.push((index, received, envelope, delivery_count));
                     }
+                    Err(reason) => malformed.push((index, received, reason)),
                 }
             }
-            for (queue, delivery, reason) in malformed {
+            {
+                let mut state = self.state.lock();
+                for (index, received, envelope, delivery_count) in decoded {
+                    let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+                    let queue = &queues[index];
+                    let name = names[index].get_or_insert_with(|| Arc::from(queue.as_str()));
+                    out.push(Delivery {
+                        tag: DeliveryTag(tag_of(&tag_prefix, id)),
+                        queue: queue.clone(),
+                        envelope,
+                        delivery_count,
+                    });
+                    state.hold(
+                        id,
+                        Held {
+                            queue: Arc::clone(name),
+                            generation: received.generation,
+                            consumer: received.consumer,
+                            channel: received.channel,
+                            delivery: received.delivery,
+                            delivery_count,
+                        },
+                    );
+                }
+                for (_, received, _) in &malformed {
+                    state.settle(received.consumer, received.delivery.delivery_tag);
+                }
+            }
+            for (index, received, reason) in malformed {
+                let queue = &queues[index];
+                let delivery = &received.delivery;
                 tracing::warn!(queue, %reason, "dead-lettering a message that is not a kombu message");
                 match self
-                    .dead_letter(&queue, &delivery.properties, &delivery.data, &reason, true)
+                    .dead_letter(queue, &delivery.properties, &delivery.data, &reason, true)
                     .await
                 {
                     Ok(()) => {
@@ -1003,7 +1105,7 @@ impl Inner {
             .1
             .parse::<u64>()
             .ok()?;
-        self.state.lock().held.remove(&id)
+        self.state.lock().unhold(id)
     }
 
     /// Ready and dead-letter counts of `queue` from RabbitMQ (0 when it does not
@@ -1031,6 +1133,27 @@ impl Inner {
         }
         Ok(count)
     }
+}
+
+/// The delivery tag `{prefix}{id}` (`amqp-{generation}-{id}`), without the
+/// formatting machinery of `format!`.
+fn tag_of(prefix: &str, id: u64) -> String {
+    let mut digits = [0u8; 20];
+    let mut at = digits.len();
+    let mut rest = id;
+    loop {
+        at -= 1;
+        // `rest % 10` is below 10.
+        digits[at] = b'0' + (rest % 10) as u8;
+        rest /= 10;
+        if rest == 0 {
+            break;
+        }
+    }
+    let mut tag = String::with_capacity(prefix.len() + digits.len() - at);
+    tag.push_str(prefix);
+    tag.extend(digits[at..].iter().map(|&digit| char::from(digit)));
+    tag
 }
 
 /// The dead-letter queue of `queue`.
@@ -1063,8 +1186,8 @@ struct Feed {
     seq: u64,
     /// Its queue.
     queue: String,
-    /// Its channel.
-    channel: Channel,
+    /// Its channel, shared by its deliveries.
+    channel: Arc<Channel>,
     /// Cleared when the consumer ends.
     alive: Arc<AtomicBool>,
 }
@@ -1096,14 +1219,21 @@ async fn read_consumer(
                 let received = Received {
                     generation,
                     consumer: seq,
-                    channel: channel.clone(),
+                    channel: Arc::clone(&channel),
                     delivery,
                 };
                 let mut state = inner.state.lock();
                 if let Some(tags) = state.unsettled.get_mut(&seq) {
                     tags.insert(tag);
                 }
-                buffer_in_order(state.buffers.entry(queue.clone()).or_default(), received);
+                match state.buffers.get_mut(&queue) {
+                    Some(buffer) => buffer_in_order(buffer, received),
+                    None => {
+                        state
+                            .buffers
+                            .insert(queue.clone(), VecDeque::from([received]));
+                    }
+                }
                 drop(state);
                 inner.arrived.notify_waiters();
             }
@@ -1345,19 +1475,15 @@ impl Broker for AmqpBroker {
                 // one, one basic.ack with `multiple` settles them (a consumer's
                 // deliveries are buffered in tag order, so none below is on its
                 // way).
-                let all_below = state
-                    .unsettled
-                    .get(&consumer)
-                    .is_some_and(|t| t.range(..=last).count() == group.len());
-                for held in &group {
-                    state.settle(consumer, held.delivery.delivery_tag);
-                }
+                let all_below = state.unsettled.get_mut(&consumer).is_some_and(|tags| {
+                    tags.settle_batch(group.iter().map(|h| h.delivery.delivery_tag), last)
+                });
                 let current = state.consumers.values().any(|c| c.seq == consumer);
                 if !current
                     && state
                         .unsettled
                         .get(&consumer)
-                        .is_some_and(BTreeSet::is_empty)
+                        .is_some_and(Unsettled::is_empty)
                 {
                     state.unsettled.remove(&consumer);
                 }
@@ -1409,7 +1535,7 @@ impl Broker for AmqpBroker {
                 .insert(held.delivery.delivery_tag);
             state
                 .buffers
-                .entry(held.queue)
+                .entry(held.queue.to_string())
                 .or_default()
                 .push_front(Received {
                     generation: held.generation,
@@ -1437,7 +1563,7 @@ impl Broker for AmqpBroker {
                     channel
                         .basic_publish(
                             "".into(),
-                            held.queue.as_str().into(),
+                            ShortString::from(&*held.queue),
                             BasicPublishOptions::default(),
                             &delivery.data,
                             properties,
@@ -1649,4 +1775,68 @@ async fn publish_on(
         result?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unsettled_tags_stay_sorted_whatever_the_order() {
+        let mut tags = Unsettled::default();
+        for tag in [1, 2, 3, 5, 4, 9, 7, 7] {
+            tags.insert(tag);
+        }
+        assert_eq!(Vec::from(tags.tags.clone()), [1, 2, 3, 4, 5, 7, 9]);
+        assert!(tags.remove(1));
+        assert!(tags.remove(5));
+        assert!(!tags.remove(5));
+        assert!(!tags.remove(8));
+        assert_eq!(Vec::from(tags.tags.clone()), [2, 3, 4, 7, 9]);
+        for tag in [9, 2, 7, 3, 4] {
+            assert!(tags.remove(tag));
+        }
+        assert!(tags.is_empty());
+    }
+
+    #[test]
+    fn a_batch_is_acked_with_multiple_only_when_nothing_below_it_is_unsettled() {
+        let unsettled = |tags: &[u64]| {
+            let mut set = Unsettled::default();
+            for &tag in tags {
+                set.insert(tag);
+            }
+            set
+        };
+        // All of 1..=4: one multiple ack.
+        let mut tags = unsettled(&[1, 2, 3, 4, 5, 6]);
+        assert!(tags.settle_batch([1, 2, 3, 4], 4));
+        assert_eq!(Vec::from(tags.tags.clone()), [5, 6]);
+        // 7 is still held by someone: acking 8 and 9 with multiple would ack it.
+        let mut tags = unsettled(&[7, 8, 9, 10]);
+        assert!(!tags.settle_batch([8, 9], 9));
+        assert_eq!(Vec::from(tags.tags.clone()), [7, 10]);
+        // A tag of the batch not (or no longer) unsettled: no multiple ack.
+        let mut tags = unsettled(&[2, 3]);
+        assert!(!tags.settle_batch([1, 2, 3], 3));
+        assert!(tags.is_empty());
+        // A released tag inserted again below the batch counts.
+        let mut tags = unsettled(&[5, 6]);
+        tags.insert(4);
+        assert!(!tags.settle_batch([5, 6], 6));
+        assert!(tags.settle_batch([4], 4));
+    }
+
+    #[test]
+    fn delivery_tags_read_back_as_their_id() {
+        for id in [0, 7, 10, 99, 12_345, u64::MAX] {
+            let tag = tag_of("amqp-3-", id);
+            assert_eq!(tag, format!("amqp-3-{id}"));
+            let parsed = tag
+                .strip_prefix("amqp-")
+                .and_then(|rest| rest.split_once('-'))
+                .and_then(|(_, id)| id.parse::<u64>().ok());
+            assert_eq!(parsed, Some(id));
+        }
+    }
 }
