@@ -85,7 +85,7 @@ use async_trait::async_trait;
 use celeriac_core::routing::{ExchangeKind as CeleriacExchangeKind, Queue};
 use celeriac_core::Value;
 use chrono::{DateTime, Utc};
-use futures::StreamExt;
+use futures::{FutureExt, StreamExt};
 use lapin::options::{
     BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicGetOptions, BasicNackOptions,
     BasicPublishOptions, BasicQosOptions, ConfirmSelectOptions, ExchangeDeclareOptions,
@@ -902,6 +902,7 @@ impl Inner {
                 return Err(lapin_error(error));
             }
         };
+        tracing::debug!(queue, prefetch, "consuming");
         let alive = Arc::new(AtomicBool::new(true));
         let reader_channel = Arc::new(channel.clone());
         let seq = self.next_id.fetch_add(1, Ordering::Relaxed);
@@ -1192,6 +1193,9 @@ struct Feed {
     alive: Arc<AtomicBool>,
 }
 
+/// The most deliveries a consumer task moves into the buffer at once.
+const ARRIVAL_BATCH: usize = 64;
+
 /// Moves a consumer's deliveries into the buffer until the consumer, its channel or
 /// the handle ends.
 async fn read_consumer(
@@ -1207,42 +1211,65 @@ async fn read_consumer(
         channel,
         alive,
     } = feed;
-    loop {
+    let mut arrivals = Vec::with_capacity(ARRIVAL_BATCH);
+    let mut ended = false;
+    while !ended {
         let next = tokio::select! {
             _ = shutdown.changed() => break,
             next = consumer.next() => next,
         };
         match next {
-            Some(Ok(delivery)) => {
-                let Some(inner) = inner.upgrade() else { break };
-                let tag = delivery.delivery_tag;
-                let received = Received {
-                    generation,
-                    consumer: seq,
-                    channel: Arc::clone(&channel),
-                    delivery,
-                };
-                let mut state = inner.state.lock();
-                if let Some(tags) = state.unsettled.get_mut(&seq) {
-                    tags.insert(tag);
-                }
-                match state.buffers.get_mut(&queue) {
-                    Some(buffer) => buffer_in_order(buffer, received),
-                    None => {
-                        state
-                            .buffers
-                            .insert(queue.clone(), VecDeque::from([received]));
-                    }
-                }
-                drop(state);
-                inner.arrived.notify_waiters();
-            }
+            Some(Ok(delivery)) => arrivals.push(delivery),
             Some(Err(error)) => {
                 tracing::debug!(%error, queue, "a consumer stopped");
                 break;
             }
             None => break,
         }
+        // What arrived with it goes into the buffer together: one lock and one
+        // wake-up per burst (RabbitMQ sends deliveries in bursts) instead of per
+        // message.
+        while arrivals.len() < ARRIVAL_BATCH {
+            match consumer.next().now_or_never() {
+                Some(Some(Ok(delivery))) => arrivals.push(delivery),
+                Some(Some(Err(error))) => {
+                    tracing::debug!(%error, queue, "a consumer stopped");
+                    ended = true;
+                    break;
+                }
+                Some(None) => {
+                    ended = true;
+                    break;
+                }
+                None => break,
+            }
+        }
+        let Some(inner) = inner.upgrade() else { break };
+        {
+            let mut state = inner.state.lock();
+            let State {
+                unsettled, buffers, ..
+            } = &mut *state;
+            let mut tags = unsettled.get_mut(&seq);
+            if !buffers.contains_key(&queue) {
+                buffers.insert(queue.clone(), VecDeque::with_capacity(arrivals.len()));
+            }
+            if let Some(buffer) = buffers.get_mut(&queue) {
+                for delivery in arrivals.drain(..) {
+                    if let Some(tags) = tags.as_mut() {
+                        tags.insert(delivery.delivery_tag);
+                    }
+                    let received = Received {
+                        generation,
+                        consumer: seq,
+                        channel: Arc::clone(&channel),
+                        delivery,
+                    };
+                    buffer_in_order(buffer, received);
+                }
+            }
+        }
+        inner.arrived.notify_waiters();
     }
     alive.store(false, Ordering::SeqCst);
     if let Some(inner) = inner.upgrade() {
