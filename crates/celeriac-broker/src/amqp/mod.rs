@@ -19,7 +19,14 @@
 //!   per-queue window: the largest of [`AmqpBrokerOptions::prefetch_count`], the
 //!   declared queue's `concurrency × prefetch_multiplier`, and what the consumer
 //!   asks for (its held messages plus `max`), so a worker never holds more
-//!   unacknowledged messages than its prefetch window, as with Celery.
+//!   unacknowledged messages than its prefetch window, as with Celery. A consumer is
+//!   replaced by a wider one (`basic.qos` applies to consumers started after it) only
+//!   when the demand exceeds its prefetch by more than half ([`wider_prefetch`]):
+//!   held messages whose tasks ended and whose acks are on their way count in the
+//!   demand for a moment, and replacing the consumer for each such moment made a
+//!   drain start ~20 consumers and creep to a prefetch of 300 for a window of 128.
+//!   Messages held for long (ETA tasks, which leave the worker's window) still widen
+//!   it, so they cannot stall the queue.
 //! - **Acks** are `basic.ack` (one with `multiple` when a batch settles all of a
 //!   consumer's deliveries up to its last tag). [`RejectAction::Release`] puts the
 //!   message back at the front of the handle's buffer, still unacknowledged, so the
@@ -820,7 +827,7 @@ impl Inner {
     ) -> Result<(), BrokerError> {
         self.cancel_idle_consumers(queues).await;
         for queue in queues {
-            let (needed, existing) = {
+            let (needed, floor, existing) = {
                 let mut state = self.state.lock();
                 let floor = state
                     .queue_prefetch
@@ -837,10 +844,10 @@ impl Inner {
                         && c.channel.status().connected();
                     usable.then(|| (c.channel.clone(), c.tag.clone(), c.prefetch))
                 });
-                (needed, existing)
+                (needed, floor, existing)
             };
             match existing {
-                Some((_, _, prefetch)) if prefetch >= needed => {}
+                Some((_, _, prefetch)) if wider_prefetch(prefetch, needed, floor).is_none() => {}
                 Some((old_channel, old_tag, _)) => {
                     // basic.qos applies to consumers started after it: start a
                     // wider consumer on a channel of its own, then cancel the old
@@ -1155,6 +1162,20 @@ fn tag_of(prefix: &str, id: u64) -> String {
     tag.push_str(prefix);
     tag.extend(digits[at..].iter().map(|&digit| char::from(digit)));
     tag
+}
+
+/// Whether a consumer of `prefetch` must give way to a wider one for a fetch whose
+/// demand (held messages plus `max`, at least `floor`) is `needed`: `None` keeps it,
+/// `Some(needed)` replaces it. A consumer below the queue's `floor` is always
+/// replaced; one at or above it is kept while the demand is at most half again its
+/// prefetch (see the module docs).
+fn wider_prefetch(prefetch: u16, needed: u16, floor: u16) -> Option<u16> {
+    let tolerated = u32::from(prefetch) + u32::from(prefetch) / 2;
+    if prefetch >= floor && u32::from(needed) <= tolerated {
+        None
+    } else {
+        Some(needed.max(floor))
+    }
 }
 
 /// The dead-letter queue of `queue`.
@@ -1807,6 +1828,23 @@ async fn publish_on(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_consumer_is_widened_only_past_half_again_its_prefetch() {
+        // A drain: acks on their way push the demand a little past the window.
+        assert_eq!(wider_prefetch(128, 128, 128), None);
+        assert_eq!(wider_prefetch(128, 190, 128), None);
+        assert_eq!(wider_prefetch(128, 192, 128), None);
+        // Messages held for long (ETA tasks) push it further: widen to the demand.
+        assert_eq!(wider_prefetch(128, 193, 128), Some(193));
+        assert_eq!(wider_prefetch(8, 20, 8), Some(20));
+        assert_eq!(wider_prefetch(1, 2, 1), Some(2));
+        // A window declared wider than the consumer always replaces it.
+        assert_eq!(wider_prefetch(8, 8, 16), Some(16));
+        assert_eq!(wider_prefetch(8, 10, 16), Some(16));
+        // No overflow at the top of the range.
+        assert_eq!(wider_prefetch(u16::MAX, u16::MAX, 1), None);
+    }
 
     #[test]
     fn unsettled_tags_stay_sorted_whatever_the_order() {
