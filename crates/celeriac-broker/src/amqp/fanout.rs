@@ -269,13 +269,7 @@ async fn listen(
         };
         match next {
             Some(Ok(delivery)) => {
-                let arrived = Arrived {
-                    exchange: delivery.exchange.as_str(),
-                    routing_key: delivery.routing_key.as_str(),
-                    redelivered: delivery.redelivered,
-                    properties: &delivery.properties,
-                    body: &delivery.data,
-                };
+                let arrived = Arrived::of(&delivery);
                 match wire::envelope_of(&arrived) {
                     Ok(envelope) => {
                         let message = BroadcastMessage {

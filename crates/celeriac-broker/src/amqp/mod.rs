@@ -1011,14 +1011,7 @@ impl Inner {
             let mut decoded = Vec::with_capacity(taken.len());
             let mut malformed = Vec::new();
             for (index, received) in taken {
-                let delivery = &received.delivery;
-                let arrived = Arrived {
-                    exchange: delivery.exchange.as_str(),
-                    routing_key: delivery.routing_key.as_str(),
-                    redelivered: delivery.redelivered,
-                    properties: &delivery.properties,
-                    body: &delivery.data,
-                };
+                let arrived = Arrived::of(&received.delivery);
                 match wire::envelope_of(&arrived) {
                     Ok(envelope) => {
                         let delivery_count = wire::delivery_count(&arrived);

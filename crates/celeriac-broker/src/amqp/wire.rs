@@ -148,6 +148,19 @@ pub(crate) struct Arrived<'a> {
     pub body: &'a [u8],
 }
 
+impl<'a> Arrived<'a> {
+    /// A consumer's delivery as it arrived.
+    pub(crate) fn of(delivery: &'a lapin::message::Delivery) -> Arrived<'a> {
+        Arrived {
+            exchange: delivery.exchange.as_str(),
+            routing_key: delivery.routing_key.as_str(),
+            redelivered: delivery.redelivered,
+            properties: &delivery.properties,
+            body: &delivery.data,
+        }
+    }
+}
+
 /// The headers of an arrived message as JSON, celeriac's own included.
 pub(crate) fn all_headers(properties: &BasicProperties) -> Map<String, Value> {
     properties
