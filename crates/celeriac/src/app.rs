@@ -532,9 +532,7 @@ impl App {
                 }
                 ids.push(id);
             }
-            let sent_events = crate::control::sent_events(self, &publishes);
-            self.inner.broker.publish(publishes).await?;
-            crate::control::send_events(self, sent_events).await;
+            self.publish_chunk(publishes).await?;
             for (id, window, batch) in once {
                 self.publish_send(&id, Some(window), batch).await?;
             }
@@ -614,7 +612,8 @@ impl App {
         )
     }
 
-    /// Publishes prepared messages and their `task-sent` events.
+    /// Publishes prepared messages (a chunk, or a whole batch) and their `task-sent`
+    /// events.
     async fn publish_chunk(&self, publishes: Vec<Publish>) -> Result<(), Error> {
         let sent_events = crate::control::sent_events(self, &publishes);
         self.inner.broker.publish(publishes).await?;
