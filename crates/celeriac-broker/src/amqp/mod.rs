@@ -1136,24 +1136,14 @@ impl Inner {
     }
 }
 
-/// The delivery tag `{prefix}{id}` (`amqp-{generation}-{id}`), without the
-/// formatting machinery of `format!`.
+/// The delivery tag `{prefix}{id}` (`amqp-{generation}-{id}`); the prefix is
+/// formatted once per fetch.
 fn tag_of(prefix: &str, id: u64) -> String {
-    let mut digits = [0u8; 20];
-    let mut at = digits.len();
-    let mut rest = id;
-    loop {
-        at -= 1;
-        // `rest % 10` is below 10.
-        digits[at] = b'0' + (rest % 10) as u8;
-        rest /= 10;
-        if rest == 0 {
-            break;
-        }
-    }
-    let mut tag = String::with_capacity(prefix.len() + digits.len() - at);
+    use std::fmt::Write as _;
+    let mut tag = String::with_capacity(prefix.len() + 20);
     tag.push_str(prefix);
-    tag.extend(digits[at..].iter().map(|&digit| char::from(digit)));
+    // Writing to a String cannot fail.
+    let _ = write!(tag, "{id}");
     tag
 }
 
@@ -1265,22 +1255,18 @@ async fn read_consumer(
                 unsettled, buffers, ..
             } = &mut *state;
             let mut tags = unsettled.get_mut(&seq);
-            if !buffers.contains_key(&queue) {
-                buffers.insert(queue.clone(), VecDeque::with_capacity(arrivals.len()));
-            }
-            if let Some(buffer) = buffers.get_mut(&queue) {
-                for delivery in arrivals.drain(..) {
-                    if let Some(tags) = tags.as_mut() {
-                        tags.insert(delivery.delivery_tag);
-                    }
-                    let received = Received {
-                        generation,
-                        consumer: seq,
-                        channel: Arc::clone(&channel),
-                        delivery,
-                    };
-                    buffer_in_order(buffer, received);
+            let buffer = buffers.entry(queue.clone()).or_default();
+            for delivery in arrivals.drain(..) {
+                if let Some(tags) = tags.as_mut() {
+                    tags.insert(delivery.delivery_tag);
                 }
+                let received = Received {
+                    generation,
+                    consumer: seq,
+                    channel: Arc::clone(&channel),
+                    delivery,
+                };
+                buffer_in_order(buffer, received);
             }
         }
         inner.arrived.notify_waiters();
