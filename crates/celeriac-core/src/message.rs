@@ -829,10 +829,13 @@ fn opt_string(value: Option<Value>, name: &'static str) -> Result<Option<String>
 fn opt_int(value: Option<Value>, name: &'static str) -> Result<Option<i64>, DecodeError> {
     match value {
         None | Some(Value::Null) => Ok(None),
-        Some(Value::Number(n)) => n.as_i64().map(Some).ok_or(DecodeError::InvalidHeader {
-            name,
-            reason: format!("expected an integer, found {n}"),
-        }),
+        Some(Value::Number(n)) => n
+            .as_i64()
+            .map(Some)
+            .ok_or_else(|| DecodeError::InvalidHeader {
+                name,
+                reason: format!("expected an integer, found {n}"),
+            }),
         Some(other) => Err(DecodeError::InvalidHeader {
             name,
             reason: format!("expected an integer, found {other}"),
@@ -846,10 +849,14 @@ fn opt_time(
 ) -> Result<Option<DateTime<Utc>>, DecodeError> {
     match value {
         None | Some(Value::Null) => Ok(None),
-        Some(Value::String(s)) => parse_iso(&s).map(Some).ok_or(DecodeError::InvalidHeader {
-            name,
-            reason: format!("{s:?} is not an ISO-8601 date-time"),
-        }),
+        Some(Value::String(s)) => {
+            parse_iso(&s)
+                .map(Some)
+                .ok_or_else(|| DecodeError::InvalidHeader {
+                    name,
+                    reason: format!("{s:?} is not an ISO-8601 date-time"),
+                })
+        }
         Some(other) => Err(DecodeError::InvalidHeader {
             name,
             reason: format!("expected an ISO-8601 string, found {other}"),
@@ -924,20 +931,37 @@ impl TaskMessage {
     /// Decodes an envelope, refusing pickle/YAML, protocol v1 and malformed bodies.
     pub fn decode(envelope: &Envelope) -> Result<TaskMessage, DecodeError> {
         check_content_type(envelope)?;
-        // Received headers are read from their JSON text (no map is built); headers
-        // given as a map are read from it.
-        let (known, extra) = match envelope.headers.json_text() {
-            Some(text) => {
-                let entries = serde_json::from_str::<HeaderEntries<'_>>(text.get())
-                    .map_err(|e| DecodeError::InvalidEnvelope(format!("headers: {e}")))?;
-                TaskHeaders::sort_entries(entries.0)
+        // Received headers are read from their JSON text (no map is built): straight
+        // into their types when every known header has its usual type, else through
+        // a `Value` per header, for the precise error. Headers given as a map are read
+        // from it.
+        let typed = envelope.headers.json_text().and_then(|text| {
+            serde_json::from_str::<TypedHeaders>(text.get())
+                .ok()
+                .and_then(TypedHeaders::finish)
+        });
+        let headers = match typed {
+            Some(headers) => ReadHeaders::Typed(headers),
+            None => {
+                let (known, extra) = match envelope.headers.json_text() {
+                    Some(text) => {
+                        let entries = serde_json::from_str::<HeaderEntries<'_>>(text.get())
+                            .map_err(|e| DecodeError::InvalidEnvelope(format!("headers: {e}")))?;
+                        TaskHeaders::sort_entries(entries.0)
+                    }
+                    None => TaskHeaders::sort_entries(
+                        envelope
+                            .headers
+                            .iter()
+                            .map(|(name, value)| (Cow::Borrowed(name.as_str()), value.clone())),
+                    ),
+                };
+                ReadHeaders::Sorted(Box::new(known), extra)
             }
-            None => TaskHeaders::sort_entries(
-                envelope
-                    .headers
-                    .iter()
-                    .map(|(name, value)| (Cow::Borrowed(name.as_str()), value.clone())),
-            ),
+        };
+        let extra = match &headers {
+            ReadHeaders::Typed(headers) => &headers.extra,
+            ReadHeaders::Sorted(_, extra) => extra,
         };
         if let Some(compression) = extra.get("compression") {
             return Err(DecodeError::UnsupportedCompression(
@@ -951,17 +975,22 @@ impl TaskMessage {
             Err(_) => Err(serde_json::from_slice::<Value>(&envelope.body)
                 .map_err(|e| DecodeError::InvalidJson(e.to_string()))?),
         };
-        if known.task.is_none() {
-            if let Err(Value::Object(fields)) = &body {
-                if let Some(task) = fields.get("task") {
-                    return Err(DecodeError::ProtocolV1 {
-                        task: task.as_str().unwrap_or("?").to_string(),
-                    });
+        let headers = match headers {
+            ReadHeaders::Typed(headers) => headers,
+            ReadHeaders::Sorted(known, extra) => {
+                if known.task.is_none() {
+                    if let Err(Value::Object(fields)) = &body {
+                        if let Some(task) = fields.get("task") {
+                            return Err(DecodeError::ProtocolV1 {
+                                task: task.as_str().unwrap_or("?").to_string(),
+                            });
+                        }
+                    }
+                    return Err(DecodeError::MissingHeader("task"));
                 }
+                TaskHeaders::from_known(*known, extra)?
             }
-            return Err(DecodeError::MissingHeader("task"));
-        }
-        let headers = TaskHeaders::from_known(known, extra)?;
+        };
         let (args, kwargs, embed) = match body {
             Ok(BodyFastPath(args, kwargs, embed)) => {
                 (args, kwargs.unwrap_or_default(), embed.unwrap_or_default())
@@ -1041,6 +1070,132 @@ fn check_content_type(envelope: &Envelope) -> Result<(), DecodeError> {
 /// object or null, embed an object or null), read without an intermediate `Value`.
 #[derive(Deserialize)]
 struct BodyFastPath(Vec<Value>, Option<Map<String, Value>>, Option<Embed>);
+
+/// Received headers, read typed or sorted for checking.
+// A temporary of `TaskMessage::decode`: boxing the common variant would cost an
+// allocation per message.
+#[allow(clippy::large_enum_variant)]
+enum ReadHeaders {
+    /// Every known header had its usual type: the headers as they are.
+    Typed(TaskHeaders),
+    /// Read as a `Value` per header, to be checked in Celery's order.
+    Sorted(Box<KnownHeaders>, Map<String, Value>),
+}
+
+/// Received headers read straight into their types, without a `Value` per header.
+/// Reading fails (and [`TaskHeaders::from_known`] then finds the precise error) as
+/// soon as a known header has another type than the one it must have; what it reads
+/// is what the `Value` path accepts, with the same result.
+#[derive(Default)]
+struct TypedHeaders {
+    lang: Option<String>,
+    task: Option<String>,
+    id: Option<String>,
+    shadow: Option<String>,
+    eta: Option<String>,
+    expires: Option<String>,
+    group: Option<String>,
+    group_index: Option<i64>,
+    retries: Option<i64>,
+    timelimit: Option<(Option<Number>, Option<Number>)>,
+    root_id: Option<String>,
+    parent_id: Option<String>,
+    argsrepr: Option<String>,
+    kwargsrepr: Option<String>,
+    origin: Option<String>,
+    ignore_result: Option<bool>,
+    replaced_task_nesting: Option<i64>,
+    stamped_headers: Option<Vec<String>>,
+    stamps: Option<Map<String, Value>>,
+    extra: Map<String, Value>,
+}
+
+impl TypedHeaders {
+    /// The headers, or `None` when one needs the checks of the `Value` path (task or
+    /// id missing or empty, a date that does not parse, a negative or huge retry
+    /// count).
+    fn finish(self) -> Option<TaskHeaders> {
+        let non_empty = |value: Option<String>| value.filter(|text| !text.is_empty());
+        let time = |value: Option<String>| match value {
+            None => Some(None),
+            Some(text) => parse_iso(&text).map(Some),
+        };
+        let (hard, soft) = self.timelimit.unwrap_or((None, None));
+        Some(TaskHeaders {
+            lang: self.lang,
+            task: non_empty(self.task)?,
+            id: non_empty(self.id)?,
+            shadow: self.shadow,
+            eta: time(self.eta)?,
+            expires: time(self.expires)?,
+            group: self.group,
+            group_index: self.group_index,
+            retries: u32::try_from(self.retries.unwrap_or(0)).ok()?,
+            timelimit: [hard, soft],
+            root_id: self.root_id,
+            parent_id: self.parent_id,
+            argsrepr: self.argsrepr,
+            kwargsrepr: self.kwargsrepr,
+            origin: self.origin,
+            ignore_result: self.ignore_result,
+            replaced_task_nesting: self.replaced_task_nesting,
+            stamped_headers: self.stamped_headers,
+            stamps: self.stamps,
+            extra: self.extra,
+        })
+    }
+}
+
+impl<'de> Deserialize<'de> for TypedHeaders {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct TypedVisitor;
+        impl<'de> serde::de::Visitor<'de> for TypedVisitor {
+            type Value = TypedHeaders;
+
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a JSON object of headers")
+            }
+
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<TypedHeaders, A::Error> {
+                // A repeated name keeps its last value, as a JSON map does (`null`
+                // included: it reads as absent, as on the `Value` path).
+                let mut h = TypedHeaders::default();
+                while let Some(HeaderName(name)) = map.next_key()? {
+                    match name.as_ref() {
+                        "lang" => h.lang = map.next_value()?,
+                        "task" => h.task = map.next_value()?,
+                        "id" => h.id = map.next_value()?,
+                        "shadow" => h.shadow = map.next_value()?,
+                        "eta" => h.eta = map.next_value()?,
+                        "expires" => h.expires = map.next_value()?,
+                        "group" => h.group = map.next_value()?,
+                        "group_index" => h.group_index = map.next_value()?,
+                        "retries" => h.retries = map.next_value()?,
+                        "timelimit" => h.timelimit = map.next_value()?,
+                        "root_id" => h.root_id = map.next_value()?,
+                        "parent_id" => h.parent_id = map.next_value()?,
+                        "argsrepr" => h.argsrepr = map.next_value()?,
+                        "kwargsrepr" => h.kwargsrepr = map.next_value()?,
+                        "origin" => h.origin = map.next_value()?,
+                        "ignore_result" => h.ignore_result = map.next_value()?,
+                        "replaced_task_nesting" => h.replaced_task_nesting = map.next_value()?,
+                        "stamped_headers" => h.stamped_headers = map.next_value()?,
+                        "stamps" => h.stamps = map.next_value()?,
+                        _ => {
+                            let value = map.next_value::<Value>()?;
+                            h.extra.insert(name.into_owned(), value);
+                        }
+                    }
+                }
+                Ok(h)
+            }
+        }
+        deserializer.deserialize_map(TypedVisitor)
+    }
+}
 
 /// The entries of a header object in their order, names borrowed from the text
 /// when they have no escapes.
@@ -1477,6 +1632,81 @@ mod tests {
             let err = TaskMessage::decode(&env).expect_err("refused");
             assert!(err.to_string().contains(error), "{err}");
         }
+    }
+
+    /// Headers read typed from their text decode exactly as the same headers read
+    /// through a `Value` each (a map envelope takes that path): same message, same
+    /// error.
+    #[test]
+    fn typed_headers_agree_with_the_value_path() {
+        let cases = [
+            r#"{"task": "t", "id": "x"}"#,
+            r#"{"lang": "py", "task": "t", "id": "x", "shadow": null, "eta": null, "expires": null, "group": null, "group_index": null, "retries": 0, "timelimit": [null, null], "root_id": "x", "parent_id": null, "argsrepr": "()", "kwargsrepr": "{}", "origin": "gen1@h", "ignore_result": true, "replaced_task_nesting": 0, "stamped_headers": null, "stamps": {}}"#,
+            r#"{"task": "t", "id": "x", "eta": "2026-11-27T07:00:00.123456+00:00", "expires": "2026-11-27 08:00:00", "group": "g", "group_index": -3, "retries": 7, "timelimit": [10, 2.5], "stamped_headers": ["a"], "stamps": {"a": [1]}, "x-user": {"n": [1, "two"]}, "redelivered": true}"#,
+            r#"{"task": "t", "id": "x", "task": "u", "zz": 1, "aa": 2, "zz": 3}"#,
+            r#"{"task": "t", "id": "x", "retries": "1", "retries": 2}"#,
+            r#"{"task": "t", "id": "x", "retries": 2, "retries": null}"#,
+            r#"{"task": "t", "id": "x", "retries": 2, "retries": "1"}"#,
+            r#"{"task": "t", "id": "x", "name": 1}"#,
+            r#"{"task": "t", "id": ""}"#,
+            r#"{"task": "", "id": "x"}"#,
+            r#"{"id": "x"}"#,
+            r#"{"task": "t"}"#,
+            r#"{"task": 5, "id": "x"}"#,
+            r#"{"task": "t", "id": "x", "lang": 1}"#,
+            r#"{"task": "t", "id": "x", "eta": "soon"}"#,
+            r#"{"task": "t", "id": "x", "expires": 5}"#,
+            r#"{"task": "t", "id": "x", "retries": -1}"#,
+            r#"{"task": "t", "id": "x", "retries": 1.0}"#,
+            r#"{"task": "t", "id": "x", "retries": 4294967296}"#,
+            r#"{"task": "t", "id": "x", "retries": 18446744073709551615}"#,
+            r#"{"task": "t", "id": "x", "group_index": 1.5}"#,
+            r#"{"task": "t", "id": "x", "timelimit": [1]}"#,
+            r#"{"task": "t", "id": "x", "timelimit": [1, 2, 3]}"#,
+            r#"{"task": "t", "id": "x", "timelimit": ["1", 2]}"#,
+            r#"{"task": "t", "id": "x", "timelimit": {"a": 1}}"#,
+            r#"{"task": "t", "id": "x", "ignore_result": "yes"}"#,
+            r#"{"task": "t", "id": "x", "stamped_headers": [1]}"#,
+            r#"{"task": "t", "id": "x", "stamps": []}"#,
+            r#"{"task": "t", "id": "x", "compression": "application/x-gzip"}"#,
+            r#"{"retries": "x", "id": 5, "task": "t"}"#,
+        ];
+        for text in cases {
+            let raw = serde_json::value::RawValue::from_string(text.to_string()).expect("json");
+            let typed = Envelope {
+                headers: Headers::from_json(raw).expect("an object"),
+                properties: Properties::default(),
+                content_type: CONTENT_TYPE_JSON.into(),
+                content_encoding: "utf-8".into(),
+                body: b"[[1], {\"k\": 2}, null]".to_vec(),
+            };
+            let map: Map<String, Value> = serde_json::from_str(text).expect("json");
+            let by_value = Envelope {
+                headers: map.into(),
+                ..typed.clone()
+            };
+            assert!(by_value.headers.json_text().is_none());
+            assert_eq!(
+                TaskMessage::decode(&typed),
+                TaskMessage::decode(&by_value),
+                "{text}"
+            );
+        }
+        // A v1 body without a task header is told apart on both paths.
+        let raw = serde_json::value::RawValue::from_string(r#"{"id": "x"}"#.into()).expect("json");
+        let v1 = Envelope {
+            headers: Headers::from_json(raw).expect("an object"),
+            properties: Properties::default(),
+            content_type: CONTENT_TYPE_JSON.into(),
+            content_encoding: "utf-8".into(),
+            body: br#"{"task": "tasks.add", "args": []}"#.to_vec(),
+        };
+        assert_eq!(
+            TaskMessage::decode(&v1),
+            Err(DecodeError::ProtocolV1 {
+                task: "tasks.add".into()
+            })
+        );
     }
 
     #[test]
