@@ -7,7 +7,7 @@ reads Redis's own time for each call from INFO commandstats: what Redis spends p
 message, without the client's share and without the wait of a loaded machine. For
 comparison it does the same with the commands kombu's Redis transport sends for a
 message (BRPOP as RPOP of a batch, HSET unacked + ZADD unacked_index in MULTI, then
-ZREM + HDEL): the layout without celeriac's leases, holder tokens and delivery counts.
+ZREM + HDEL): the layout without celeriac's leases.
 
 The figure bounds a Redis drain: one Redis core spends this much per message whatever
 the workers do, so 1e6 / (claim + ack) tasks/s is the most one Redis can drain.
@@ -51,13 +51,7 @@ SAMPLE = (
 QUEUE = "bench"
 # The queue's lists: the queue itself and kombu's priority lists 3, 6, 9.
 LISTS = [QUEUE] + [f"{QUEUE}\x06\x16{p}" for p in (3, 6, 9)]
-HELD_KEYS = [
-    "unacked",
-    "unacked_index",
-    "celeriac.leases",
-    "celeriac.holders",
-    "celeriac.deliveries",
-]
+HELD_KEYS = ["unacked", "unacked_index", "celeriac.leases"]
 CLAIM_KEYS = HELD_KEYS + ["celeriac.lost_claim:1", "celeriac.dead_letters", "celeriac.dead_letter_counts"] + LISTS
 
 
@@ -92,7 +86,7 @@ def run_celeriac(r, template, n, batch, lua=LUA):
 
     def ack_oldest():
         nonlocal held, ack_us
-        args = [x for pair in held[:batch] for x in pair]
+        args = held[:batch]
         before = script_usec(r)
         ack(keys=HELD_KEYS, args=args)
         ack_us += script_usec(r) - before
@@ -100,13 +94,14 @@ def run_celeriac(r, template, n, batch, lua=LUA):
 
     while True:
         before = script_usec(r)
-        out = claim(keys=CLAIM_KEYS, args=[batch, 300000, number, 0, ""] + [QUEUE] * len(LISTS))
+        out = claim(keys=CLAIM_KEYS, args=[batch, 300000, number] + [json.dumps(QUEUE)] * len(LISTS))
         claim_us += script_usec(r) - before
-        number += 1
         if not out:
             break
-        held += [(out[k + 2], out[k + 3]) for k in range(0, len(out), 5)]
-        claimed += len(out) // 5
+        # Two entries per message; the k-th is held as claim * 1000 + k.
+        held += [str(number * 1000 + k) for k in range(1, len(out) // 2 + 1)]
+        claimed += len(out) // 2
+        number += 1
         while len(held) > 2 * batch:
             ack_oldest()
     while held:

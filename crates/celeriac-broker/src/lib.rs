@@ -38,6 +38,12 @@ use celeriac_core::routing::Queue;
 use celeriac_core::Envelope;
 use chrono::{DateTime, Utc};
 
+/// The header in which a broker that puts a message back in a queue itself (AMQP's
+/// requeue, Redis's restore, requeue and release) records how many deliveries the
+/// message had before: the next delivery counts on from it
+/// ([`Delivery::delivery_count`]).
+pub const PRIOR_DELIVERIES_HEADER: &str = "x-celeriac-prior-deliveries";
+
 #[cfg(feature = "amqp")]
 pub mod amqp;
 #[cfg(feature = "redis")]

@@ -63,20 +63,14 @@ async fn server_ms(conn: &mut MultiplexedConnection) -> f64 {
     (s * 1000) as f64 + us as f64 / 1000.0
 }
 
-type Claimed = Vec<(usize, String, String, String, u32)>;
+/// What a claim took: (list index, element, hold id).
+type Claimed = Vec<(usize, String, String)>;
 
 impl Fixture {
     /// Runs `claim.lua` over `lists` (list key, queue name).
-    async fn claim(
-        &mut self,
-        lists: &[(String, &str)],
-        max: usize,
-        lease_ms: i64,
-        popped: Option<(usize, &str)>,
-    ) -> Claimed {
+    async fn claim(&mut self, lists: &[(String, &str)], max: usize, lease_ms: i64) -> Claimed {
         let claim = NEXT_CLAIM.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        self.claim_numbered(claim, lists, max, lease_ms, popped)
-            .await
+        self.claim_numbered(claim, lists, max, lease_ms).await
     }
 
     /// [`Fixture::claim`] with a given claim number.
@@ -86,7 +80,6 @@ impl Fixture {
         lists: &[(String, &str)],
         max: usize,
         lease_ms: i64,
-        popped: Option<(usize, &str)>,
     ) -> Claimed {
         let k = &self.k;
         let script = Script::new(scripts::CLAIM);
@@ -95,8 +88,6 @@ impl Fixture {
             .key(&k.unacked)
             .key(&k.unacked_index)
             .key(&k.leases)
-            .key(&k.holders)
-            .key(&k.deliveries)
             .key(k.lost_claim(claim))
             .key(&k.dead_letters)
             .key(&k.dead_letter_counts);
@@ -104,20 +95,20 @@ impl Fixture {
             invocation.key(list);
         }
         invocation.arg(max).arg(lease_ms).arg(claim);
-        match popped {
-            Some((i, element)) => invocation.arg(i).arg(element),
-            None => invocation.arg(0).arg(""),
-        };
         for (_, queue) in lists {
-            invocation.arg(*queue);
+            invocation.arg(serde_json::to_string(queue).expect("json"));
         }
-        invocation
+        let rows: Vec<(usize, String)> = invocation
             .invoke_async(&mut self.conn)
             .await
-            .expect("redis command")
+            .expect("redis command");
+        (1..)
+            .zip(rows)
+            .map(|(k, (i, raw))| (i, raw, (claim * 1000 + k).to_string()))
+            .collect()
     }
 
-    /// Holds one message `tag` of queue `q` through `claim.lua`; returns its token.
+    /// Holds one message `tag` of queue `q` through `claim.lua`; returns its hold id.
     async fn hold(&mut self, tag: &str, q: &str, lease_ms: i64) -> String {
         let list = self.k.queue(q, 0);
         let _: () = self
@@ -125,9 +116,9 @@ impl Fixture {
             .lpush(&list, envelope(tag, q))
             .await
             .expect("redis command");
-        let got = self.claim(&[(list, q)], 1, lease_ms, None).await;
+        let got = self.claim(&[(list, q)], 1, lease_ms).await;
         assert_eq!(got.len(), 1);
-        got[0].3.clone()
+        got[0].2.clone()
     }
 
     async fn hget(&mut self, key: &str, field: &str) -> Option<String> {
@@ -142,29 +133,26 @@ impl Fixture {
         self.conn.lrange(key, 0, -1).await.expect("redis command")
     }
 
-    /// Whether any trace of a hold of `tag` is left (unacked, index, lease, holder).
-    async fn traces(&mut self, tag: &str) -> (bool, bool, bool, bool) {
+    /// Which traces of hold `hold` are left: (unacked, unacked_index, lease).
+    async fn traces(&mut self, hold: &str) -> (bool, bool, bool) {
         let k = self.k.clone();
         (
-            self.hget(&k.unacked, tag).await.is_some(),
-            self.zscore(&k.unacked_index, tag).await.is_some(),
-            self.zscore(&k.leases, tag).await.is_some(),
-            self.hget(&k.holders, tag).await.is_some(),
+            self.hget(&k.unacked, hold).await.is_some(),
+            self.zscore(&k.unacked_index, hold).await.is_some(),
+            self.zscore(&k.leases, hold).await.is_some(),
         )
     }
 
-    async fn ack(&mut self, pairs: &[(&str, &str)]) -> i64 {
+    async fn ack(&mut self, holds: &[&str]) -> i64 {
         let k = &self.k;
         let script = Script::new(scripts::ACK);
         let mut invocation = script.prepare_invoke();
         invocation
             .key(&k.unacked)
             .key(&k.unacked_index)
-            .key(&k.leases)
-            .key(&k.holders)
-            .key(&k.deliveries);
-        for (tag, token) in pairs {
-            invocation.arg(*tag).arg(*token);
+            .key(&k.leases);
+        for hold in holds {
+            invocation.arg(*hold);
         }
         invocation
             .invoke_async(&mut self.conn)
@@ -176,8 +164,8 @@ impl Fixture {
 /// Claim numbers for the fixture's claims (each call its own, as the broker does).
 static NEXT_CLAIM: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
 
-const HELD: (bool, bool, bool, bool) = (true, true, true, true);
-const GONE: (bool, bool, bool, bool) = (false, false, false, false);
+const HELD: (bool, bool, bool) = (true, true, true);
+const GONE: (bool, bool, bool) = (false, false, false);
 
 #[tokio::test]
 async fn claim_records_what_kombu_records_and_a_lease() {
@@ -194,29 +182,29 @@ async fn claim_records_what_kombu_records_and_a_lease() {
 
     let before = server_ms(&mut fx.conn).await;
     let got = fx
-        .claim(&[(q0.clone(), "q"), (q3.clone(), "q")], 2, 30_000, None)
+        .claim_numbered(77, &[(q0.clone(), "q"), (q3.clone(), "q")], 2, 30_000)
         .await;
     let after = server_ms(&mut fx.conn).await;
 
-    // Oldest first, from the first list; the third message stays.
-    let taken: Vec<_> = got
-        .iter()
-        .map(|r| (r.0, r.1.as_str(), r.2.as_str(), r.4))
-        .collect();
+    // Oldest first, from the first list, held as claim * 1000 + k; the third stays.
     assert_eq!(
-        taken,
-        [(1, a.as_str(), "tag-a", 1), (1, b.as_str(), "tag-b", 1)]
+        got,
+        [
+            (1, a.clone(), "77001".to_string()),
+            (1, b.clone(), "77002".to_string())
+        ]
     );
     assert_eq!(fx.list(&q0).await, Vec::<String>::new());
     assert_eq!(fx.list(&q3).await, std::slice::from_ref(&c));
 
-    // kombu's ack emulation, byte for byte: the element verbatim.
+    // kombu's ack emulation: the element verbatim, the anonymous exchange and the
+    // queue it came from (where any kombu restore puts it back).
     assert_eq!(
-        fx.hget(&k.unacked, "tag-a").await.as_deref(),
+        fx.hget(&k.unacked, "77001").await.as_deref(),
         Some(unacked_value(&a, "q").as_str())
     );
     let index = fx
-        .zscore(&k.unacked_index, "tag-a")
+        .zscore(&k.unacked_index, "77001")
         .await
         .expect("redis command")
         * 1000.0;
@@ -224,187 +212,68 @@ async fn claim_records_what_kombu_records_and_a_lease() {
         index >= before - 1.0 && index <= after + 1.0,
         "{before} <= {index} <= {after}"
     );
-    let lease = fx.zscore(&k.leases, "tag-a").await.expect("redis command");
+    let lease = fx.zscore(&k.leases, "77001").await.expect("redis command");
     assert!(lease >= before.floor() + 30_000.0 - 1.0 && lease <= after + 30_000.0);
-
-    // Fresh tokens, recorded with the delivery count and the queue.
-    let tokens: Vec<u64> = got
-        .iter()
-        .map(|r| r.3.parse().expect("a numeric token"))
-        .collect();
-    assert_eq!(tokens[1], tokens[0] + 1);
+    assert_eq!(fx.traces("77002").await, HELD);
     assert_eq!(
-        fx.hget(&k.holders, "tag-b").await,
-        Some(format!("{} 1 q", tokens[1]))
-    );
-    assert_eq!(
-        tokens[0] / 1000,
-        tokens[1] / 1000,
-        "the tokens of one claim are its claim number * 1000 + k"
+        fx.hget(&k.unacked, "tag-a").await,
+        None,
+        "nothing keyed by the kombu tag"
     );
 
     // The next claim takes the priority-3 list.
     let got = fx
-        .claim(&[(q0, "q"), (q3.clone(), "q")], 5, 30_000, None)
+        .claim_numbered(78, &[(q0, "q"), (q3.clone(), "q")], 5, 30_000)
         .await;
-    assert_eq!(got.len(), 1);
-    assert_eq!((got[0].0, got[0].2.as_str()), (2, "tag-c"));
+    assert_eq!(got, [(2, c, "78001".to_string())]);
     assert_eq!(fx.list(&q3).await, Vec::<String>::new());
 }
 
+/// `claim.lua` does not read the envelope: whatever JSON object is queued is held
+/// verbatim under the queue it came from, whatever its delivery_info says.
 #[tokio::test]
-async fn claim_records_a_popped_element_first() {
-    let Some(mut fx) = fixture("claim_records_a_popped_element_first").await else {
+async fn claim_holds_any_object_verbatim_under_its_queue() {
+    let Some(mut fx) = fixture("claim_holds_any_object_verbatim_under_its_queue").await else {
         return;
     };
     let k = fx.k.clone();
-    let (a, b) = (k.queue("a", 0), k.queue("b", 0));
-    let waiting = envelope("tag-waiting", "a");
-    let popped = envelope("tag-popped", "b");
-    let _: () = fx.conn.lpush(&a, &waiting).await.expect("redis command");
-
-    let got = fx
-        .claim(&[(a, "a"), (b, "b")], 1, 30_000, Some((2, &popped)))
-        .await;
-    assert_eq!(got.len(), 1, "the popped element counts towards max");
-    assert_eq!((got[0].0, got[0].2.as_str()), (2, "tag-popped"));
-    assert_eq!(
-        fx.hget(&k.holders, "tag-popped").await,
-        Some(format!("{} 1 b", got[0].3))
-    );
-    assert_eq!(fx.traces("tag-waiting").await, GONE);
-}
-
-#[tokio::test]
-async fn claim_counts_deliveries() {
-    let Some(mut fx) = fixture("claim_counts_deliveries").await else {
-        return;
-    };
-    let k = fx.k.clone();
-    let list = k.queue("q", 0);
-    let _: () = fx
-        .conn
-        .hset(&k.deliveries, "tag-counted", 3)
-        .await
-        .expect("redis command");
-    let _: () = fx
-        .conn
-        .lpush(
-            &list,
-            &[
-                envelope("tag-counted", "q"),
-                redelivered("tag-kombu", "q"),
-                envelope("tag-new", "q"),
-            ],
-        )
-        .await
-        .expect("redis command");
-    let got = fx.claim(&[(list, "q")], 10, 30_000, None).await;
-    let counts: Vec<_> = got.iter().map(|r| (r.2.as_str(), r.4)).collect();
-    assert_eq!(
-        counts,
-        [("tag-counted", 4), ("tag-kombu", 2), ("tag-new", 1)],
-        "celeriac's count + 1, else 2 when kombu marked it redelivered, else 1"
-    );
-}
-
-/// `claim.lua` reads the tag and delivery_info from the text of the envelopes kombu
-/// and celeriac write (no cjson decode); every other shape takes the full decode. Both
-/// roads must record the same thing.
-#[tokio::test]
-async fn claim_reads_every_envelope_shape_alike() {
-    let Some(mut fx) = fixture("claim_reads_every_envelope_shape_alike").await else {
-        return;
-    };
-    let k = fx.k.clone();
-    let list = k.queue("q", 0);
-    let cases: [(&str, String, &str, &str, u32); 7] = [
-        // Python's json.dumps: ", " and ": " separators, delivery_info before the tag.
-        (
-            "tag-py",
-            r#"{"body": "W10=", "content-encoding": "utf-8", "content-type": "application/json", "headers": {"task": "t", "id": "tag-py"}, "properties": {"correlation_id": "x", "delivery_mode": 2, "delivery_info": {"exchange": "", "routing_key": "celery"}, "priority": 0, "body_encoding": "base64", "delivery_tag": "tag-py"}}"#.to_string(),
-            "",
-            "celery",
-            1,
-        ),
-        // Compact, kombu-restored (redelivered), a named exchange.
-        (
-            "tag-compact",
-            r#"{"body":"W10=","headers":{"redelivered":true},"properties":{"delivery_tag":"tag-compact","delivery_info":{"exchange":"ex","routing_key":"rk","redelivered":true}}}"#.to_string(),
-            "ex",
-            "rk",
-            2,
-        ),
-        // A user header named like the keys claim reads: the full decode decides.
-        (
-            "tag-nested",
-            r#"{"body":"W10=","headers":{"delivery_tag":"not-me","delivery_info":{"exchange":"no","routing_key":"no"}},"properties":{"delivery_info":{"exchange":"","routing_key":"q2"},"delivery_tag":"tag-nested"}}"#.to_string(),
-            "",
-            "q2",
-            1,
-        ),
-        // A routing key with escapes and braces.
-        (
-            "tag-escaped",
-            r#"{"body":"W10=","properties":{"delivery_info":{"exchange":"","routing_key":"a\"b}{c"},"delivery_tag":"tag-escaped"}}"#.to_string(),
-            "",
-            "a\"b}{c",
-            1,
-        ),
-        // A tag with an escape.
-        (
-            "tag-\"q\"",
-            r#"{"body":"W10=","properties":{"delivery_tag":"tag-\"q\"","delivery_info":{"exchange":"","routing_key":"q"}}}"#.to_string(),
-            "",
-            "q",
-            1,
-        ),
-        // Look-alikes of the names claim searches for: another "_tag" key, the
-        // string "delivery_info" as a value.
-        (
-            "tag-lookalike",
-            r#"{"body":"W10=","headers":{"my_tag":"zz","note":"delivery_info","x_info":1},"properties":{"delivery_tag":"tag-lookalike","delivery_info":{"exchange":"","routing_key":"q3"}}}"#.to_string(),
-            "",
-            "q3",
-            1,
-        ),
-        // No delivery_info at all: the queue is the routing key.
-        (
-            "tag-bare",
-            r#"{"body":"W10=","properties":{"delivery_tag":"tag-bare"}}"#.to_string(),
-            "",
-            "q",
-            1,
-        ),
+    let queue = "a\"b}{c";
+    let list = k.queue(queue, 0);
+    let cases = [
+        // Python's json.dumps: ", " and ": " separators.
+        r#"{"body": "W10=", "headers": {"task": "t"}, "properties": {"delivery_info": {"exchange": "celery", "routing_key": "celery"}, "delivery_tag": "tag-py"}}"#,
+        // Blanks around the object.
+        " {\"body\":\"W10=\",\"properties\":{}}\n",
+        // Not a kombu envelope, but an object: the client's decoder decides.
+        r#"{"properties": {"delivery_tag": "t"}}"#,
     ];
-    for (_, raw, _, _, _) in &cases {
+    for raw in cases {
         let _: () = fx.conn.lpush(&list, raw).await.expect("redis command");
     }
-    let got = fx.claim(&[(list, "q")], 10, 30_000, None).await;
+    let got = fx.claim(&[(list, queue)], 10, 30_000).await;
     assert_eq!(got.len(), cases.len(), "nothing dead-lettered");
-    for ((tag, raw, exchange, routing_key, count), row) in cases.iter().zip(&got) {
+    for (raw, (_, element, hold)) in cases.iter().zip(&got) {
+        assert_eq!(element, raw);
+        let entry = fx.hget(&k.unacked, hold).await.expect("an unacked entry");
         assert_eq!(
-            (row.1.as_str(), row.2.as_str(), row.4),
-            (raw.as_str(), *tag, *count)
-        );
-        let entry = fx.hget(&k.unacked, tag).await.expect("an unacked entry");
-        let (envelope, ex, rk): (serde_json::Value, String, String) =
-            serde_json::from_str(&entry).expect("[envelope, exchange, routing_key]");
-        assert_eq!(
-            envelope,
-            serde_json::from_str::<serde_json::Value>(raw).expect("json")
-        );
-        assert_eq!(
-            (ex.as_str(), rk.as_str()),
-            (*exchange, *routing_key),
-            "{tag}"
+            entry,
+            format!(
+                "[{raw},\"\",{}]",
+                serde_json::to_string(queue).expect("json")
+            )
         );
     }
+    // The entries of real envelopes parse as kombu's restore reads them.
+    let entry = fx.hget(&k.unacked, &got[0].2).await.expect("an entry");
+    let (envelope, ex, rk): (serde_json::Value, String, String) =
+        serde_json::from_str(&entry).expect("[envelope, exchange, routing_key]");
+    assert_eq!(envelope["properties"]["delivery_tag"], "tag-py");
+    assert_eq!((ex.as_str(), rk.as_str()), ("", queue));
 }
 
 #[tokio::test]
-async fn claim_dead_letters_what_is_not_an_envelope() {
-    let Some(mut fx) = fixture("claim_dead_letters_what_is_not_an_envelope").await else {
+async fn claim_dead_letters_what_is_not_an_object() {
+    let Some(mut fx) = fixture("claim_dead_letters_what_is_not_an_object").await else {
         return;
     };
     let k = fx.k.clone();
@@ -412,8 +281,8 @@ async fn claim_dead_letters_what_is_not_an_envelope() {
     let bad: [&[u8]; 4] = [
         b"not json at all \xff",
         b"[1, 2, 3]",
-        br#"{"body": "x", "properties": {}}"#,
-        br#"{"properties": {"delivery_tag": "t"}}"#,
+        b"\"a string\"",
+        b"{\"open\": 1",
     ];
     for element in bad {
         let _: () = fx.conn.lpush(&list, element).await.expect("redis command");
@@ -421,10 +290,10 @@ async fn claim_dead_letters_what_is_not_an_envelope() {
     let good = envelope("tag-good", "q");
     let _: () = fx.conn.lpush(&list, &good).await.expect("redis command");
 
-    let got = fx.claim(&[(list.clone(), "q")], 1, 30_000, None).await;
+    let got = fx.claim(&[(list.clone(), "q")], 1, 30_000).await;
     assert_eq!(got.len(), 1);
     assert_eq!(
-        got[0].2, "tag-good",
+        got[0].1, good,
         "malformed elements do not block the good one"
     );
     assert_eq!(fx.list(&list).await, Vec::<String>::new());
@@ -468,48 +337,61 @@ async fn ack_removes_the_hold_of_its_delivery_only() {
     let Some(mut fx) = fixture("ack_removes_the_hold_of_its_delivery_only").await else {
         return;
     };
-    let k = fx.k.clone();
-    let token = fx.hold("tag", "q", 30_000).await;
-    let _: () = fx
-        .conn
-        .hset(&k.deliveries, "tag", 1)
-        .await
-        .expect("redis command");
+    let first = fx.hold("tag", "q", 30_000).await;
+    let second = fx.hold("tag-2", "q", 30_000).await;
 
-    assert_eq!(
-        fx.ack(&[("tag", "999999")]).await,
-        0,
-        "another token is stale"
-    );
-    assert_eq!(fx.traces("tag").await, HELD);
-    assert_eq!(fx.ack(&[("tag", &token), ("other", &token)]).await, 1);
-    assert_eq!(fx.traces("tag").await, GONE);
-    assert_eq!(fx.hget(&k.deliveries, "tag").await, None);
-    assert_eq!(
-        fx.ack(&[("tag", &token)]).await,
-        0,
-        "a second ack is a no-op"
-    );
+    assert_eq!(fx.ack(&["999999"]).await, 0, "another hold is not acked");
+    assert_eq!(fx.traces(&first).await, HELD);
+    assert_eq!(fx.ack(&[&first, "other"]).await, 1);
+    assert_eq!(fx.traces(&first).await, GONE);
+    assert_eq!(fx.traces(&second).await, HELD);
+    assert_eq!(fx.ack(&[&first]).await, 0, "a second ack is a no-op");
 }
 
 #[tokio::test]
-async fn ack_leaves_a_message_a_kombu_consumer_took_again() {
-    let Some(mut fx) = fixture("ack_leaves_a_message_a_kombu_consumer_took_again").await else {
+async fn ack_after_a_kombu_restore_cleans_the_lease() {
+    let Some(mut fx) = fixture("ack_after_a_kombu_restore_cleans_the_lease").await else {
         return;
     };
     let k = fx.k.clone();
-    let token = fx.hold("tag", "q", 1_000).await;
-    // A kombu restore and a Python worker's delivery after our lease ended: a later
-    // delivery time than our lease deadline.
-    let lease = fx.zscore(&k.leases, "tag").await.expect("redis command");
+    let hold = fx.hold("tag", "q", 1_000).await;
+    // A kombu scan restored the message (its unacked entry and index went); a Python
+    // worker then holds it under its own tag.
     let _: () = fx
         .conn
-        .zadd(&k.unacked_index, "tag", (lease + 5_000.0) / 1000.0)
+        .hdel(&k.unacked, &hold)
         .await
         .expect("redis command");
-    assert_eq!(fx.ack(&[("tag", &token)]).await, 0);
-    assert!(fx.hget(&k.unacked, "tag").await.is_some());
-    assert!(fx.zscore(&k.unacked_index, "tag").await.is_some());
+    let _: () = fx
+        .conn
+        .zrem(&k.unacked_index, &hold)
+        .await
+        .expect("redis command");
+    let _: () = fx
+        .conn
+        .hset(&k.unacked, "tag", unacked_value(&envelope("tag", "q"), "q"))
+        .await
+        .expect("redis command");
+    assert_eq!(fx.ack(&[&hold]).await, 0);
+    assert_eq!(fx.traces(&hold).await, GONE, "the stray lease went");
+    assert!(
+        fx.hget(&k.unacked, "tag").await.is_some(),
+        "the Python worker's hold stays"
+    );
+}
+
+async fn renew(fx: &mut Fixture, holds: &[&str]) -> i64 {
+    let k = fx.k.clone();
+    let script = Script::new(scripts::RENEW);
+    let mut invocation = script.prepare_invoke();
+    invocation.key(&k.unacked_index).key(&k.leases).arg(60_000);
+    for hold in holds {
+        invocation.arg(*hold);
+    }
+    invocation
+        .invoke_async::<i64>(&mut fx.conn)
+        .await
+        .expect("redis command")
 }
 
 #[tokio::test]
@@ -518,85 +400,77 @@ async fn renew_extends_the_lease_and_the_kombu_delivery_time() {
         return;
     };
     let k = fx.k.clone();
-    let token = fx.hold("tag", "q", 1_000).await;
+    let hold = fx.hold("tag", "q", 1_000).await;
     // Pretend the delivery is old, as kombu's scan would see it.
     let _: () = fx
         .conn
-        .zadd(&k.unacked_index, "tag", 1_000.0)
+        .zadd(&k.unacked_index, &hold, 1_000.0)
         .await
         .expect("redis command");
     let _: () = fx
         .conn
-        .zadd(&k.leases, "tag", 1_000_000.0)
+        .zadd(&k.leases, &hold, 1_000_000.0)
         .await
         .expect("redis command");
 
-    let renew = |fx: &mut Fixture, pairs: Vec<(String, String)>| {
-        let k = fx.k.clone();
-        let mut conn = fx.conn.clone();
-        async move {
-            let script = Script::new(scripts::RENEW);
-            let mut invocation = script.prepare_invoke();
-            invocation
-                .key(&k.unacked_index)
-                .key(&k.leases)
-                .key(&k.holders)
-                .arg(60_000);
-            for (tag, token) in &pairs {
-                invocation.arg(tag).arg(token);
-            }
-            invocation
-                .invoke_async::<i64>(&mut conn)
-                .await
-                .expect("redis command")
-        }
-    };
-    assert_eq!(
-        renew(&mut fx, vec![("tag".into(), "424242".into())]).await,
-        0,
-        "stale token"
-    );
-    assert_eq!(fx.zscore(&k.leases, "tag").await, Some(1_000_000.0));
-
     let before = server_ms(&mut fx.conn).await;
-    assert_eq!(
-        renew(
-            &mut fx,
-            vec![("tag".into(), token.clone()), ("absent".into(), token)]
-        )
-        .await,
-        1
-    );
-    let lease = fx.zscore(&k.leases, "tag").await.expect("redis command");
+    assert_eq!(renew(&mut fx, &[&hold, "424242"]).await, 1);
+    let lease = fx.zscore(&k.leases, &hold).await.expect("redis command");
     assert!(
         lease >= before.floor() + 60_000.0 - 1.0,
         "{lease} vs {before}"
     );
     let index = fx
-        .zscore(&k.unacked_index, "tag")
+        .zscore(&k.unacked_index, &hold)
         .await
         .expect("redis command")
         * 1000.0;
     assert!(index >= before - 1.0, "delivery time moved to now");
     assert_eq!(
-        fx.zscore(&k.unacked_index, "absent").await,
+        fx.zscore(&k.unacked_index, "424242").await,
         None,
-        "XX: never added"
+        "never added"
     );
+    assert_eq!(fx.zscore(&k.leases, "424242").await, None, "never added");
 }
 
-async fn requeue(fx: &mut Fixture, tag: &str, token: &str, target: &str, mode: &str) -> i64 {
+#[tokio::test]
+async fn renew_leaves_an_ended_delivery_ended() {
+    let Some(mut fx) = fixture("renew_leaves_an_ended_delivery_ended").await else {
+        return;
+    };
+    let k = fx.k.clone();
+    // Restored by a kombu scan: no index entry, the lease stays as it was.
+    let restored = fx.hold("tag-a", "q", 1_000).await;
+    let _: () = fx
+        .conn
+        .hdel(&k.unacked, &restored)
+        .await
+        .expect("redis command");
+    let _: () = fx
+        .conn
+        .zrem(&k.unacked_index, &restored)
+        .await
+        .expect("redis command");
+    // Lapsed and restored by celeriac: nothing left.
+    let lapsed = fx.hold("tag-b", "q", 1_000).await;
+    assert_eq!(fx.ack(&[&lapsed]).await, 1);
+    let lease = fx.zscore(&k.leases, &restored).await;
+    assert_eq!(renew(&mut fx, &[&restored, &lapsed]).await, 0);
+    assert_eq!(fx.zscore(&k.leases, &restored).await, lease);
+    assert_eq!(fx.traces(&restored).await, (false, false, true));
+    assert_eq!(fx.traces(&lapsed).await, GONE);
+}
+
+async fn requeue(fx: &mut Fixture, hold: &str, envelope: &str, target: &str, mode: &str) -> i64 {
     let k = fx.k.clone();
     Script::new(scripts::REQUEUE)
         .key(&k.unacked)
         .key(&k.unacked_index)
         .key(&k.leases)
-        .key(&k.holders)
-        .key(&k.deliveries)
         .key(target)
-        .arg(tag)
-        .arg(token)
-        .arg(redelivered(tag, "q"))
+        .arg(hold)
+        .arg(envelope)
         .arg(mode)
         .invoke_async(&mut fx.conn)
         .await
@@ -610,58 +484,46 @@ async fn requeue_goes_to_the_back_and_release_to_the_front() {
     };
     let k = fx.k.clone();
     let list = k.queue("q", 0);
-    let token = fx.hold("tag", "q", 30_000).await;
+    let hold = fx.hold("tag", "q", 30_000).await;
     let _: () = fx
         .conn
         .lpush(&list, &[envelope("x", "q"), envelope("y", "q")])
         .await
         .expect("redis command");
+    let back = redelivered("tag", "q");
 
     assert_eq!(
-        requeue(&mut fx, "tag", "1000000", &list, "requeue").await,
+        requeue(&mut fx, "1000000", &back, &list, "requeue").await,
         0
     );
-    assert_eq!(
-        fx.traces("tag").await,
-        HELD,
-        "a stale token changes nothing"
-    );
+    assert_eq!(fx.traces(&hold).await, HELD, "another hold changes nothing");
 
-    assert_eq!(requeue(&mut fx, "tag", &token, &list, "requeue").await, 1);
-    assert_eq!(fx.traces("tag").await, GONE);
+    assert_eq!(requeue(&mut fx, &hold, &back, &list, "requeue").await, 1);
+    assert_eq!(fx.traces(&hold).await, GONE);
     // LPUSH: at the head, i.e. the back of the queue (consumers RPOP the tail).
     assert_eq!(
         fx.list(&list).await,
-        [
-            redelivered("tag", "q"),
-            envelope("y", "q"),
-            envelope("x", "q")
-        ]
+        [back.clone(), envelope("y", "q"), envelope("x", "q")]
     );
-    assert_eq!(fx.hget(&k.deliveries, "tag").await.as_deref(), Some("1"));
-
-    // Taken again (count 2), then released: to the tail (front), count taken back.
-    let _: String = fx.conn.lpop(&list, None).await.expect("redis command");
-    let _: () = fx
-        .conn
-        .rpush(&list, redelivered("tag", "q"))
-        .await
-        .expect("redis command");
-    let got = fx.claim(&[(list.clone(), "q")], 1, 30_000, None).await;
-    assert_eq!((got[0].2.as_str(), got[0].4), ("tag", 2));
     assert_eq!(
-        requeue(&mut fx, "tag", &got[0].3, &list, "release").await,
+        requeue(&mut fx, &hold, &back, &list, "requeue").await,
+        0,
+        "an ended delivery puts nothing back twice"
+    );
+
+    // Taken again, then released: to the tail (front).
+    let _: String = fx.conn.lpop(&list, None).await.expect("redis command");
+    let _: () = fx.conn.rpush(&list, &back).await.expect("redis command");
+    let got = fx.claim(&[(list.clone(), "q")], 1, 30_000).await;
+    assert_eq!(got[0].1, back);
+    assert_eq!(
+        requeue(&mut fx, &got[0].2, &back, &list, "release").await,
         1
     );
     assert_eq!(
         fx.list(&list).await,
-        [
-            envelope("y", "q"),
-            envelope("x", "q"),
-            redelivered("tag", "q")
-        ]
+        [envelope("y", "q"), envelope("x", "q"), back]
     );
-    assert_eq!(fx.hget(&k.deliveries, "tag").await.as_deref(), Some("1"));
 }
 
 #[tokio::test]
@@ -670,8 +532,8 @@ async fn dead_letter_moves_the_message_and_counts_it() {
         return;
     };
     let k = fx.k.clone();
-    let token = fx.hold("tag", "q", 30_000).await;
-    let run = |fx: &mut Fixture, token: String| {
+    let hold = fx.hold("tag", "q", 30_000).await;
+    let run = |fx: &mut Fixture, hold: String| {
         let k = fx.k.clone();
         let mut conn = fx.conn.clone();
         async move {
@@ -679,12 +541,9 @@ async fn dead_letter_moves_the_message_and_counts_it() {
                 .key(&k.unacked)
                 .key(&k.unacked_index)
                 .key(&k.leases)
-                .key(&k.holders)
-                .key(&k.deliveries)
                 .key(&k.dead_letters)
                 .key(&k.dead_letter_counts)
-                .arg("tag")
-                .arg(token)
+                .arg(hold)
                 .arg(r#"{"id":"1","queue":"q","reason":"r","at":1,"payload":"p"}"#)
                 .arg("q")
                 .invoke_async::<i64>(&mut conn)
@@ -693,9 +552,10 @@ async fn dead_letter_moves_the_message_and_counts_it() {
         }
     };
     assert_eq!(run(&mut fx, "123456789".into()).await, 0);
-    assert_eq!(fx.traces("tag").await, HELD);
-    assert_eq!(run(&mut fx, token).await, 1);
-    assert_eq!(fx.traces("tag").await, GONE);
+    assert_eq!(fx.traces(&hold).await, HELD);
+    assert_eq!(run(&mut fx, hold.clone()).await, 1);
+    assert_eq!(fx.traces(&hold).await, GONE);
+    assert_eq!(run(&mut fx, hold).await, 0, "once");
     assert_eq!(
         fx.list(&k.dead_letters).await,
         [r#"{"id":"1","queue":"q","reason":"r","at":1,"payload":"p"}"#]
@@ -713,84 +573,64 @@ async fn restore_expired_puts_lapsed_messages_in_front() {
     };
     let k = fx.k.clone();
     let list = k.queue("q", 0);
-    fx.hold("lapsed", "q", 0).await;
-    fx.hold("alive", "q", 60_000).await;
-    fx.hold("renewed", "q", 0).await;
-    fx.hold("retaken", "q", 0).await;
-    fx.hold("orphan", "q", 0).await;
+    let lapsed = fx.hold("lapsed", "q", 0).await;
+    let alive = fx.hold("alive", "q", 60_000).await;
+    let renewed = fx.hold("renewed", "q", 0).await;
+    let acked = fx.hold("acked", "q", 0).await;
+    let orphan = fx.hold("orphan", "q", 0).await;
     let _: () = fx
         .conn
         .lpush(&list, envelope("waiting", "q"))
         .await
         .expect("redis command");
-    // "renewed" got a new lease after the caller read its holder.
+    // "renewed" got a new lease after the caller read the lapsed leases.
     let later = server_ms(&mut fx.conn).await + 60_000.0;
     let _: () = fx
         .conn
-        .zadd(&k.leases, "renewed", later)
+        .zadd(&k.leases, &renewed, later)
         .await
         .expect("redis command");
-    // "retaken": restored by a kombu scan and taken by a Python worker later.
-    let lease = fx
-        .zscore(&k.leases, "retaken")
+    // "acked" was acknowledged meanwhile.
+    assert_eq!(fx.ack(&[&acked]).await, 1);
+    // "orphan": restored by a kombu scan, in its queue again; the caller found no entry.
+    let _: () = fx
+        .conn
+        .hdel(&k.unacked, &orphan)
         .await
         .expect("redis command");
     let _: () = fx
         .conn
-        .zadd(&k.unacked_index, "retaken", (lease + 10_000.0) / 1000.0)
-        .await
-        .expect("redis command");
-    // "orphan": restored by a kombu scan, still in its queue.
-    let _: () = fx
-        .conn
-        .hdel(&k.unacked, "orphan")
-        .await
-        .expect("redis command");
-    let _: () = fx
-        .conn
-        .zrem(&k.unacked_index, "orphan")
-        .await
-        .expect("redis command");
-    // A lease left without a holder.
-    let _: () = fx
-        .conn
-        .zadd(&k.leases, "stray", 1.0)
-        .await
-        .expect("redis command");
-    let _: () = fx
-        .conn
-        .hset(&k.unacked, "stray", "x")
+        .zrem(&k.unacked_index, &orphan)
         .await
         .expect("redis command");
 
-    let mut holders = std::collections::HashMap::new();
-    for tag in ["lapsed", "alive", "renewed", "retaken", "orphan"] {
-        holders.insert(tag, fx.hget(&k.holders, tag).await.expect("redis command"));
-    }
     let script = Script::new(scripts::RESTORE_EXPIRED);
     let mut invocation = script.prepare_invoke();
     invocation
         .key(&k.unacked)
         .key(&k.unacked_index)
         .key(&k.leases)
-        .key(&k.holders)
-        .key(&k.deliveries)
         .key(&k.dead_letters)
         .key(&k.dead_letter_counts);
-    for tag in ["lapsed", "alive", "renewed", "retaken", "orphan"] {
+    for (hold, tag) in [
+        (&lapsed, "lapsed"),
+        (&alive, "alive"),
+        (&renewed, "renewed"),
+        (&acked, "acked"),
+    ] {
         invocation
             .key(&list)
-            .arg(tag)
-            .arg(&holders[tag])
+            .arg(hold)
             .arg("push")
-            .arg(redelivered(tag, "q"));
+            .arg(redelivered(tag, "q"))
+            .arg("q");
     }
     invocation
         .key(&k.leases)
-        .arg("stray")
-        .arg("")
+        .arg(&orphan)
         .arg("drop")
-        .arg("");
+        .arg("")
+        .arg("q");
     let restored: i64 = invocation
         .invoke_async(&mut fx.conn)
         .await
@@ -802,23 +642,11 @@ async fn restore_expired_puts_lapsed_messages_in_front() {
         [envelope("waiting", "q"), redelivered("lapsed", "q")],
         "RPUSH: the lapsed message is served next"
     );
-    assert_eq!(fx.traces("lapsed").await, GONE);
-    assert_eq!(fx.hget(&k.deliveries, "lapsed").await.as_deref(), Some("1"));
-    assert_eq!(fx.traces("alive").await, HELD);
-    assert_eq!(fx.traces("renewed").await, HELD);
-    assert_eq!(
-        fx.traces("retaken").await,
-        (true, true, false, false),
-        "the Python worker's hold stays; celeriac's entries go"
-    );
-    assert_eq!(fx.traces("orphan").await, GONE);
-    assert_eq!(fx.hget(&k.deliveries, "orphan").await.as_deref(), Some("1"));
-    assert_eq!(fx.zscore(&k.leases, "stray").await, None);
-    assert_eq!(
-        fx.hget(&k.unacked, "stray").await.as_deref(),
-        Some("x"),
-        "left to the visibility scan"
-    );
+    assert_eq!(fx.traces(&lapsed).await, GONE);
+    assert_eq!(fx.traces(&alive).await, HELD);
+    assert_eq!(fx.traces(&renewed).await, HELD);
+    assert_eq!(fx.traces(&acked).await, GONE);
+    assert_eq!(fx.traces(&orphan).await, GONE, "only its lease was left");
 }
 
 #[tokio::test]
@@ -827,26 +655,23 @@ async fn restore_expired_dead_letters_an_unusable_entry() {
         return;
     };
     let k = fx.k.clone();
-    fx.hold("tag", "q", 0).await;
-    let holder = fx.hget(&k.holders, "tag").await.expect("redis command");
+    let hold = fx.hold("tag", "q", 0).await;
     let restored: i64 = Script::new(scripts::RESTORE_EXPIRED)
         .key(&k.unacked)
         .key(&k.unacked_index)
         .key(&k.leases)
-        .key(&k.holders)
-        .key(&k.deliveries)
         .key(&k.dead_letters)
         .key(&k.dead_letter_counts)
         .key(&k.leases)
-        .arg("tag")
-        .arg(holder)
+        .arg(&hold)
         .arg("dead")
         .arg("{\"record\":1}")
+        .arg("q")
         .invoke_async(&mut fx.conn)
         .await
         .expect("redis command");
     assert_eq!(restored, 0);
-    assert_eq!(fx.traces("tag").await, GONE);
+    assert_eq!(fx.traces(&hold).await, GONE);
     assert_eq!(fx.list(&k.dead_letters).await, ["{\"record\":1}"]);
     assert_eq!(
         fx.hget(&k.dead_letter_counts, "q").await.as_deref(),
@@ -887,13 +712,16 @@ async fn restore_visible_restores_old_entries_without_a_lease() {
         .await
         .expect("redis command");
     // Held by a celeriac consumer (a lease): never restored by this scan.
-    fx.hold("leased", "q", 60_000).await;
+    let leased_hold = fx.hold("leased", "q", 60_000).await;
     let _: () = fx
         .conn
-        .zadd(&k.unacked_index, "leased", now_s - 7200.0)
+        .zadd(&k.unacked_index, &leased_hold, now_s - 7200.0)
         .await
         .expect("redis command");
-    let leased = fx.hget(&k.unacked, "leased").await.expect("redis command");
+    let leased = fx
+        .hget(&k.unacked, &leased_hold)
+        .await
+        .expect("redis command");
 
     let script = Script::new(scripts::RESTORE_VISIBLE);
     let mut invocation = script.prepare_invoke();
@@ -915,7 +743,7 @@ async fn restore_visible_restores_old_entries_without_a_lease() {
         ),
         ("broken", python("broken"), "dead", "{\"dead\":1}".into()),
         ("no-entry", String::new(), "drop", String::new()),
-        ("leased", leased, "push", redelivered("leased", "q")),
+        (&leased_hold, leased, "push", redelivered("leased", "q")),
     ];
     for (tag, expected, mode, payload) in &items {
         invocation
@@ -946,7 +774,7 @@ async fn restore_visible_restores_old_entries_without_a_lease() {
     assert_eq!(fx.hget(&k.unacked, "broken").await, None);
     assert_eq!(fx.list(&k.dead_letters).await, ["{\"dead\":1}"]);
     assert_eq!(fx.zscore(&k.unacked_index, "no-entry").await, None);
-    assert_eq!(fx.traces("leased").await, HELD);
+    assert_eq!(fx.traces(&leased_hold).await, HELD);
 }
 
 #[tokio::test]
@@ -1048,7 +876,7 @@ async fn a_claim_marked_lost_takes_nothing() {
         .await
         .expect("redis command");
     let got = fx
-        .claim_numbered(999_001, &[(q0.clone(), "q")], 5, 30_000, None)
+        .claim_numbered(999_001, &[(q0.clone(), "q")], 5, 30_000)
         .await;
     assert!(got.is_empty(), "a fenced claim holds nothing: {got:?}");
     assert_eq!(
@@ -1056,11 +884,12 @@ async fn a_claim_marked_lost_takes_nothing() {
         std::slice::from_ref(&a),
         "the message stays queued"
     );
-    assert_eq!(fx.hget(&k.holders, "tag-a").await, None);
-    // Another claim takes it, with tokens of its own number.
+    assert_eq!(fx.traces("999001001").await, GONE);
+    // Another claim takes it, under a hold id of its own number.
     let got = fx
-        .claim_numbered(999_002, &[(q0.clone(), "q")], 5, 30_000, None)
+        .claim_numbered(999_002, &[(q0.clone(), "q")], 5, 30_000)
         .await;
     assert_eq!(got.len(), 1);
-    assert_eq!(got[0].3, "999002001");
+    assert_eq!(got[0].2, "999002001");
+    assert_eq!(fx.traces("999002001").await, HELD);
 }

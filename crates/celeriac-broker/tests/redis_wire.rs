@@ -165,9 +165,12 @@ async fn a_python_envelope_is_fetched_from_its_priority_list_and_held_as_kombu_h
     let message = TaskMessage::decode(&delivery.envelope).expect("a valid task message");
     assert_eq!(message.args, vec![json!(4), json!(5)]);
 
-    // The unacked entry is what the Python worker wrote for the same message (§7.2).
+    // The unacked entry is what the Python worker wrote for the same message (§7.2);
+    // celeriac keys it by its hold id (the delivery's tag), not the kombu tag, so
+    // that a hold names one delivery.
     let python_entry = json(PYTHON_UNACKED.as_bytes());
-    let tag = python_entry["field"].as_str().expect("field");
+    let tag = delivery.tag.0.as_str();
+    assert_ne!(tag, python_entry["field"].as_str().expect("field"));
     let stored: Vec<u8> = conn.hget(&keys.unacked, tag).await.expect("HGET");
     assert_eq!(json(&stored), python_entry["value (parsed)"]);
     let raw = String::from_utf8(stored).expect("UTF-8");
@@ -219,12 +222,14 @@ async fn a_lapsed_message_is_restored_as_kombu_restores_it() {
     tokio::time::sleep(Duration::from_millis(150)).await;
     assert_eq!(broker.restore_expired().await.expect("restore"), 1);
 
-    // RPUSH: at the tail, served next; the tag is kept, both flags set.
+    // RPUSH: at the tail, served next; the tag is kept, both flags set, and the
+    // deliveries so far recorded for the next delivery's count.
     let elements: Vec<Vec<u8>> = conn.lrange(&list, 0, -1).await.expect("LRANGE");
     assert_eq!(elements.len(), 2);
     let mut expected = json(PYTHON_PRIORITY_7.as_bytes());
     expected["headers"]["redelivered"] = true.into();
     expected["properties"]["delivery_info"]["redelivered"] = true.into();
+    expected["headers"][celeriac_broker::PRIOR_DELIVERIES_HEADER] = 1.into();
     assert_eq!(json(&elements[1]), expected);
     assert_eq!(elements[0], b"{\"placeholder\": 1}");
     let unacked: usize = conn.hlen(&keys.unacked).await.expect("HLEN");

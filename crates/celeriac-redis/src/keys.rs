@@ -1,6 +1,6 @@
 //! Every key name of the Redis broker, in one place: kombu's (queue lists by
 //! priority, ack emulation, bindings; PROTOCOL.md §2) and celeriac's own
-//! (`celeriac.*`: leases, holders, dead letters, registries). All of them carry the
+//! (`celeriac.*`: leases, dead letters, registries). All of them carry the
 //! URL's `global_keyprefix`, as kombu prefixes every key it touches.
 
 /// kombu's separator between a queue name and its priority step, and between the
@@ -45,23 +45,17 @@ pub fn parse_binding_member(member: &str) -> Option<(&str, &str, &str)> {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BrokerKeys {
     prefix: String,
-    /// kombu: HASH delivery tag → JSON `[envelope, exchange, routing_key]` of every
-    /// held message.
+    /// kombu: HASH delivery tag (kombu's consumers) or hold id (celeriac's) → JSON
+    /// `[envelope, exchange, routing_key]` of every held message.
     pub unacked: String,
-    /// kombu: ZSET delivery tag → delivery time (float Unix seconds); kombu's
-    /// visibility-timeout scan restores entries older than the timeout.
+    /// kombu: ZSET delivery tag or hold id → delivery time (float Unix seconds);
+    /// kombu's visibility-timeout scan restores entries older than the timeout.
     pub unacked_index: String,
     /// kombu: STRING lock around the visibility-timeout scan.
     pub unacked_mutex: String,
-    /// celeriac: ZSET delivery tag → lease deadline (Unix ms) of messages held by
+    /// celeriac: ZSET hold id → lease deadline (Unix ms) of messages held by
     /// celeriac consumers.
     pub leases: String,
-    /// celeriac: HASH delivery tag → `"<token> <delivery count> <queue>"`, the current
-    /// celeriac delivery of a held message.
-    pub holders: String,
-    /// celeriac: HASH delivery tag → delivery count of the message's last celeriac
-    /// delivery that ended with the message back in a queue.
-    pub deliveries: String,
     /// celeriac: LIST of dead-letter records (JSON), newest first.
     pub dead_letters: String,
     /// celeriac: HASH queue → number of its dead letters.
@@ -82,8 +76,6 @@ impl BrokerKeys {
             unacked_index: key("unacked_index"),
             unacked_mutex: key("unacked_mutex"),
             leases: key("celeriac.leases"),
-            holders: key("celeriac.holders"),
-            deliveries: key("celeriac.deliveries"),
             dead_letters: key("celeriac.dead_letters"),
             dead_letter_counts: key("celeriac.dead_letter_counts"),
             queues: key("celeriac.queues"),

@@ -13,8 +13,7 @@ use celeriac_core::{Envelope, Map, Value};
 use lapin::types::{AMQPValue, FieldArray, FieldTable, LongString, ShortString};
 use lapin::BasicProperties;
 
-/// Deliveries this message had before celeriac republished it (requeue to the back).
-pub(crate) const PRIOR_DELIVERIES_HEADER: &str = "x-celeriac-prior-deliveries";
+pub(crate) use crate::PRIOR_DELIVERIES_HEADER;
 /// Why a dead letter was dead-lettered.
 pub(crate) const DEAD_LETTER_REASON_HEADER: &str = "x-celeriac-dead-letter-reason";
 /// The queue a dead letter came from.

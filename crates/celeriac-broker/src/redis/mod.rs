@@ -22,13 +22,11 @@
 //! | key | type | content | written by |
 //! |---|---|---|---|
 //! | `Q`, `Q\x06\x163`, `Q\x06\x166`, `Q\x06\x169` | LIST | kombu envelopes of queue `Q` at priority steps 0, 3, 6, 9 | kombu, celeriac |
-//! | `unacked` | HASH | delivery tag → `[envelope, exchange, routing_key]` of every held message | kombu, celeriac |
-//! | `unacked_index` | ZSET | delivery tag → delivery time (float Unix seconds) | kombu, celeriac |
+//! | `unacked` | HASH | delivery tag (kombu's consumers) or hold id (celeriac's) → `[envelope, exchange, routing_key]` of every held message | kombu, celeriac |
+//! | `unacked_index` | ZSET | delivery tag or hold id → delivery time (float Unix seconds) | kombu, celeriac |
 //! | `unacked_mutex` | STRING | lock around the visibility-timeout scan | kombu, celeriac |
 //! | `_kombu.binding.<exchange>`, `_kombu.binding_permanent.<exchange>` | SET | `routing_key\x06\x16\x06\x16queue` | kombu, celeriac |
-//! | `celeriac.leases` | ZSET | delivery tag → lease deadline (Unix ms) of messages celeriac consumers hold | celeriac |
-//! | `celeriac.holders` | HASH | delivery tag → `"<token> <delivery count> <queue>"`: the current celeriac delivery | celeriac |
-//! | `celeriac.deliveries` | HASH | delivery tag → delivery count of the last celeriac delivery that ended with the message back in a queue | celeriac |
+//! | `celeriac.leases` | ZSET | hold id → lease deadline (Unix ms) of messages celeriac consumers hold | celeriac |
 //! | `celeriac.lost_claim:<claim>` | STRING (expires) | set by a client that lost the reply of claim number `<claim>`: that claim, if it still runs, does nothing | celeriac |
 //! | `celeriac.landed:<token>` | STRING (expires) | set by every publish transaction, so that a publisher that lost the reply can tell whether it landed | celeriac |
 //! | `celeriac.dead_letters` | LIST | dead-letter records, newest first: JSON `{id, queue, reason, at (Unix ms), tag?, payload \| payload_base64}` | celeriac |
@@ -57,14 +55,18 @@
 //! `claim.lua` pops up to `max` elements (`RPOP`, oldest first) from the queue lists
 //! in kombu's order (for each priority step ascending, for each queue; the first
 //! queue rotates from fetch to fetch as kombu's round robin does), and records each
-//! one as held in the same atomic step: `HSET unacked` (the element verbatim with
-//! its `delivery_info` exchange and routing key, exactly what kombu writes),
-//! `ZADD unacked_index <now>`, `ZADD celeriac.leases <now + lease>` and
-//! `HSET celeriac.holders`. A popped message is therefore never only in a client's
-//! memory. An element that is not a kombu envelope is moved to the dead letters with
-//! the reason in the same step; one the envelope codec then refuses is dead-lettered
-//! through `dead_letter.lua`. All times in scripts are Redis's clock (`TIME`), so
-//! clock skew between hosts cannot end a lease early.
+//! one as held in the same atomic step, under a **hold id** that names this one
+//! delivery (`claim * 1000 + k`: the k-th message of a claim whose random number,
+//! below 2^43, the consumer chose): `HSET unacked` (the element verbatim, the
+//! anonymous exchange and the queue it was taken from: kombu's entry, which any
+//! kombu restore puts back into that same queue), `ZADD unacked_index <now>` and
+//! `ZADD celeriac.leases <now + lease>`. A popped message is therefore never only in
+//! a client's memory. The script does not read the envelopes (that was half of
+//! Redis's time per message): an element that is not even shaped like a JSON object
+//! is moved to the dead letters with the reason in the same step; one the envelope
+//! codec then refuses is dead-lettered by the client through `dead_letter.lua`. All
+//! times in scripts are Redis's clock (`TIME`), so clock skew between hosts cannot
+//! end a lease early.
 //!
 //! # Waiting when the queues are empty
 //!
@@ -97,17 +99,18 @@
 //!
 //! - **Renew** (`renew.lua`, every third of the lease): for each delivery that still
 //!   holds its message, `ZADD celeriac.leases <now + lease>` and
-//!   `ZADD unacked_index XX <now>`. Workers keep the lease no longer than
+//!   `ZADD unacked_index <now>`. Workers keep the lease no longer than
 //!   `visibility_timeout` (`Settings::lease`), so renewals come at least three times
 //!   per visibility timeout. A live celeriac holder's message therefore never looks
 //!   old to kombu's scan, Python's or ours: no duplicate while its worker lives,
 //!   however long the task or its ETA.
 //! - **Lapse** ([`Broker::restore_expired`], part 1, `restore_expired.lua`): every
-//!   tag in `celeriac.leases` whose deadline passed belonged to a celeriac consumer
-//!   that died or stalled. It goes back to the front of its queue (`RPUSH`, tag kept,
-//!   `headers.redelivered` and `properties.delivery_info.redelivered` set, as kombu's
-//!   restore writes it), and its `unacked`, `unacked_index`, lease and holder entries
-//!   go: a dead worker's messages are back within one lease (seconds), not an hour.
+//!   hold in `celeriac.leases` whose deadline passed belonged to a celeriac consumer
+//!   that died or stalled. Its message goes back to the front of its queue (`RPUSH`,
+//!   kombu tag kept, `headers.redelivered` and `properties.delivery_info.redelivered`
+//!   set, as kombu's restore writes it, plus the delivery count, below), and its
+//!   `unacked`, `unacked_index` and lease entries go: a dead worker's messages are
+//!   back within one lease (seconds), not an hour.
 //! - **Python holders** ([`Broker::restore_expired`], part 2, `restore_visible.lua`):
 //!   kombu's `restore_visible`, under `unacked_mutex` (`SET NX PX 300000`, released by
 //!   compare-and-delete), for `unacked_index` entries older than
@@ -117,27 +120,23 @@
 //!   (60 s), as kombu throttles its own.
 //!
 //! **Stale deliveries.** kombu keeps the delivery tag when it restores a message, so
-//! the tag alone cannot tell one delivery from the next. Each celeriac delivery gets
-//! a token (`claim * 1000 + k`: the k-th message of a claim whose random number,
-//! below 2^43, the consumer chose), recorded in `celeriac.holders`, and the
-//! [`DeliveryTag`] handed out is `"<token>:<kombu tag>"`. Ack, reject and renew act
-//! in Lua only while `holders[tag]` carries their token **and** the message is still
-//! held by that delivery (in `unacked_index`, delivery time no later than the
-//! lease — a later one means a kombu consumer took it again after a kombu restore).
-//! So a stale ack, renew or reject — the lease lapsed, the message went to someone
-//! else — changes nothing, and never removes another consumer's hold.
+//! the tag alone cannot tell one delivery from the next; celeriac's holds are keyed
+//! by their hold id instead, which no later delivery reuses, and the [`DeliveryTag`]
+//! handed out is the hold id. An ack, renew or reject acts only on the entries of
+//! its own hold: once a delivery ended otherwise (its lease lapsed and the message
+//! was restored, a kombu scan restored it, a Python worker took it again under its
+//! kombu tag), its entries are gone and a stale ack, renew or reject changes nothing.
 //!
-//! **Delivery count.** kombu has none. `celeriac.holders` carries the count of the
-//! current delivery: `celeriac.deliveries[tag] + 1` when the message went back to a
-//! queue through celeriac before (restore and requeue keep the count, release takes
-//! it back), else 2 when `delivery_info.redelivered` is set (restored by kombu), and
-//! 1 otherwise. `celeriac.deliveries` entries are deleted on ack and dead-letter; an
-//! entry of a message that a Python worker acknowledges after a celeriac restore
-//! stays behind (a few bytes; rare).
+//! **Delivery count.** kombu has none. It travels in the envelope: a celeriac restore,
+//! requeue or release records the deliveries the message had so far in the header
+//! [`PRIOR_DELIVERIES_HEADER`](crate::PRIOR_DELIVERIES_HEADER) (a release takes the
+//! held delivery back); the next delivery counts that + 1, else 2 when
+//! `delivery_info.redelivered` is set (a kombu restore), else 1. Nothing about a
+//! message outlives it in Redis.
 //!
 //! Reject: `Requeue` = back of the queue (`LPUSH`, kombu's `reject(requeue=True)`),
-//! `Release` = front (`RPUSH`, kombu's restore), both with the redelivered marks;
-//! `DeadLetter` = to `celeriac.dead_letters`.
+//! `Release` = front (`RPUSH`, kombu's restore), both with the redelivered marks
+//! and the delivery count; `DeadLetter` = to `celeriac.dead_letters`.
 //!
 //! # Counts
 //!
@@ -322,6 +321,8 @@ struct ClaimRequest {
     /// Queue lists in consume order, each with the index of its queue.
     lists: Vec<(String, usize)>,
     queues: Vec<String>,
+    /// The queues as JSON strings, for the `unacked` entries `claim.lua` writes.
+    quoted: Vec<String>,
     max: usize,
     lease: Duration,
 }
@@ -409,8 +410,8 @@ impl Inner {
         Ok(seconds * 1000 + micros / 1000)
     }
 
-    /// Runs `claim.lua` (its "already popped" argument unused: every wait leaves
-    /// the element in its list).
+    /// Runs `claim.lua` under claim number `claim` and decodes what it took; an
+    /// element the envelope codec refuses goes to the dead letters.
     async fn run_claim(
         &self,
         request: &ClaimRequest,
@@ -422,8 +423,6 @@ impl Inner {
             .key(&k.unacked)
             .key(&k.unacked_index)
             .key(&k.leases)
-            .key(&k.holders)
-            .key(&k.deliveries)
             .key(k.lost_claim(claim))
             .key(&k.dead_letters)
             .key(&k.dead_letter_counts);
@@ -434,47 +433,35 @@ impl Inner {
             .arg(request.max)
             .arg(millis(request.lease))
             .arg(claim);
-        invocation.arg(0).arg("");
         for (_, queue) in &request.lists {
-            invocation.arg(&request.queues[*queue]);
+            invocation.arg(&request.quoted[*queue]);
         }
-        let rows: Vec<(usize, Vec<u8>, String, String, u32)> = invocation
+        let rows: Vec<(usize, Vec<u8>)> = invocation
             .invoke_async(&mut self.conn())
             .await
             .map_err(redis_error)?;
         let mut deliveries = Vec::with_capacity(rows.len());
-        for (index, raw, tag, token, delivery_count) in rows {
+        for (k, (index, raw)) in (1..).zip(rows) {
+            let hold = wire::hold_id(claim, k);
             let queue = request
                 .lists
                 .get(index.wrapping_sub(1))
                 .map(|(_, q)| request.queues[*q].clone())
                 .unwrap_or_default();
-            // claim.lua reads the tag without decoding the whole envelope; a text that
-            // fooled it (a tag that is not properties.delivery_tag) is not delivered.
-            let decoded = Envelope::from_kombu_json(&raw)
-                .map_err(|error| format!("undecodable envelope: {error}"))
-                .and_then(|envelope| {
-                    if envelope.properties.delivery_tag.as_deref() == Some(tag.as_str()) {
-                        Ok(envelope)
-                    } else {
-                        Err(format!(
-                            "ambiguous envelope: the delivery tag {tag:?} found in its text is not its properties.delivery_tag"
-                        ))
-                    }
-                });
-            match decoded {
+            match Envelope::from_kombu_json(&raw) {
                 Ok(envelope) => deliveries.push(Delivery {
-                    tag: wire::delivery_tag(&token, &tag),
+                    delivery_count: wire::delivery_count(&envelope),
+                    tag: wire::delivery_tag(hold),
                     queue,
                     envelope,
-                    delivery_count,
                 }),
-                Err(reason) => {
-                    tracing::warn!(%queue, %tag, %reason, "dead-lettering a message that does not decode");
-                    let record = DeadLetterRecord::new(&queue, &reason, Some(&tag), &raw);
-                    if let Err(error) = self.dead_letter(&tag, &token, &queue, &record).await {
+                Err(error) => {
+                    let reason = format!("undecodable envelope: {error}");
+                    tracing::warn!(%queue, %reason, "dead-lettering a message that does not decode");
+                    let record = DeadLetterRecord::new(&queue, &reason, None, &raw);
+                    if let Err(error) = self.dead_letter(&hold, &queue, &record).await {
                         // Still held under its lease: restored and tried again later.
-                        tracing::warn!(%error, %tag, "dead-lettering failed; the message stays held until its lease lapses");
+                        tracing::warn!(%error, %hold, "dead-lettering failed; the message stays held until its lease lapses");
                     }
                 }
             }
@@ -513,7 +500,7 @@ impl Inner {
         let claim = claim_number();
         let result = self.run_claim(request, claim).await;
         if let Err(BrokerError::Connection(_)) = &result {
-            self.release_lost_claim(claim).await;
+            self.release_lost_claim(claim, request.max).await;
         }
         result
     }
@@ -523,25 +510,27 @@ impl Inner {
     /// server — holding messages no consumer will ever see. Once Redis answers: set
     /// `celeriac.lost_claim:<claim>`, which makes a late run of that claim do
     /// nothing; release to the front of their queues the messages the claim holds
-    /// (tokens `claim * 1000 + k`). Gives up after [`RECOVER_FOR`] (leases still
-    /// bring held messages back).
-    async fn release_lost_claim(&self, claim: u64) {
+    /// (hold ids `claim * 1000 + 1..=max`). Gives up after [`RECOVER_FOR`] (leases
+    /// still bring held messages back).
+    async fn release_lost_claim(&self, claim: u64, max: usize) {
         let started = Instant::now();
         let mut backoff = Duration::from_millis(50);
-        let holders = loop {
-            let fenced: Result<(Vec<(String, String)>,), _> = ::redis::pipe()
+        let holds: Vec<String> = (1..=max as u64).map(|k| wire::hold_id(claim, k)).collect();
+        let held = loop {
+            let fenced: Result<(Vec<Option<Vec<u8>>>,), _> = ::redis::pipe()
                 .cmd("SET")
                 .arg(self.keys.lost_claim(claim))
                 .arg(1)
                 .arg("PX")
                 .arg(millis(RECOVER_FOR * 4))
                 .ignore()
-                .cmd("HGETALL")
-                .arg(&self.keys.holders)
+                .cmd("HMGET")
+                .arg(&self.keys.unacked)
+                .arg(&holds)
                 .query_async(&mut self.conn())
                 .await;
             match fenced {
-                Ok((holders,)) => break holders,
+                Ok((held,)) => break held,
                 Err(error) if started.elapsed() < RECOVER_FOR => {
                     tracing::debug!(%error, "Redis does not answer yet; retrying the release of a lost claim");
                     tokio::time::sleep(backoff).await;
@@ -553,13 +542,10 @@ impl Inner {
                 }
             }
         };
-        let lost: Vec<(String, String)> = holders
+        let lost: Vec<String> = holds
             .into_iter()
-            .filter_map(|(tag, holder)| {
-                let (token, _, _) = wire::parse_holder(&holder)?;
-                let number: u64 = token.parse().ok()?;
-                (number / 1000 == claim).then(|| (tag.clone(), token.to_string()))
-            })
+            .zip(held)
+            .filter_map(|(hold, entry)| entry.map(|_| hold))
             .collect();
         if !lost.is_empty() {
             tracing::info!(
@@ -567,10 +553,10 @@ impl Inner {
                 "releasing messages a claim took while its reply was lost"
             );
         }
-        for (tag, token) in lost {
-            let delivery = wire::delivery_tag(&token, &tag);
+        for hold in lost {
+            let delivery = wire::delivery_tag(hold);
             if let Err(error) = self.reject(&delivery, RejectAction::Release).await {
-                tracing::warn!(%error, %tag, "releasing a lost claim failed; it comes back when its lease lapses");
+                tracing::warn!(%error, tag = %delivery, "releasing a lost claim failed; it comes back when its lease lapses");
             }
         }
     }
@@ -640,8 +626,7 @@ impl Inner {
     /// Moves a held message to the dead letters (`dead_letter.lua`).
     async fn dead_letter(
         &self,
-        tag: &str,
-        token: &str,
+        hold: &str,
         queue: &str,
         record: &DeadLetterRecord,
     ) -> Result<bool, BrokerError> {
@@ -652,12 +637,9 @@ impl Inner {
             .key(&k.unacked)
             .key(&k.unacked_index)
             .key(&k.leases)
-            .key(&k.holders)
-            .key(&k.deliveries)
             .key(&k.dead_letters)
             .key(&k.dead_letter_counts)
-            .arg(tag)
-            .arg(token)
+            .arg(hold)
             .arg(record.to_json())
             .arg(queue)
             .invoke_async(&mut self.conn())
@@ -667,66 +649,59 @@ impl Inner {
     }
 
     async fn reject(&self, tag: &DeliveryTag, action: RejectAction) -> Result<(), BrokerError> {
-        let Some((token, kombu_tag)) = wire::parse_delivery_tag(tag) else {
+        let Some(hold) = wire::parse_delivery_tag(tag) else {
             tracing::warn!(tag = %tag, "reject with a tag this broker never issued; ignored");
             return Ok(());
         };
         let k = &self.keys;
-        let (holder, entry): (Option<String>, Option<Vec<u8>>) = ::redis::pipe()
-            .cmd("HGET")
-            .arg(&k.holders)
-            .arg(kombu_tag)
-            .cmd("HGET")
+        let entry: Option<Vec<u8>> = ::redis::cmd("HGET")
             .arg(&k.unacked)
-            .arg(kombu_tag)
+            .arg(hold)
             .query_async(&mut self.conn())
             .await
             .map_err(redis_error)?;
-        let holder = holder.as_deref().and_then(wire::parse_holder);
-        let (Some((held_token, _, queue)), Some(entry)) = (holder, entry) else {
+        let Some(entry) = entry else {
             tracing::debug!(tag = %tag, "reject of a delivery that holds nothing; ignored");
             return Ok(());
         };
-        if held_token != token {
-            tracing::debug!(tag = %tag, "reject with a stale tag; ignored");
-            return Ok(());
-        }
         let parsed = wire::parse_unacked(&entry);
-        let (mode, marked) = match action {
-            RejectAction::Requeue => (
-                "requeue",
-                parsed
-                    .as_ref()
-                    .map_err(String::clone)
-                    .and_then(|e| wire::mark_redelivered(&e.envelope)),
+        let mut bindings = Bindings::default();
+        let (queue, kombu_tag) = match &parsed {
+            Ok(entry) => (
+                self.route(&entry.exchange, &entry.routing_key, &mut bindings)
+                    .await?
+                    .unwrap_or_else(|| entry.routing_key.clone()),
+                wire::kombu_tag(&entry.envelope),
             ),
-            RejectAction::Release => (
-                "release",
-                parsed
-                    .as_ref()
-                    .map_err(String::clone)
-                    .and_then(|e| wire::mark_redelivered(&e.envelope)),
-            ),
+            Err(_) => (String::new(), None),
+        };
+        let (mode, prior) = match action {
+            RejectAction::Requeue => ("requeue", wire::PriorDeliveries::Counted),
+            RejectAction::Release => ("release", wire::PriorDeliveries::TakenBack),
             RejectAction::DeadLetter { reason } => {
                 let payload = held_payload(&parsed, &entry);
-                let record = DeadLetterRecord::new(queue, &reason, Some(kombu_tag), payload);
-                if !self.dead_letter(kombu_tag, token, queue, &record).await? {
+                let record = DeadLetterRecord::new(&queue, &reason, kombu_tag.as_deref(), payload);
+                if !self.dead_letter(hold, &queue, &record).await? {
                     tracing::debug!(tag = %tag, "dead-letter with a stale tag; ignored");
                 }
                 return Ok(());
             }
         };
+        let marked = parsed
+            .as_ref()
+            .map_err(String::clone)
+            .and_then(|e| wire::mark_redelivered(&e.envelope, prior));
         let (envelope, priority) = match marked {
             Ok(marked) => marked,
             Err(reason) => {
                 let reason = format!("cannot put the message back: {reason}");
                 let record = DeadLetterRecord::new(
-                    queue,
+                    &queue,
                     &reason,
-                    Some(kombu_tag),
+                    kombu_tag.as_deref(),
                     held_payload(&parsed, &entry),
                 );
-                self.dead_letter(kombu_tag, token, queue, &record).await?;
+                self.dead_letter(hold, &queue, &record).await?;
                 return Ok(());
             }
         };
@@ -736,11 +711,8 @@ impl Inner {
             .key(&k.unacked)
             .key(&k.unacked_index)
             .key(&k.leases)
-            .key(&k.holders)
-            .key(&k.deliveries)
-            .key(k.queue(queue, priority))
-            .arg(kombu_tag)
-            .arg(token)
+            .key(k.queue(&queue, priority))
+            .arg(hold)
             .arg(envelope)
             .arg(mode)
             .invoke_async(&mut self.conn())
@@ -761,7 +733,7 @@ impl Inner {
         tags: &[DeliveryTag],
     ) -> Result<u64, BrokerError> {
         let mut acted = 0;
-        let parsed: Vec<(&str, &str)> = tags
+        let parsed: Vec<&str> = tags
             .iter()
             .filter_map(|tag| {
                 let parsed = wire::parse_delivery_tag(tag);
@@ -779,8 +751,8 @@ impl Inner {
             if let Some(arg) = first_arg {
                 invocation.arg(arg);
             }
-            for (token, tag) in chunk {
-                invocation.arg(*tag).arg(*token);
+            for hold in chunk {
+                invocation.arg(*hold);
             }
             let done: u64 = invocation
                 .invoke_async(&mut self.conn())
@@ -794,10 +766,11 @@ impl Inner {
     /// [`Broker::restore_expired`] part 1: messages whose celeriac lease lapsed.
     async fn restore_lapsed(&self) -> Result<u64, BrokerError> {
         let k = &self.keys;
+        let mut bindings = Bindings::default();
         let mut restored = 0;
         for _ in 0..RESTORE_ROUNDS {
             let now = self.server_time_ms().await?;
-            let tags: Vec<String> = ::redis::cmd("ZRANGEBYSCORE")
+            let holds: Vec<String> = ::redis::cmd("ZRANGEBYSCORE")
                 .arg(&k.leases)
                 .arg("-inf")
                 .arg(now)
@@ -807,16 +780,12 @@ impl Inner {
                 .query_async(&mut self.conn())
                 .await
                 .map_err(redis_error)?;
-            if tags.is_empty() {
+            if holds.is_empty() {
                 break;
             }
-            let (holders, entries): (Vec<Option<String>>, Vec<Option<Vec<u8>>>) = ::redis::pipe()
-                .cmd("HMGET")
-                .arg(&k.holders)
-                .arg(&tags)
-                .cmd("HMGET")
+            let entries: Vec<Option<Vec<u8>>> = ::redis::cmd("HMGET")
                 .arg(&k.unacked)
-                .arg(&tags)
+                .arg(&holds)
                 .query_async(&mut self.conn())
                 .await
                 .map_err(redis_error)?;
@@ -825,44 +794,55 @@ impl Inner {
                 .key(&k.unacked)
                 .key(&k.unacked_index)
                 .key(&k.leases)
-                .key(&k.holders)
-                .key(&k.deliveries)
                 .key(&k.dead_letters)
                 .key(&k.dead_letter_counts);
-            for ((tag, holder), entry) in tags.iter().zip(&holders).zip(&entries) {
-                let holder = holder.clone().unwrap_or_default();
-                let queue = wire::parse_holder(&holder).map(|(_, _, q)| q.to_string());
-                let (mode, payload, target) = match (entry, queue) {
-                    (Some(entry), Some(queue)) => {
+            for (hold, entry) in holds.iter().zip(&entries) {
+                let (mode, payload, queue, target) = match entry {
+                    Some(entry) => {
                         let parsed = wire::parse_unacked(entry);
-                        match parsed
-                            .as_ref()
-                            .map_err(String::clone)
-                            .and_then(|e| wire::mark_redelivered(&e.envelope))
-                        {
-                            Ok((envelope, priority)) => {
-                                ("push", envelope, k.queue(&queue, priority))
+                        let routed = match &parsed {
+                            Ok(held) => {
+                                let queue = self
+                                    .route(&held.exchange, &held.routing_key, &mut bindings)
+                                    .await?
+                                    .unwrap_or_else(|| held.routing_key.clone());
+                                let marked = wire::mark_redelivered(
+                                    &held.envelope,
+                                    wire::PriorDeliveries::Counted,
+                                );
+                                (queue, marked)
                             }
-                            Err(reason) => {
+                            Err(reason) => (String::new(), Err(reason.clone())),
+                        };
+                        match routed {
+                            (queue, Ok((envelope, priority))) => {
+                                let target = k.queue(&queue, priority);
+                                ("push", envelope, queue, target)
+                            }
+                            (queue, Err(reason)) => {
                                 let reason = format!("cannot restore the message: {reason}");
+                                let tag = parsed
+                                    .as_ref()
+                                    .ok()
+                                    .and_then(|e| wire::kombu_tag(&e.envelope));
                                 let payload = held_payload(&parsed, entry);
                                 let record =
-                                    DeadLetterRecord::new(&queue, &reason, Some(tag), payload);
-                                ("dead", record.to_json(), k.leases.clone())
+                                    DeadLetterRecord::new(&queue, &reason, tag.as_deref(), payload);
+                                ("dead", record.to_json(), queue, k.leases.clone())
                             }
                         }
                     }
-                    _ => ("drop", Vec::new(), k.leases.clone()),
+                    None => ("drop", Vec::new(), String::new(), k.leases.clone()),
                 };
                 invocation.key(target);
-                invocation.arg(tag).arg(holder).arg(mode).arg(payload);
+                invocation.arg(hold).arg(mode).arg(payload).arg(queue);
             }
             let done: u64 = invocation
                 .invoke_async(&mut self.conn())
                 .await
                 .map_err(redis_error)?;
             restored += done;
-            if tags.len() < RESTORE_BATCH {
+            if holds.len() < RESTORE_BATCH {
                 break;
             }
         }
@@ -1033,10 +1013,12 @@ impl Inner {
                 entry.routing_key.clone(),
             )));
         };
-        Ok(match wire::mark_redelivered(&entry.envelope) {
-            Ok((envelope, priority)) => Ok((queue, envelope, priority)),
-            Err(reason) => Err((reason, queue)),
-        })
+        Ok(
+            match wire::mark_redelivered(&entry.envelope, wire::PriorDeliveries::Keep) {
+                Ok((envelope, priority)) => Ok((queue, envelope, priority)),
+                Err(reason) => Err((reason, queue)),
+            },
+        )
     }
 
     /// The queue of `(exchange, routing_key)` as kombu's `_lookup` finds it: the
@@ -1313,6 +1295,7 @@ impl Broker for RedisBroker {
         queues.rotate_left(start);
         let request = Arc::new(ClaimRequest {
             lists: self.inner.keys.consume_order(&queues),
+            quoted: queues.iter().map(|q| wire::quoted(q)).collect(),
             queues,
             max: params.max.min(MAX_FETCH),
             lease: params.lease,
@@ -1356,13 +1339,7 @@ impl Broker for RedisBroker {
 
     async fn ack(&self, tags: &[DeliveryTag]) -> Result<(), BrokerError> {
         let k = &self.inner.keys;
-        let keys = [
-            k.unacked.as_str(),
-            &k.unacked_index,
-            &k.leases,
-            &k.holders,
-            &k.deliveries,
-        ];
+        let keys = [k.unacked.as_str(), &k.unacked_index, &k.leases];
         self.inner
             .per_tag(&self.inner.scripts.ack, &keys, None, tags)
             .await?;
@@ -1375,7 +1352,7 @@ impl Broker for RedisBroker {
 
     async fn renew_leases(&self, tags: &[DeliveryTag], lease: Duration) -> Result<(), BrokerError> {
         let k = &self.inner.keys;
-        let keys = [k.unacked_index.as_str(), &k.leases, &k.holders];
+        let keys = [k.unacked_index.as_str(), &k.leases];
         self.inner
             .per_tag(&self.inner.scripts.renew, &keys, Some(millis(lease)), tags)
             .await?;
@@ -1553,7 +1530,7 @@ fn client_error(error: celeriac_redis::RedisError, url: &str) -> BrokerError {
 }
 
 /// A random claim number below 2^43: `claim.lua` gives the messages one claim takes
-/// the delivery tokens `claim * 1000 + 1..n`, exact in Lua's doubles.
+/// the hold ids `claim * 1000 + 1..n`, exact in Lua's doubles.
 fn claim_number() -> u64 {
     (uuid::Uuid::new_v4().as_u64_pair().0 >> 21).max(1)
 }

@@ -2,11 +2,11 @@
 //! contract in the comment at its top. They are public so that tests can run each
 //! one against a real Redis with seeded state.
 
-/// Takes up to N messages from queue lists and records them as held (kombu's
-/// `unacked` + `unacked_index`, celeriac's lease and holder); dead-letters elements
-/// that are not kombu envelopes.
+/// Takes up to N messages from queue lists and records them as held under hold ids
+/// (kombu's `unacked` + `unacked_index`, celeriac's lease); dead-letters elements
+/// that are not JSON objects.
 pub const CLAIM: &str = include_str!("lua/claim.lua");
-/// Acknowledges deliveries that still hold their message.
+/// Acknowledges deliveries (by hold id) that still hold their message.
 pub const ACK: &str = include_str!("lua/ack.lua");
 /// Extends the leases (and kombu delivery times) of deliveries that still hold their
 /// message.

@@ -7,9 +7,9 @@ use celeriac_core::message::{DeliveryInfo, PropertyOverrides};
 use celeriac_core::Envelope;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
-use serde_json::Value;
+use serde_json::{Map, Value};
 
-use crate::{DeadLetter, DeliveryTag};
+use crate::{DeadLetter, DeliveryTag, PRIOR_DELIVERIES_HEADER};
 
 /// The list element for `envelope` published to `queue`, as kombu's `basic_publish`
 /// writes it: a fresh uuid4 `delivery_tag`, `delivery_info` naming the anonymous
@@ -57,6 +57,22 @@ pub(crate) fn parse_unacked(value: &[u8]) -> Result<UnackedEntry, String> {
     })
 }
 
+/// `properties.delivery_tag` of an envelope (for dead-letter records).
+pub(crate) fn kombu_tag(envelope: &RawValue) -> Option<String> {
+    #[derive(Deserialize)]
+    struct Tagged {
+        properties: Option<TagOnly>,
+    }
+    #[derive(Deserialize)]
+    struct TagOnly {
+        delivery_tag: Option<String>,
+    }
+    serde_json::from_str::<Tagged>(envelope.get())
+        .ok()?
+        .properties?
+        .delivery_tag
+}
+
 /// The exchange and routing key of an `unacked` value, without reading the envelope
 /// (for counting held messages per queue).
 pub(crate) fn unacked_route(value: &[u8]) -> Option<(String, String)> {
@@ -65,14 +81,31 @@ pub(crate) fn unacked_route(value: &[u8]) -> Option<(String, String)> {
     Some((exchange, routing_key))
 }
 
+/// What a restore writes in [`PRIOR_DELIVERIES_HEADER`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum PriorDeliveries {
+    /// Leave it as it is (a kombu-style restore of a message held without a lease).
+    Keep,
+    /// The delivery that ends counts: the next one is one more.
+    Counted,
+    /// The delivery that ends is taken back (a release: as if never taken).
+    TakenBack,
+}
+
 /// The envelope to put back in a queue, as kombu's `_do_restore_message` writes it:
 /// `headers.redelivered = true` and `properties.delivery_info.redelivered = true`
 /// (neither when the envelope has no `headers`, as kombu's `KeyError` skips both),
-/// everything else kept, the delivery tag included. Returns the JSON and the
-/// message's priority.
-pub(crate) fn mark_redelivered(envelope: &RawValue) -> Result<(Vec<u8>, i64), String> {
+/// everything else kept, the delivery tag included. Unless `prior` is
+/// [`PriorDeliveries::Keep`], the headers (created if missing) also record in
+/// [`PRIOR_DELIVERIES_HEADER`] the deliveries the message has had, counting the held
+/// one or not. Returns the JSON and the message's priority.
+pub(crate) fn mark_redelivered(
+    envelope: &RawValue,
+    prior: PriorDeliveries,
+) -> Result<(Vec<u8>, i64), String> {
     let mut value: Value =
         serde_json::from_str(envelope.get()).map_err(|e| format!("unreadable envelope: {e}"))?;
+    let held_count = delivery_count_of(&value);
     let Value::Object(map) = &mut value else {
         return Err("the envelope is not a JSON object".into());
     };
@@ -85,9 +118,65 @@ pub(crate) fn mark_redelivered(envelope: &RawValue) -> Result<(Vec<u8>, i64), St
             info.insert("redelivered".into(), Value::Bool(true));
         }
     }
+    let before = match prior {
+        PriorDeliveries::Keep => None,
+        PriorDeliveries::Counted => Some(held_count),
+        PriorDeliveries::TakenBack => Some(held_count.saturating_sub(1)),
+    };
+    if let Some(before) = before {
+        let headers = map
+            .entry("headers")
+            .or_insert_with(|| Value::Object(Map::new()));
+        if !headers.is_object() {
+            *headers = Value::Object(Map::new());
+        }
+        if let Value::Object(headers) = headers {
+            headers.insert(PRIOR_DELIVERIES_HEADER.into(), Value::from(before));
+        }
+    }
     let priority = message_priority(&value);
     let json = serde_json::to_vec(&value).map_err(|e| e.to_string())?;
     Ok((json, priority))
+}
+
+/// How many times the message has been delivered, this delivery included:
+/// [`PRIOR_DELIVERIES_HEADER`] + 1 when a celeriac restore recorded it, else 2 when
+/// `properties.delivery_info.redelivered` is set (a kombu restore), else 1.
+pub(crate) fn delivery_count(envelope: &Envelope) -> u32 {
+    // Most envelopes never went back to a queue: look for the header in the
+    // received text before building the header map.
+    let recorded = match envelope.headers.json_text() {
+        Some(text) if !text.get().contains(PRIOR_DELIVERIES_HEADER) => None,
+        _ => envelope.headers.get(PRIOR_DELIVERIES_HEADER),
+    };
+    let redelivered = envelope
+        .properties
+        .delivery_info
+        .as_ref()
+        .and_then(|info| info.redelivered)
+        == Some(true);
+    count_from(recorded, redelivered)
+}
+
+/// [`delivery_count`] of an envelope read as JSON.
+fn delivery_count_of(envelope: &Value) -> u32 {
+    let recorded = envelope
+        .get("headers")
+        .and_then(|h| h.get(PRIOR_DELIVERIES_HEADER));
+    let redelivered = envelope
+        .get("properties")
+        .and_then(|p| p.get("delivery_info"))
+        .and_then(|i| i.get("redelivered"))
+        == Some(&Value::Bool(true));
+    count_from(recorded, redelivered)
+}
+
+fn count_from(recorded: Option<&Value>, redelivered: bool) -> u32 {
+    match recorded.and_then(Value::as_u64) {
+        Some(before) => u32::try_from(before).unwrap_or(u32::MAX).saturating_add(1),
+        None if redelivered => 2,
+        None => 1,
+    }
 }
 
 /// `properties.priority` as kombu's `_get_message_priority` reads it: `int(...)` of a
@@ -174,26 +263,29 @@ impl DeadLetterRecord {
     }
 }
 
-/// The celeriac delivery tag of one delivery: `"<token>:<kombu delivery tag>"`. The
-/// kombu tag names the message (kept across restores, as kombu does); the token
-/// names this delivery of it, so a tag of an ended delivery is recognisably stale.
-pub(crate) fn delivery_tag(token: &str, tag: &str) -> DeliveryTag {
-    DeliveryTag(format!("{token}:{tag}"))
+/// The hold id of the `k`-th message (from 1) taken by claim number `claim`: the
+/// key of its `unacked`, `unacked_index` and lease entries, and its delivery tag.
+pub(crate) fn hold_id(claim: u64, k: u64) -> String {
+    (claim * 1000 + k).to_string()
 }
 
-/// `(token, kombu tag)` of a tag made by [`delivery_tag`].
-pub(crate) fn parse_delivery_tag(tag: &DeliveryTag) -> Option<(&str, &str)> {
-    let (token, tag) = tag.0.split_once(':')?;
-    (!token.is_empty() && token.bytes().all(|b| b.is_ascii_digit()) && !tag.is_empty())
-        .then_some((token, tag))
+/// The delivery tag of the delivery held under `hold` (see [`hold_id`]).
+pub(crate) fn delivery_tag(hold: String) -> DeliveryTag {
+    DeliveryTag(hold)
 }
 
-/// `(token, delivery count, queue)` of a `celeriac.holders` value.
-pub(crate) fn parse_holder(value: &str) -> Option<(&str, u32, &str)> {
-    let mut parts = value.splitn(3, ' ');
-    let token = parts.next()?;
-    let count = parts.next()?.parse().ok()?;
-    Some((token, count, parts.next()?))
+/// The hold id of a tag made by [`delivery_tag`]: `None` for a tag this broker
+/// never issued.
+pub(crate) fn parse_delivery_tag(tag: &DeliveryTag) -> Option<&str> {
+    let hold = tag.0.as_str();
+    (!hold.is_empty() && hold.len() <= 20 && hold.bytes().all(|b| b.is_ascii_digit()))
+        .then_some(hold)
+}
+
+/// A queue name as a JSON string (quotes included), as `claim.lua` writes it into
+/// the `unacked` entries it makes.
+pub(crate) fn quoted(queue: &str) -> String {
+    serde_json::to_string(queue).unwrap_or_else(|_| format!("\"{queue}\""))
 }
 
 #[cfg(test)]
@@ -232,17 +324,18 @@ mod tests {
             r#"{"body":"e30=","headers":{"id":"x"},"properties":{"priority":"7","delivery_info":{"exchange":"","routing_key":"q"},"delivery_tag":"t"}}"#.into(),
         )
         .expect("raw");
-        let (json, priority) = mark_redelivered(&raw).expect("mark");
+        let (json, priority) = mark_redelivered(&raw, PriorDeliveries::Keep).expect("mark");
         assert_eq!(priority, 7);
         let value: Value = serde_json::from_slice(&json).expect("json");
         assert_eq!(value["headers"]["redelivered"], true);
         assert_eq!(value["properties"]["delivery_info"]["redelivered"], true);
         assert_eq!(value["properties"]["delivery_tag"], "t");
+        assert!(value["headers"].get(PRIOR_DELIVERIES_HEADER).is_none());
 
         let headless =
             RawValue::from_string(r#"{"body":"","properties":{"delivery_info":{}}}"#.into())
                 .expect("raw");
-        let (json, priority) = mark_redelivered(&headless).expect("mark");
+        let (json, priority) = mark_redelivered(&headless, PriorDeliveries::Keep).expect("mark");
         assert_eq!(priority, 0);
         assert_eq!(
             serde_json::from_slice::<Value>(&json).expect("json")["properties"]["delivery_info"],
@@ -264,12 +357,52 @@ mod tests {
             Some(("tasks".into(), "short.x".into()))
         );
 
-        let tag = delivery_tag("42", "53bd-fb83:x");
-        assert_eq!(parse_delivery_tag(&tag), Some(("42", "53bd-fb83:x")));
-        assert_eq!(parse_delivery_tag(&DeliveryTag("x:y".into())), None);
-        assert_eq!(parse_delivery_tag(&DeliveryTag("12:".into())), None);
-        assert_eq!(parse_holder("7 2 my queue"), Some(("7", 2, "my queue")));
-        assert_eq!(parse_holder("7 x q"), None);
+        let tag = delivery_tag(hold_id(42, 7));
+        assert_eq!(tag.0, "42007");
+        assert_eq!(parse_delivery_tag(&tag), Some("42007"));
+        assert_eq!(parse_delivery_tag(&DeliveryTag("12:abc".into())), None);
+        assert_eq!(parse_delivery_tag(&DeliveryTag("".into())), None);
+        assert_eq!(quoted("a \"q\""), r#""a \"q\"""#);
+    }
+
+    #[test]
+    fn restores_record_the_deliveries_so_far() {
+        let first = r#"{"body":"e30=","headers":{"id":"x"},"properties":{"delivery_info":{"exchange":"","routing_key":"q"},"delivery_tag":"t"}}"#;
+        let count = |json: &[u8]| {
+            let envelope = Envelope::from_kombu_json(json).expect("envelope");
+            delivery_count(&envelope)
+        };
+        assert_eq!(count(first.as_bytes()), 1);
+        let raw = RawValue::from_string(first.into()).expect("raw");
+        // Restored after its first delivery: the next is the second.
+        let (once, _) = mark_redelivered(&raw, PriorDeliveries::Counted).expect("mark");
+        assert_eq!(count(&once), 2);
+        let value: Value = serde_json::from_slice(&once).expect("json");
+        assert_eq!(value["headers"][PRIOR_DELIVERIES_HEADER], 1);
+        // And again: the count goes on.
+        let raw = RawValue::from_string(String::from_utf8(once).expect("utf-8")).expect("raw");
+        let (twice, _) = mark_redelivered(&raw, PriorDeliveries::Counted).expect("mark");
+        assert_eq!(count(&twice), 3);
+        // A release takes the held delivery back.
+        let raw = RawValue::from_string(String::from_utf8(twice).expect("utf-8")).expect("raw");
+        let (released, _) = mark_redelivered(&raw, PriorDeliveries::TakenBack).expect("mark");
+        assert_eq!(count(&released), 3);
+        // A first delivery released counts as never delivered, redelivered flag or not.
+        let raw = RawValue::from_string(first.into()).expect("raw");
+        let (released, _) = mark_redelivered(&raw, PriorDeliveries::TakenBack).expect("mark");
+        assert_eq!(count(&released), 1);
+        // A kombu restore marks redelivered only: the second delivery.
+        let raw = RawValue::from_string(first.into()).expect("raw");
+        let (kombu, _) = mark_redelivered(&raw, PriorDeliveries::Keep).expect("mark");
+        assert_eq!(count(&kombu), 2);
+        // Headers are created when the envelope has none.
+        let headless =
+            RawValue::from_string(r#"{"body":"","properties":{"delivery_tag":"t"}}"#.into())
+                .expect("raw");
+        let (json, _) = mark_redelivered(&headless, PriorDeliveries::Counted).expect("mark");
+        let value: Value = serde_json::from_slice(&json).expect("json");
+        assert_eq!(value["headers"][PRIOR_DELIVERIES_HEADER], 1);
+        assert_eq!(kombu_tag(&headless).as_deref(), Some("t"));
     }
 
     #[test]
