@@ -930,6 +930,34 @@ impl TaskMessage {
 
     /// Decodes an envelope, refusing pickle/YAML, protocol v1 and malformed bodies.
     pub fn decode(envelope: &Envelope) -> Result<TaskMessage, DecodeError> {
+        let (headers, (args, kwargs, embed)) = Self::decode_parts(envelope)?;
+        Ok(TaskMessage {
+            headers,
+            properties: envelope.properties.clone(),
+            args,
+            kwargs,
+            embed,
+        })
+    }
+
+    /// Decodes an envelope as [`TaskMessage::decode`] does, moving its properties
+    /// into the message instead of copying them: on success the envelope is left
+    /// with default properties; on error it is unchanged.
+    pub fn decode_taking_properties(envelope: &mut Envelope) -> Result<TaskMessage, DecodeError> {
+        let (headers, (args, kwargs, embed)) = Self::decode_parts(envelope)?;
+        Ok(TaskMessage {
+            headers,
+            properties: std::mem::take(&mut envelope.properties),
+            args,
+            kwargs,
+            embed,
+        })
+    }
+
+    /// The headers and the body's parts of an envelope. Inlined into both callers:
+    /// they then build the message in place, not from a copy of the parts.
+    #[inline(always)]
+    fn decode_parts(envelope: &Envelope) -> Result<(TaskHeaders, BodyParts), DecodeError> {
         check_content_type(envelope)?;
         // Received headers are read from their JSON text (no map is built): straight
         // into their types when every known header has its usual type, else through
@@ -991,19 +1019,13 @@ impl TaskMessage {
                 TaskHeaders::from_known(*known, extra)?
             }
         };
-        let (args, kwargs, embed) = match body {
+        let parts = match body {
             Ok(BodyFastPath(args, kwargs, embed)) => {
                 (args, kwargs.unwrap_or_default(), embed.unwrap_or_default())
             }
             Err(value) => split_body(value)?,
         };
-        Ok(TaskMessage {
-            headers,
-            properties: envelope.properties.clone(),
-            args,
-            kwargs,
-            embed,
-        })
+        Ok((headers, parts))
     }
 
     /// Encodes as a JSON envelope. The body is always the three-element array.
@@ -1707,6 +1729,27 @@ mod tests {
                 task: "tasks.add".into()
             })
         );
+    }
+
+    #[test]
+    fn decoding_may_take_the_properties() {
+        let mut env = envelope(
+            json!({"task": "t", "id": "x"}),
+            json!([[1], {}, null]),
+            CONTENT_TYPE_JSON,
+        );
+        env.properties.correlation_id = Some("x".into());
+        env.properties.priority = Some(3);
+        let copied = TaskMessage::decode(&env).expect("decodes");
+        let taken = TaskMessage::decode_taking_properties(&mut env).expect("decodes");
+        assert_eq!(taken, copied);
+        assert_eq!(env.properties, Properties::default());
+        // A refused message keeps its envelope as it was.
+        let mut bad = envelope(json!({"id": "x"}), json!([[], {}, null]), CONTENT_TYPE_JSON);
+        bad.properties.priority = Some(3);
+        let before = bad.clone();
+        assert!(TaskMessage::decode_taking_properties(&mut bad).is_err());
+        assert_eq!(bad, before);
     }
 
     #[test]

@@ -24,7 +24,6 @@ use celeriac_core::pidbox::{self, ControlRequest};
 use celeriac_core::{
     CancelReason, ExceptionInfo, Map, RateLimit, TaskMessage, TaskMeta, TaskState, Value,
 };
-use chrono::{DateTime, Utc};
 use parking_lot::Mutex;
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
@@ -42,19 +41,37 @@ pub(crate) enum RequestState {
     Active,
 }
 
-/// What `inspect` tells about a message this worker holds.
+/// What `inspect` tells about a message this worker holds: the message itself
+/// (shared with its job, read only when someone inspects) and where it is.
 pub(crate) struct RequestInfo {
-    name: String,
-    args: Vec<Value>,
-    kwargs: Map<String, Value>,
-    argsrepr: Option<String>,
-    kwargsrepr: Option<String>,
-    delivery_info: Value,
-    eta: Option<DateTime<Utc>>,
-    priority: u8,
+    message: Arc<TaskMessage>,
+    /// The routing key reported when the message records no `delivery_info` (the
+    /// queue it came from); `None` when it does.
+    queue: Option<String>,
+    redelivered: bool,
     state: RequestState,
     time_start: Option<f64>,
     acknowledged: bool,
+}
+
+impl RequestInfo {
+    fn priority(&self) -> u8 {
+        self.message.properties.priority.unwrap_or(0)
+    }
+
+    /// kombu's `delivery_info` of the request.
+    fn delivery_info(&self) -> Value {
+        let info = self.message.properties.delivery_info.as_ref();
+        json!({
+            "exchange": info.map(|i| i.exchange.as_str()).unwrap_or(""),
+            "routing_key": info
+                .map(|i| i.routing_key.as_str())
+                .or(self.queue.as_deref())
+                .unwrap_or(""),
+            "priority": self.priority(),
+            "redelivered": self.redelivered,
+        })
+    }
 }
 
 /// The messages this worker holds, by task id.
@@ -66,12 +83,16 @@ pub(crate) struct Requests {
 /// Forgets its request when dropped (whatever way the message was settled).
 pub(crate) struct Tracked {
     shared: Arc<Shared>,
-    id: String,
+    message: Arc<TaskMessage>,
 }
 
 impl Drop for Tracked {
     fn drop(&mut self) {
-        self.shared.requests.by_id.lock().remove(&self.id);
+        self.shared
+            .requests
+            .by_id
+            .lock()
+            .remove(&self.message.headers.id);
     }
 }
 
@@ -80,33 +101,27 @@ impl Requests {
     pub(crate) fn track(
         shared: &Arc<Shared>,
         delivery: &Delivery,
-        message: &TaskMessage,
+        message: &Arc<TaskMessage>,
     ) -> Tracked {
-        let info = message.properties.delivery_info.as_ref();
-        let priority = message.properties.priority.unwrap_or(0);
         let request = RequestInfo {
-            name: message.headers.task.clone(),
-            args: message.args.clone(),
-            kwargs: message.kwargs.clone(),
-            argsrepr: message.headers.argsrepr.clone(),
-            kwargsrepr: message.headers.kwargsrepr.clone(),
-            delivery_info: json!({
-                "exchange": info.map(|i| i.exchange.as_str()).unwrap_or(""),
-                "routing_key": info.map(|i| i.routing_key.as_str()).unwrap_or(delivery.queue.as_str()),
-                "priority": priority,
-                "redelivered": delivery.delivery_count > 1,
-            }),
-            eta: message.headers.eta,
-            priority,
+            message: Arc::clone(message),
+            queue: match message.properties.delivery_info {
+                Some(_) => None,
+                None => Some(delivery.queue.clone()),
+            },
+            redelivered: delivery.delivery_count > 1,
             state: RequestState::Reserved,
             time_start: None,
             acknowledged: false,
         };
-        let id = message.headers.id.clone();
-        shared.requests.by_id.lock().insert(id.clone(), request);
+        shared
+            .requests
+            .by_id
+            .lock()
+            .insert(message.headers.id.clone(), request);
         Tracked {
             shared: shared.clone(),
-            id,
+            message: Arc::clone(message),
         }
     }
 
@@ -122,30 +137,32 @@ impl Requests {
     }
 
     fn info(hostname: &str, id: &str, request: &RequestInfo, safe: bool) -> Value {
+        let message = &request.message;
+        let headers = &message.headers;
         let (args, kwargs) = if safe {
             (
-                json!(request
+                json!(headers
                     .argsrepr
                     .clone()
-                    .unwrap_or_else(|| celeriac_core::event::py_repr_args(&request.args))),
-                json!(request
+                    .unwrap_or_else(|| celeriac_core::event::py_repr_args(&message.args))),
+                json!(headers
                     .kwargsrepr
                     .clone()
-                    .unwrap_or_else(|| celeriac_core::event::py_repr_kwargs(&request.kwargs))),
+                    .unwrap_or_else(|| celeriac_core::event::py_repr_kwargs(&message.kwargs))),
             )
         } else {
-            (json!(request.args), json!(request.kwargs))
+            (json!(message.args), json!(message.kwargs))
         };
         json!({
             "id": id,
-            "name": request.name,
+            "name": headers.task,
             "args": args,
             "kwargs": kwargs,
-            "type": request.name,
+            "type": headers.task,
             "hostname": hostname,
             "time_start": request.time_start,
             "acknowledged": request.acknowledged,
-            "delivery_info": request.delivery_info,
+            "delivery_info": request.delivery_info(),
             "worker_pid": std::process::id(),
         })
     }
@@ -159,8 +176,8 @@ impl Requests {
                 let info = Requests::info(hostname, id, r, safe);
                 if state == RequestState::Scheduled {
                     json!({
-                        "eta": r.eta.map(|eta| eta.to_rfc3339()),
-                        "priority": r.priority,
+                        "eta": r.message.headers.eta.map(|eta| eta.to_rfc3339()),
+                        "priority": r.priority(),
                         "request": info,
                     })
                 } else {

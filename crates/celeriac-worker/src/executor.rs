@@ -36,7 +36,7 @@ enum RunEnd {
 /// `ticket` is the delivery's place in the queue's [`Slots`] line.
 pub(crate) async fn process(
     shared: Arc<Shared>,
-    delivery: Delivery,
+    mut delivery: Delivery,
     queue: Arc<QueueSettings>,
     window_permit: OwnedSemaphorePermit,
     ticket: Ticket,
@@ -47,9 +47,11 @@ pub(crate) async fn process(
     let slots = Arc::clone(&ticket.slots);
     // Dropped (the turn given up) by every path that does not queue for a slot now.
     let mut ticket = Some(ticket);
-    let Some((message, task)) = admit(&shared, &delivery).await else {
+    let Some((message, task)) = admit(&shared, &mut delivery).await else {
         return;
     };
+    // Shared with the request tracking behind `inspect` (no copy of its fields).
+    let message = Arc::new(message);
     let _tracked = crate::control::Requests::track(&shared, &delivery, &message);
     shared.events.task(|| received_event(&message));
     let mut window_permit = Some(window_permit);
@@ -109,7 +111,7 @@ pub(crate) async fn process(
         &shared,
         &delivery,
         &queue,
-        message,
+        &message,
         task,
         &stop,
         cancel_running,
@@ -203,8 +205,13 @@ impl Drop for Ticket {
 }
 
 /// Decodes and validates; anything that cannot run is settled here.
-async fn admit(shared: &Arc<Shared>, delivery: &Delivery) -> Option<(TaskMessage, Arc<dyn Task>)> {
-    let envelope = &delivery.envelope;
+/// A decoded message takes the envelope's properties (the envelope is not read
+/// again).
+async fn admit(
+    shared: &Arc<Shared>,
+    delivery: &mut Delivery,
+) -> Option<(TaskMessage, Arc<dyn Task>)> {
+    let envelope = &mut delivery.envelope;
     let size = envelope.approximate_size();
     // With signing on, a message is trusted only once its signature checks out: an
     // unverified one is dead-lettered without writing any result for its task id (a
@@ -228,8 +235,10 @@ async fn admit(shared: &Arc<Shared>, delivery: &Delivery) -> Option<(TaskMessage
             }
             trusted = true;
         }
-        TaskMessage::decode(envelope)
+        TaskMessage::decode_taking_properties(envelope)
     };
+    let envelope = &delivery.envelope;
+    let delivery = &*delivery;
     let message = match decoded {
         Ok(message) => message,
         Err(error) => {
@@ -341,7 +350,7 @@ async fn execute(
     shared: &Arc<Shared>,
     delivery: &Delivery,
     queue: &QueueSettings,
-    message: TaskMessage,
+    message: &TaskMessage,
     task: Arc<dyn Task>,
     stop: &CancellationToken,
     cancel_running: CancellationToken,
@@ -350,7 +359,7 @@ async fn execute(
     let id = message.headers.id.clone();
     if options.skip_if_succeeded && already_succeeded(shared, &id).await {
         tracing::info!(%id, "task already succeeded; acking the redelivered message without running it");
-        release_unique(shared, &message).await;
+        release_unique(shared, message).await;
         shared.complete(Completion::Ack(delivery.tag.clone()));
         return;
     }
@@ -359,7 +368,7 @@ async fn execute(
         match Box::pin(locks::admit_single_instance(
             shared,
             delivery,
-            &message,
+            message,
             task.as_ref(),
             stop,
         ))
@@ -378,11 +387,11 @@ async fn execute(
     if !acks_late {
         shared.complete(Completion::Ack(delivery.tag.clone()));
     }
-    if shared.config.track_started && !ignores_result(&message, task.as_ref()) {
+    if shared.config.track_started && !ignores_result(message, task.as_ref()) {
         let started = json!({"pid": std::process::id(), "hostname": shared.config.hostname});
         let meta = base_meta(
             shared,
-            &message,
+            message,
             &delivery.queue,
             TaskState::Started,
             started,
@@ -469,11 +478,11 @@ async fn execute(
                 signum: Some(15),
                 expired: false,
             });
-            release_unique(shared, &message).await;
+            release_unique(shared, message).await;
             WorkerStats::bump(&shared.stats.revoked);
             let meta = base_meta(
                 shared,
-                &message,
+                message,
                 &delivery.queue,
                 TaskState::Revoked,
                 ExceptionInfo::revoked("terminated").to_value(),
@@ -489,13 +498,13 @@ async fn execute(
                 // Not finished: another worker runs it again.
                 release(shared, &delivery.tag).await;
             } else {
-                release_unique(shared, &message).await;
+                release_unique(shared, message).await;
                 let failure = ExceptionInfo::new(
                     "WorkerLostError",
                     "billiard.exceptions",
                     "the worker shut down before the task finished",
                 );
-                let meta = failure_meta(shared, &message, &delivery.queue, failure, None);
+                let meta = failure_meta(shared, message, &delivery.queue, failure, None);
                 shared.complete(Completion::Store(Box::new(meta)));
             }
             return;
@@ -524,15 +533,7 @@ async fn execute(
     if shared.events.task_events() {
         outcome_event(shared, &id, &outcome, runtime);
     }
-    settle(
-        shared,
-        delivery,
-        &message,
-        task.as_ref(),
-        acks_late,
-        outcome,
-    )
-    .await;
+    settle(shared, delivery, message, task.as_ref(), acks_late, outcome).await;
 }
 
 /// Applies a task's outcome: results, retries, acks.
