@@ -304,7 +304,7 @@ impl Envelope {
     /// `properties.body_encoding` is `"base64"` and used as is otherwise.
     pub fn from_kombu_json(raw: &[u8]) -> Result<Envelope, DecodeError> {
         let envelope: KombuEnvelopeIn<'_> =
-            serde_json::from_slice(raw).map_err(|e| DecodeError::InvalidEnvelope(e.to_string()))?;
+            from_json_bytes(raw).map_err(|e| DecodeError::InvalidEnvelope(e.to_string()))?;
         let invalid = |e: serde_json::Error| DecodeError::InvalidEnvelope(e.to_string());
         let body_json = envelope.body.get();
         let body = if body_json.starts_with('"') {
@@ -998,7 +998,7 @@ impl TaskMessage {
         }
         // The common body, `[[...], {...}, {...} | null]`, straight into its parts;
         // anything else through a `Value`, for the precise error.
-        let body = match serde_json::from_slice::<BodyFastPath>(&envelope.body) {
+        let body = match from_json_bytes::<BodyFastPath>(&envelope.body) {
             Ok(parts) => Ok(parts),
             Err(_) => Err(serde_json::from_slice::<Value>(&envelope.body)
                 .map_err(|e| DecodeError::InvalidJson(e.to_string()))?),
@@ -1062,6 +1062,18 @@ impl TaskMessage {
             }
         }
         self.headers.to_map().into()
+    }
+}
+
+/// `serde_json::from_slice`, with the same result and the same errors, reading
+/// valid UTF-8 as text: validated once as a whole instead of string by string (a
+/// call per string, keys included, was about 3,000 instructions a received
+/// message).
+fn from_json_bytes<'a, T: Deserialize<'a>>(bytes: &'a [u8]) -> serde_json::Result<T> {
+    match std::str::from_utf8(bytes) {
+        Ok(text) => serde_json::from_str(text),
+        // Read as bytes for the error, which names where the bad byte is.
+        Err(_) => serde_json::from_slice(bytes),
     }
 }
 
@@ -1728,6 +1740,43 @@ mod tests {
             Err(DecodeError::ProtocolV1 {
                 task: "tasks.add".into()
             })
+        );
+    }
+
+    #[test]
+    fn json_bytes_read_as_from_slice_reads_them() {
+        let cases: [&[u8]; 6] = [
+            br#"{"body": "e30=", "headers": {"a": "\u00e9t\u00e9"}, "properties": {}}"#,
+            "{\"body\": \"été\", \"headers\": {}}".as_bytes(),
+            b"{\"body\": \"\xff\"}",
+            b"{\"body\": \"e30=\", \"headers\": {\"k\": \"\xc3\"}}",
+            br#"{"body": "e30=", "headers": [1}"#,
+            br#"{"body": "#,
+        ];
+        for raw in cases {
+            let text = String::from_utf8_lossy(raw);
+            let fast = from_json_bytes::<Value>(raw).map_err(|e| e.to_string());
+            let slice = serde_json::from_slice::<Value>(raw).map_err(|e| e.to_string());
+            assert_eq!(fast, slice, "{text}");
+            if let Err(error) = serde_json::from_slice::<KombuEnvelopeIn<'_>>(raw) {
+                assert_eq!(
+                    Envelope::from_kombu_json(raw).err(),
+                    Some(DecodeError::InvalidEnvelope(error.to_string())),
+                    "{text}"
+                );
+            }
+        }
+        let bad = b"[[\"\xff\"], {}, null]".to_vec();
+        let mut env = envelope(
+            json!({"task": "t", "id": "x"}),
+            json!(null),
+            CONTENT_TYPE_JSON,
+        );
+        env.body = bad.clone();
+        let error = serde_json::from_slice::<Value>(&bad).expect_err("invalid UTF-8");
+        assert_eq!(
+            TaskMessage::decode(&env),
+            Err(DecodeError::InvalidJson(error.to_string()))
         );
     }
 
