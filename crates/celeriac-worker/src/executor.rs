@@ -1,5 +1,6 @@
 //! What happens to one delivered message, from decoding to its outcome.
 
+use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -12,6 +13,7 @@ use celeriac_core::{
     Value,
 };
 use chrono::Utc;
+use futures::future::OptionFuture;
 use serde_json::json;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
@@ -89,19 +91,13 @@ pub(crate) async fn process(
         }
     }
     if let Some(ticket) = &ticket {
-        tokio::select! {
-            biased;
-            _ = stop.cancelled() => return release(&shared, &delivery.tag).await,
-            () = ticket.turn() => {}
+        if unless_stopped(&stop, ticket.turn()).await.is_none() {
+            return release(&shared, &delivery.tag).await;
         }
     }
-    let slot = tokio::select! {
-        biased;
-        _ = stop.cancelled() => return release(&shared, &delivery.tag).await,
-        slot = Arc::clone(&slots.slots).acquire_owned() => match slot {
-            Ok(slot) => slot,
-            Err(_) => return release(&shared, &delivery.tag).await,
-        },
+    let slot = match unless_stopped(&stop, Arc::clone(&slots.slots).acquire_owned()).await {
+        Some(Ok(slot)) => slot,
+        Some(Err(_)) | None => return release(&shared, &delivery.tag).await,
     };
     drop(ticket);
     if expired_or_revoked(&shared, &delivery, &message).await {
@@ -119,6 +115,22 @@ pub(crate) async fn process(
     .await;
     drop(slot);
     drop(window_permit);
+}
+
+/// `future`'s output, or `None` when `stop` is cancelled first. Decides as a select
+/// biased towards `stop` does (a stop set by the time the future completes wins),
+/// but polls the future first, so the stop's waiter is registered (and removed)
+/// only when the future has to wait: most turns and slots are free at once.
+async fn unless_stopped<F: Future>(stop: &CancellationToken, future: F) -> Option<F::Output> {
+    if stop.is_cancelled() {
+        return None;
+    }
+    let output = tokio::select! {
+        biased;
+        output = future => output,
+        _ = stop.cancelled() => return None,
+    };
+    (!stop.is_cancelled()).then_some(output)
 }
 
 /// A queue's execution slots, handed out in delivery order. Each delivery takes a
@@ -187,16 +199,22 @@ impl Ticket {
 impl Drop for Ticket {
     fn drop(&mut self) {
         let mut turns = self.slots.turns.lock();
-        turns.passed.insert(self.number);
-        let mut advanced = false;
-        loop {
-            let next = turns.next;
-            if !turns.passed.remove(&next) {
-                break;
-            }
+        // Usually the ticket being served: the line moves on without storing it
+        // (a set node allocated and freed per message).
+        let advanced = if turns.next == self.number {
             turns.next += 1;
-            advanced = true;
-        }
+            loop {
+                let next = turns.next;
+                if !turns.passed.remove(&next) {
+                    break;
+                }
+                turns.next += 1;
+            }
+            true
+        } else {
+            turns.passed.insert(self.number);
+            false
+        };
         drop(turns);
         if advanced {
             self.slots.turn_changed.notify_waiters();
@@ -765,9 +783,10 @@ async fn run_with_limits(
     terminate: &CancellationToken,
     cancel_running: &CancellationToken,
 ) -> RunEnd {
-    let far = Duration::from_secs(86400 * 365);
-    let soft_sleep = tokio::time::sleep(soft.unwrap_or(far));
-    let hard_sleep = tokio::time::sleep(hard.unwrap_or(far));
+    // Timers only for the limits that are set (each made timer cost every run a
+    // clock read and a runtime lookup).
+    let soft_sleep = OptionFuture::from(soft.map(tokio::time::sleep));
+    let hard_sleep = OptionFuture::from(hard.map(tokio::time::sleep));
     tokio::pin!(future, soft_sleep, hard_sleep);
     let mut soft_armed = soft.is_some();
     loop {
@@ -931,6 +950,53 @@ pub(crate) async fn reject(shared: &Shared, tag: &DeliveryTag, action: RejectAct
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn unless_stopped_lets_a_stop_win_as_a_biased_select_does() {
+        let stop = CancellationToken::new();
+        assert_eq!(unless_stopped(&stop, async { 1 }).await, Some(1));
+        // Stopped while waiting.
+        let waiting = unless_stopped(&stop, std::future::pending::<()>());
+        let stopper = async {
+            tokio::task::yield_now().await;
+            stop.cancel();
+        };
+        let (outcome, ()) = tokio::join!(waiting, stopper);
+        assert_eq!(outcome, None);
+        // Stopped before, and stopped by the time the future completes.
+        assert_eq!(unless_stopped(&stop, async { 1 }).await, None);
+        let later = CancellationToken::new();
+        let stop_on_completion = async {
+            later.cancel();
+            2
+        };
+        assert_eq!(unless_stopped(&later, stop_on_completion).await, None);
+    }
+
+    /// A ticket that is served and dropped in order moves the line on without
+    /// being stored; one dropped out of order waits in `passed`.
+    #[test]
+    fn tickets_dropped_in_any_order_advance_the_line() {
+        let slots = Slots::new(1);
+        let tickets: Vec<Ticket> = (0..4).map(|_| slots.ticket()).collect();
+        let mut tickets = tickets.into_iter();
+        let (t0, t1, t2, t3) = (
+            tickets.next().expect("t0"),
+            tickets.next().expect("t1"),
+            tickets.next().expect("t2"),
+            tickets.next().expect("t3"),
+        );
+        drop(t2);
+        assert_eq!(slots.turns.lock().next, 0);
+        drop(t0);
+        assert_eq!(slots.turns.lock().next, 1);
+        drop(t1);
+        assert_eq!(slots.turns.lock().next, 3);
+        assert!(slots.turns.lock().passed.is_empty());
+        drop(t3);
+        assert_eq!(slots.turns.lock().next, 4);
+        assert!(slots.turns.lock().passed.is_empty());
+    }
 
     /// Jobs that reach their slot in any order take it in ticket order, and a ticket
     /// given up does not hold the line.
