@@ -184,6 +184,10 @@ impl Slots {
 impl Ticket {
     /// Completes when every earlier ticket has taken its slot or given up its turn.
     async fn turn(&self) {
+        // Usually already this ticket's turn: no waiter to register.
+        if self.slots.turns.lock().next == self.number {
+            return;
+        }
         loop {
             let changed = self.slots.turn_changed.notified();
             tokio::pin!(changed);
