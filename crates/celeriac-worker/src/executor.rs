@@ -142,15 +142,18 @@ async fn unless_stopped<F: Future>(stop: &CancellationToken, future: F) -> Optio
 pub(crate) struct Slots {
     slots: Arc<Semaphore>,
     turns: parking_lot::Mutex<Turns>,
-    turn_changed: tokio::sync::Notify,
 }
 
-/// The line of tickets: `next` is served; `passed` are later tickets already done.
+/// The line of tickets: `next` is served; `passed` are later tickets already done;
+/// `waiting` the tickets waiting for their turn, each woken alone when its turn
+/// comes (waking every waiter at each step of the line woke, with a prefetch window
+/// of 128, up to a hundred jobs per message that only went back to sleep).
 #[derive(Default)]
 struct Turns {
     issued: u64,
     next: u64,
     passed: std::collections::BTreeSet<u64>,
+    waiting: std::collections::BTreeMap<u64, std::task::Waker>,
 }
 
 /// A delivery's place in the line of a [`Slots`]; gives the turn up when dropped.
@@ -165,7 +168,6 @@ impl Slots {
         Arc::new(Slots {
             slots: Arc::new(Semaphore::new(concurrency)),
             turns: parking_lot::Mutex::new(Turns::default()),
-            turn_changed: tokio::sync::Notify::new(),
         })
     }
 
@@ -184,44 +186,50 @@ impl Slots {
 impl Ticket {
     /// Completes when every earlier ticket has taken its slot or given up its turn.
     async fn turn(&self) {
-        // Usually already this ticket's turn: no waiter to register.
-        if self.slots.turns.lock().next == self.number {
-            return;
-        }
-        loop {
-            let changed = self.slots.turn_changed.notified();
-            tokio::pin!(changed);
-            changed.as_mut().enable();
-            if self.slots.turns.lock().next == self.number {
-                return;
+        std::future::poll_fn(|cx| {
+            let mut turns = self.slots.turns.lock();
+            if turns.next == self.number {
+                turns.waiting.remove(&self.number);
+                std::task::Poll::Ready(())
+            } else {
+                turns.waiting.insert(self.number, cx.waker().clone());
+                std::task::Poll::Pending
             }
-            changed.await;
-        }
+        })
+        .await;
     }
 }
 
 impl Drop for Ticket {
     fn drop(&mut self) {
         let mut turns = self.slots.turns.lock();
+        if !turns.waiting.is_empty() {
+            turns.waiting.remove(&self.number);
+        }
         // Usually the ticket being served: the line moves on without storing it
         // (a set node allocated and freed per message).
-        let advanced = if turns.next == self.number {
-            turns.next += 1;
-            loop {
-                let next = turns.next;
-                if !turns.passed.remove(&next) {
-                    break;
-                }
-                turns.next += 1;
-            }
-            true
-        } else {
+        if turns.next != self.number {
             turns.passed.insert(self.number);
-            false
+            return;
+        }
+        turns.next += 1;
+        loop {
+            let next = turns.next;
+            if !turns.passed.remove(&next) {
+                break;
+            }
+            turns.next += 1;
+        }
+        // Only the ticket whose turn it is now is woken.
+        let next = turns.next;
+        let waker = if turns.waiting.is_empty() {
+            None
+        } else {
+            turns.waiting.remove(&next)
         };
         drop(turns);
-        if advanced {
-            self.slots.turn_changed.notify_waiters();
+        if let Some(waker) = waker {
+            waker.wake();
         }
     }
 }
@@ -1000,6 +1008,56 @@ mod tests {
         drop(t3);
         assert_eq!(slots.turns.lock().next, 4);
         assert!(slots.turns.lock().passed.is_empty());
+    }
+
+    /// A step of the line wakes the ticket whose turn it is, and no other; a waiting
+    /// ticket that is dropped leaves no waker behind.
+    #[test]
+    fn only_the_ticket_whose_turn_comes_is_woken() {
+        struct Count(std::sync::atomic::AtomicUsize);
+        impl std::task::Wake for Count {
+            fn wake(self: Arc<Self>) {
+                self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            }
+        }
+        let woken = |count: &Arc<Count>| count.0.load(std::sync::atomic::Ordering::SeqCst);
+        let slots = Slots::new(1);
+        let (t0, t1, t2, t3) = (
+            slots.ticket(),
+            slots.ticket(),
+            slots.ticket(),
+            slots.ticket(),
+        );
+        let counts: Vec<Arc<Count>> = (0..3)
+            .map(|_| Arc::new(Count(std::sync::atomic::AtomicUsize::new(0))))
+            .collect();
+        fn pending<F: Future>(wait: std::pin::Pin<&mut F>, count: &Arc<Count>) -> bool {
+            let waker = std::task::Waker::from(Arc::clone(count));
+            wait.poll(&mut std::task::Context::from_waker(&waker))
+                .is_pending()
+        }
+        let mut w1 = Box::pin(t1.turn());
+        let mut w2 = Box::pin(t2.turn());
+        let mut w3 = Box::pin(t3.turn());
+        assert!(pending(w1.as_mut(), &counts[0]));
+        assert!(pending(w2.as_mut(), &counts[1]));
+        assert!(pending(w3.as_mut(), &counts[2]));
+        assert_eq!(slots.turns.lock().waiting.len(), 3);
+        drop(t0);
+        assert_eq!(counts.iter().map(woken).collect::<Vec<_>>(), [1, 0, 0]);
+        // Ticket 2 gives up while waiting: its waker goes with it.
+        drop(w2);
+        drop(t2);
+        // Left waiting: ticket 3 (ticket 1's waker went when it was woken).
+        assert_eq!(slots.turns.lock().waiting.len(), 1);
+        drop(w1);
+        drop(t1);
+        // The line passes ticket 2 (given up) and wakes ticket 3.
+        assert_eq!(counts.iter().map(woken).collect::<Vec<_>>(), [1, 0, 1]);
+        assert_eq!(slots.turns.lock().next, 3);
+        drop(w3);
+        drop(t3);
+        assert!(slots.turns.lock().waiting.is_empty());
     }
 
     /// Jobs that reach their slot in any order take it in ticket order, and a ticket
