@@ -541,3 +541,67 @@ fn active_queues(shared: &Arc<Shared>) -> Value {
         .collect();
     json!(queues)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use celeriac_core::message::DeliveryInfo;
+
+    fn request(message: TaskMessage, queue: Option<&str>, redelivered: bool) -> RequestInfo {
+        RequestInfo {
+            message: Arc::new(message),
+            queue: queue.map(str::to_string),
+            redelivered,
+            state: RequestState::Active,
+            time_start: Some(12.5),
+            acknowledged: true,
+        }
+    }
+
+    /// What inspect tells is read from the shared message when asked, as it was
+    /// when copied at reservation: kombu's delivery_info (or the queue when the
+    /// message has none), the arguments or their reprs.
+    #[test]
+    fn inspect_info_is_read_from_the_shared_message() {
+        let mut message = TaskMessage::new(
+            "tasks.add",
+            "id-1",
+            vec![json!(1), json!("a")],
+            json!({"k": 2}).as_object().cloned().unwrap_or_default(),
+        );
+        message.properties.priority = Some(4);
+        message.properties.delivery_info = Some(DeliveryInfo {
+            exchange: "ex".into(),
+            routing_key: "rk".into(),
+            redelivered: None,
+        });
+        message.headers.kwargsrepr = Some("{'k': 2}".into());
+        let info = Requests::info("w@h", "id-1", &request(message.clone(), None, true), false);
+        assert_eq!(
+            info,
+            json!({
+                "id": "id-1",
+                "name": "tasks.add",
+                "args": [1, "a"],
+                "kwargs": {"k": 2},
+                "type": "tasks.add",
+                "hostname": "w@h",
+                "time_start": 12.5,
+                "acknowledged": true,
+                "delivery_info": {"exchange": "ex", "routing_key": "rk", "priority": 4, "redelivered": true},
+                "worker_pid": std::process::id(),
+            })
+        );
+        let safe = Requests::info("w@h", "id-1", &request(message.clone(), None, true), true);
+        assert_eq!(safe["args"], json!("(1, 'a')"));
+        assert_eq!(safe["kwargs"], json!("{'k': 2}"));
+        // Without kombu's delivery_info: the queue it came from, priority 0.
+        message.properties.delivery_info = None;
+        message.properties.priority = None;
+        let bare = Requests::info("w@h", "id-1", &request(message, Some("q1"), false), false);
+        assert_eq!(
+            bare["delivery_info"],
+            json!({"exchange": "", "routing_key": "q1", "priority": 0, "redelivered": false})
+        );
+    }
+}
