@@ -111,7 +111,7 @@ lines = [
     f"| enqueue, one publish at a time | {rate(p['enqueue_single_per_s'])} | {rate(c['enqueue_single_per_s'])} | "
     f"{ratio(c['enqueue_single_per_s'], p['enqueue_single_per_s'])} |",
     f"| enqueue, batched (celeriac: 1,000 per confirmed publish) | – | {rate(c['enqueue_per_s'])} | – |",
-    f"| drain prefilled, results ignored (celeriac prefetch ×64) | {rate(p['drain_per_s'])} | {rate(c['drain_per_s'])} | "
+    f"| drain prefilled, results ignored (celeriac prefetch ×{c['prefetch_multiplier']}) | {rate(p['drain_per_s'])} | {rate(c['drain_per_s'])} | "
     f"{ratio(c['drain_per_s'], p['drain_per_s'])} |",
     f"| drain prefilled, results ignored, celeriac at Celery's prefetch ×4 | {rate(p['drain_per_s'])} | "
     f"{rate(c4['drain_per_s'])} | {ratio(c4['drain_per_s'], p['drain_per_s'])} |",

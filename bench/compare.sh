@@ -157,7 +157,7 @@ if ((results_drain)); then
     --with-results --single-sends 0 --latency-samples 0 --round-trips 0
 fi
 
-# The same drain with Celery's default prefetch (×4) instead of bench's ×64.
+# The same drain with Celery's default prefetch (×4) instead of bench's ×128.
 say "celeriac on Redis: $tasks tasks, prefetch x4"
 bench celeriac-redis-prefetch4 --broker "$redis_url" --backend "$redis_url" bench --tasks "$tasks" \
   --prefetch-multiplier 4 --single-sends 0 --latency-samples 0 --round-trips 0

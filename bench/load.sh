@@ -8,7 +8,7 @@
 #      (`celeriac bench --enqueue-only`, batches of 1,000);
 #   2. at the largest depth only: an idle `celeriac worker -c 2` on another queue runs
 #      for 5 s while the DEPTH tasks wait (its RSS: "idle, 1M waiting elsewhere");
-#   3. one worker process (`celeriac bench --drain-only -c 2`, prefetch x64: a
+#   3. one worker process (`celeriac bench --drain-only -c 2`, prefetch x128: a
 #      process that runs only a worker on that queue) drains them, sampling its own
 #      RSS and processed count every 100 ms.
 # Then it reports per broker: RSS before the worker starts (1M waiting), with ~1M

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Scaling with worker processes (issue 9 §4): the Redis drain rate of 1, 2, 3 and 4
-# worker processes (each `celeriac bench --drain-only -c 2`, prefetch x64) on one
+# worker processes (each `celeriac bench --drain-only -c 2`, prefetch x128) on one
 # Redis and one queue prefilled with --tasks no-op tasks. The rate of a run is all
 # tasks over the span from the first worker's start to the last task run (each
 # worker reports its start and its last progress). Every count is run --repeat times;

@@ -3,7 +3,7 @@
 # 10) against ONE worker process, then an account of every task.
 #
 # Two processes of the celeriac binary:
-#   worker    `celeriac bench --soak-worker` on `short-task` (2 slots, prefetch x64)
+#   worker    `celeriac bench --soak-worker` on `short-task` (2 slots, prefetch x128)
 #             and `long-task` (3 slots, prefetch x1); one line per task run in a record
 #             file (kind, id, retries, start and send time);
 #   producer  `celeriac bench --soak`: --rate tasks a second (default 100), one
