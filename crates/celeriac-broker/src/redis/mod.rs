@@ -802,24 +802,21 @@ impl Inner {
                         let parsed = wire::parse_unacked(entry);
                         let routed = match &parsed {
                             Ok(held) => {
-                                let queue = self
-                                    .route(&held.exchange, &held.routing_key, &mut bindings)
-                                    .await?
-                                    .unwrap_or_else(|| held.routing_key.clone());
-                                let marked = wire::mark_redelivered(
-                                    &held.envelope,
+                                self.route_entry(
+                                    held,
                                     wire::PriorDeliveries::Counted,
-                                );
-                                (queue, marked)
+                                    &mut bindings,
+                                )
+                                .await?
                             }
-                            Err(reason) => (String::new(), Err(reason.clone())),
+                            Err(reason) => Err((reason.clone(), String::new())),
                         };
                         match routed {
-                            (queue, Ok((envelope, priority))) => {
+                            Ok((queue, envelope, priority)) => {
                                 let target = k.queue(&queue, priority);
                                 ("push", envelope, queue, target)
                             }
-                            (queue, Err(reason)) => {
+                            Err((reason, queue)) => {
                                 let reason = format!("cannot restore the message: {reason}");
                                 let tag = parsed
                                     .as_ref()
@@ -941,7 +938,10 @@ impl Inner {
                     None => ("drop", Vec::new(), String::new(), k.leases.clone()),
                     Some(value) => {
                         let routed = match wire::parse_unacked(value) {
-                            Ok(entry) => self.route_entry(&entry, &mut bindings).await?,
+                            Ok(entry) => {
+                                self.route_entry(&entry, wire::PriorDeliveries::Keep, &mut bindings)
+                                    .await?
+                            }
                             Err(reason) => Err((reason, String::new())),
                         };
                         match routed {
@@ -994,11 +994,12 @@ impl Inner {
     }
 
     /// Where a restored message goes, as kombu's restore routes it: its queue, the
-    /// envelope marked redelivered and its priority; or why it cannot go anywhere
-    /// (with the queue to count the dead letter for).
+    /// envelope marked redelivered (with `prior` deliveries recorded) and its priority;
+    /// or why it cannot go anywhere (with the queue to count the dead letter for).
     async fn route_entry(
         &self,
         entry: &UnackedEntry,
+        prior: wire::PriorDeliveries,
         bindings: &mut Bindings,
     ) -> Result<Result<(String, Vec<u8>, i64), (String, String)>, BrokerError> {
         let Some(queue) = self
@@ -1013,12 +1014,10 @@ impl Inner {
                 entry.routing_key.clone(),
             )));
         };
-        Ok(
-            match wire::mark_redelivered(&entry.envelope, wire::PriorDeliveries::Keep) {
-                Ok((envelope, priority)) => Ok((queue, envelope, priority)),
-                Err(reason) => Err((reason, queue)),
-            },
-        )
+        Ok(match wire::mark_redelivered(&entry.envelope, prior) {
+            Ok((envelope, priority)) => Ok((queue, envelope, priority)),
+            Err(reason) => Err((reason, queue)),
+        })
     }
 
     /// The queue of `(exchange, routing_key)` as kombu's `_lookup` finds it: the
