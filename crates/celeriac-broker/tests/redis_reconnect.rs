@@ -245,3 +245,70 @@ async fn a_waiting_fetch_takes_messages_of_every_priority_list() {
         broker.ack(&tags).await.expect("ack");
     }
 }
+
+/// The claim is pipelined behind the wait on the waiting connection. When Redis has
+/// lost its scripts meanwhile (`SCRIPT FLUSH`, as after a restart), the pipelined
+/// claim fails with `NOSCRIPT` without running; the fetch then claims the usual way
+/// (loading the script) and still returns the message, which is held, not left in
+/// the queue, and acks.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_waiting_fetch_claims_when_redis_lost_its_scripts() {
+    let Some(server) =
+        PrivateRedis::start_or_skip("a_waiting_fetch_claims_when_redis_lost_its_scripts")
+    else {
+        return;
+    };
+    let broker = broker(&server, |_| {}).await;
+    let mut admin = redis::Client::open(server.url(0))
+        .expect("client")
+        .get_multiplexed_async_connection()
+        .await
+        .expect("admin connection");
+    // A first fetch loads the claim script.
+    let got = broker
+        .fetch(&params(Duration::from_millis(20)))
+        .await
+        .expect("fetch");
+    assert!(got.is_empty());
+    let waiting = {
+        let broker = broker.clone();
+        tokio::spawn(async move { broker.fetch(&params(Duration::from_secs(4))).await })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let _: () = redis::cmd("SCRIPT")
+        .arg("FLUSH")
+        .query_async(&mut admin)
+        .await
+        .expect("SCRIPT FLUSH");
+    broker
+        .publish(vec![publish("after-flush")])
+        .await
+        .expect("publish");
+    let got = tokio::time::timeout(Duration::from_secs(3), waiting)
+        .await
+        .expect("the wait returns soon after the publish")
+        .expect("no panic")
+        .expect("the lost script is loaded again, not reported");
+    let ids: Vec<_> = got
+        .iter()
+        .filter_map(|d| d.envelope.task_id_hint())
+        .collect();
+    assert_eq!(ids, ["after-flush"]);
+    let waiting_in_queue: i64 = redis::cmd("LLEN")
+        .arg("celery")
+        .query_async(&mut admin)
+        .await
+        .expect("LLEN");
+    assert_eq!(
+        waiting_in_queue, 0,
+        "the message is held, not left in the queue"
+    );
+    let tags: Vec<_> = got.iter().map(|d| d.tag.clone()).collect();
+    broker.ack(&tags).await.expect("ack");
+    let held: i64 = redis::cmd("HLEN")
+        .arg("unacked")
+        .query_async(&mut admin)
+        .await
+        .expect("HLEN");
+    assert_eq!(held, 0, "acked");
+}

@@ -77,8 +77,10 @@
 //! on its queue's priority-0 list (where messages sent without a priority go) blocks
 //! until the list has an element and puts it back where it was, on a dedicated
 //! connection (never the shared one; at most 5 s per wait, the connection's response
-//! timeout is longer). Then `claim.lua` takes and records up to `max` messages in one
-//! atomic step, as when messages were already waiting. A message is therefore in a
+//! timeout is longer). `claim.lua`, pipelined behind the `BLMOVE` on that connection
+//! (Redis runs it the moment the wait ends, with no round trip to the worker in
+//! between), takes and records up to `max` messages in one atomic step, as when
+//! messages were already waiting. A message is therefore in a
 //! Redis list or recorded as held at every instant: no crash, restart or lost reply
 //! can lose it. Costs: a message sent with a priority (the lists of priority steps
 //! 3, 6 and 9) waits up to [`OTHER_LISTS_POLL`] (100 ms) on an idle queue, because
@@ -216,6 +218,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use ::redis::aio::ConnectionManager;
+use ::redis::{ErrorKind, ServerErrorKind};
 use async_trait::async_trait;
 use celeriac_core::routing::{topic_matches, Queue};
 use celeriac_core::Envelope;
@@ -417,6 +420,20 @@ impl Inner {
         request: &ClaimRequest,
         claim: u64,
     ) -> Result<Vec<Delivery>, BrokerError> {
+        let rows: Vec<(usize, Vec<u8>)> = self
+            .claim_invocation(request, claim)
+            .invoke_async(&mut self.conn())
+            .await
+            .map_err(redis_error)?;
+        Ok(self.claimed(request, claim, rows).await)
+    }
+
+    /// `claim.lua` for `request` under claim number `claim`.
+    fn claim_invocation<'a>(
+        &'a self,
+        request: &'a ClaimRequest,
+        claim: u64,
+    ) -> ::redis::ScriptInvocation<'a> {
         let k = &self.keys;
         let mut invocation = self.scripts.claim.prepare_invoke();
         invocation
@@ -436,10 +453,17 @@ impl Inner {
         for (_, queue) in &request.lists {
             invocation.arg(&request.quoted[*queue]);
         }
-        let rows: Vec<(usize, Vec<u8>)> = invocation
-            .invoke_async(&mut self.conn())
-            .await
-            .map_err(redis_error)?;
+        invocation
+    }
+
+    /// The deliveries of `claim.lua`'s reply (`(list index, raw)` rows); a row
+    /// that does not decode is dead-lettered.
+    async fn claimed(
+        &self,
+        request: &ClaimRequest,
+        claim: u64,
+        rows: Vec<(usize, Vec<u8>)>,
+    ) -> Vec<Delivery> {
         let mut deliveries = Vec::with_capacity(rows.len());
         for (k, (index, raw)) in (1..).zip(rows) {
             let hold = wire::hold_id(claim, k);
@@ -466,7 +490,7 @@ impl Inner {
                 }
             }
         }
-        Ok(deliveries)
+        deliveries
     }
 
     /// Waits up to `timeout` for a message without taking it (`BLMOVE` of the first
@@ -475,7 +499,7 @@ impl Inner {
     /// without a priority go; with more lists, one wait lasts at most
     /// [`OTHER_LISTS_POLL`] before the claim looks at all of them.
     async fn wait_and_claim(
-        &self,
+        self: &Arc<Self>,
         request: &ClaimRequest,
         timeout: Duration,
     ) -> Result<Vec<Delivery>, BrokerError> {
@@ -487,11 +511,49 @@ impl Inner {
         } else {
             timeout
         };
-        let arrived = self.waiters.wait_for_element(first, timeout).await?;
-        if !arrived && request.lists.len() == 1 {
-            return Ok(Vec::new());
+        let claim = claim_number();
+        let invocation = self.claim_invocation(request, claim);
+        let waited = match self
+            .waiters
+            .wait_then_invoke::<Vec<(usize, Vec<u8>)>>(first, timeout, &invocation)
+            .await
+        {
+            Ok(waited) => waited,
+            Err(failure) => {
+                if let BrokerError::Connection(_) = &failure.error {
+                    // The claim may have run before the reply was lost. Released in
+                    // the background: Redis may be gone for a while, and the fetch
+                    // reports the loss at once (the leases cover a release that
+                    // never gets through).
+                    let inner = Arc::clone(self);
+                    let max = request.max;
+                    tokio::spawn(async move { inner.release_lost_claim(claim, max).await });
+                }
+                if failure.stale_idle {
+                    // An idle connection found dead: the fetch waits again on a
+                    // new one instead of failing.
+                    tracing::debug!(error = %failure.error, "an idle waiting connection was dead; waiting on another");
+                    return Ok(Vec::new());
+                }
+                return Err(failure.error);
+            }
+        };
+        match waited.then {
+            Ok(rows) => {
+                let deliveries = self.claimed(request, claim, rows).await;
+                if !deliveries.is_empty() {
+                    return Ok(deliveries);
+                }
+            }
+            // Redis lost its scripts (a restart, `SCRIPT FLUSH`): the claim did not
+            // run; claim the usual way, which loads the script.
+            Err(error) if error.kind() == ErrorKind::Server(ServerErrorKind::NoScript) => {
+                return self.claim(request).await;
+            }
+            Err(error) => return Err(redis_error(error)),
         }
-        self.claim(request).await
+        // Nothing claimed: another consumer was first, or the wait timed out.
+        waited.arrived.map(|_| Vec::new())
     }
 
     /// Runs one claim under a fresh claim number; when its reply is lost to a

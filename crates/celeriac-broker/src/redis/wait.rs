@@ -4,7 +4,10 @@
 //! `BLMOVE` from a list to the same list and the same end blocks until the list has
 //! an element, then moves it to where it was: the list is unchanged, and a reply
 //! lost to a crash or a broken connection loses nothing (a `BRPOP` would have taken
-//! the element out of Redis for good). The caller then claims with `claim.lua`.
+//! the element out of Redis for good). The claim (`claim.lua`) is pipelined behind
+//! the `BLMOVE` on the same connection: Redis holds a blocked client's next command
+//! until the block ends, then runs it at once, so a message sent to an idle queue is
+//! claimed without a round trip to the worker and back in between.
 //!
 //! A blocking command holds its whole connection, so it never runs on the shared
 //! command connection. Each waiting fetch borrows an idle dedicated connection (or
@@ -18,6 +21,8 @@ use ::redis::aio::MultiplexedConnection;
 use celeriac_redis::connection::{self, Timeouts};
 use celeriac_redis::RedisTarget;
 use parking_lot::Mutex;
+
+use ::redis::{FromRedisValue, RedisResult, ScriptInvocation};
 
 use super::{client_error, redis_error};
 use crate::BrokerError;
@@ -61,30 +66,37 @@ impl Waiters {
     }
 
     /// Blocks until `list` has an element, for at most `timeout` (capped at
-    /// [`WAIT_MAX`]), taking nothing: `true` when an element is there, `false` when
-    /// the timeout passed. An idle connection that turns out dead (Redis restarted,
-    /// the connection was killed) is replaced once.
-    pub async fn wait_for_element(
+    /// [`WAIT_MAX`]), taking nothing, then runs `then` on the same connection: the
+    /// two go out as one pipeline, so Redis runs `then` the moment the wait ends,
+    /// without a round trip back to this process in between. A connection that
+    /// fails is dropped; the next wait opens a new one.
+    ///
+    /// The outcomes of the two are reported apart ([`Waited`]): `then` runs even
+    /// when the wait fails (say, `BLMOVE` unknown to an old Redis), and what it did
+    /// must not be dropped.
+    pub async fn wait_then_invoke<T: FromRedisValue>(
         &self,
         list: &str,
         timeout: Duration,
-    ) -> Result<bool, BrokerError> {
+        then: &ScriptInvocation<'_>,
+    ) -> Result<Waited<T>, WaitFailure> {
         let idle = self.idle.lock().pop();
         let reused = idle.is_some();
         let conn = match idle {
             Some(conn) => conn,
-            None => self.open().await?,
+            None => self.open().await.map_err(|error| WaitFailure {
+                error,
+                stale_idle: false,
+            })?,
         };
-        match self.wait_on(conn, list, timeout).await {
-            Err(error)
-                if reused && connection::is_connection_error(&error) && !error.is_timeout() =>
-            {
-                tracing::debug!(%error, "an idle waiting connection was dead; opening another");
-                let conn = self.open().await?;
-                self.wait_on(conn, list, timeout).await.map_err(wait_error)
-            }
-            other => other.map_err(wait_error),
-        }
+        self.wait_on(conn, list, timeout, then)
+            .await
+            .map_err(|error| WaitFailure {
+                stale_idle: reused
+                    && connection::is_connection_error(&error)
+                    && !error.is_timeout(),
+                error: redis_error(error),
+            })
     }
 
     async fn open(&self) -> Result<MultiplexedConnection, BrokerError> {
@@ -103,29 +115,53 @@ impl Waiters {
         Ok(conn)
     }
 
-    /// One `BLMOVE list list RIGHT RIGHT` on `conn`, which goes back to the idle
-    /// pool if it worked.
-    async fn wait_on(
+    /// One `BLMOVE list list RIGHT RIGHT` and `then`, pipelined on `conn`, which
+    /// goes back to the idle pool if the exchange worked.
+    async fn wait_on<T: FromRedisValue>(
         &self,
         mut conn: MultiplexedConnection,
         list: &str,
         timeout: Duration,
-    ) -> Result<bool, ::redis::RedisError> {
+        then: &ScriptInvocation<'_>,
+    ) -> Result<Waited<T>, ::redis::RedisError> {
         let seconds = timeout.clamp(WAIT_MIN, WAIT_MAX).as_secs_f64();
-        let element = ::redis::cmd("BLMOVE")
+        let (waited, then): (RedisResult<Option<::redis::Value>>, RedisResult<T>) = ::redis::pipe()
+            .ignore_errors()
+            .cmd("BLMOVE")
             .arg(list)
             .arg(list)
             .arg("RIGHT")
             .arg("RIGHT")
             .arg(format!("{seconds:.3}"))
-            .query_async::<Option<::redis::Value>>(&mut conn)
+            .invoke_script(then)
+            .query_async(&mut conn)
             .await?;
         let mut idle = self.idle.lock();
         if idle.len() < MAX_IDLE {
             idle.push(conn);
         }
-        Ok(element.is_some())
+        Ok(Waited {
+            arrived: waited.map(|element| element.is_some()).map_err(wait_error),
+            then,
+        })
     }
+}
+
+/// A [`Waiters::wait_then_invoke`] whose exchange failed as a whole: what was
+/// pipelined after the wait may or may not have run.
+pub(crate) struct WaitFailure {
+    pub error: BrokerError,
+    /// The connection came from the idle pool and was found dead (Redis restarted,
+    /// the connection was killed): worth one more try on a new connection.
+    pub stale_idle: bool,
+}
+
+/// What a [`Waiters::wait_then_invoke`] saw.
+pub(crate) struct Waited<T> {
+    /// Whether an element arrived before the timeout, or why the wait failed.
+    pub arrived: Result<bool, BrokerError>,
+    /// The reply of what ran after the wait.
+    pub then: RedisResult<T>,
 }
 
 /// A Redis error of a wait; an unknown `BLMOVE` names the Redis version needed.
