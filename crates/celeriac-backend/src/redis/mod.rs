@@ -381,14 +381,18 @@ impl ResultBackend for RedisBackend {
         timeout: Duration,
     ) -> Result<Option<TaskMeta>, BackendError> {
         let deadline = Instant::now().checked_add(timeout);
+        if timeout.is_zero() {
+            return self.get_ready(task_id).await;
+        }
+        // Registered before the first read: the SUBSCRIBE goes out while the read is
+        // in flight, so a wait for a result not yet written does not pay the two
+        // round trips one after the other. A read that finds the result drops the
+        // registration, usually before the subscriber has sent anything for it.
+        let key = self.inner.keys.task_meta(task_id);
+        let mut registration = self.inner.subscriber.register(&key);
         if let Some(meta) = self.get_ready(task_id).await? {
             return Ok(Some(meta));
         }
-        if timeout.is_zero() {
-            return Ok(None);
-        }
-        let key = self.inner.keys.task_meta(task_id);
-        let mut registration = self.inner.subscriber.register(&key);
         let recheck = self
             .inner
             .options

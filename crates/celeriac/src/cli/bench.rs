@@ -14,7 +14,9 @@
 //!    its start until it has run them all;
 //! 4. `--latency-samples` sequential sends, each timed from send to task start;
 //! 5. `--round-trips` sequential send → `AsyncResult::get` of a task whose result is
-//!    stored (needs a result backend; skipped without one).
+//!    stored (needs a result backend; skipped without one), from a client app with
+//!    connections of its own on a server backend, so the result comes by Redis
+//!    pub/sub as it does to another process.
 //!
 //! `--mixed` runs the mixed workload instead (issue 9): `--mixed-tasks` tasks sent
 //! one at a time at a steady rate, 90 % of them 1 ms tasks on the queue `short-task`
@@ -378,10 +380,11 @@ pub async fn run(app: App, args: BenchArgs) -> anyhow::Result<()> {
     // `delay().get()`).
     let mut round_trips = Vec::new();
     if args.round_trips > 0 && app.backend().is_some() {
+        let client = round_trip_client(&app).await?;
         let bar = progress(args.round_trips as u64, "roundtrip");
         for _ in 0..args.round_trips {
             let start = Instant::now();
-            let result = app
+            let result = client
                 .send_task(ECHO_TASK, Vec::new(), Map::new(), send_options())
                 .await?;
             result
@@ -495,6 +498,26 @@ fn rss_parts_mb() -> [f64; 4] {
         }
     }
     parts
+}
+
+/// The app that sends the round trips and waits for their results. On a server
+/// backend (Redis, ...), an app of its own, with its own connections, as a separate
+/// client process would be: its result arrives by the backend's notification
+/// (Redis pub/sub), not through the worker's handle, which tells waiters in its
+/// own process directly. On the embedded SQLite backend, the worker's app: one
+/// process is how it is run, and another process would poll the file.
+async fn round_trip_client(app: &App) -> anyhow::Result<App> {
+    let embedded = app
+        .settings()
+        .effective_result_backend()
+        .is_some_and(|url| url.starts_with("sqlite:"));
+    if embedded {
+        return Ok(app.clone());
+    }
+    app.to_builder()
+        .build()
+        .await
+        .context("connecting the round trips' client")
 }
 
 /// `--drain-only`: a worker on `queue` until it has no ready and no held message.
