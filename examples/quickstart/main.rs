@@ -94,8 +94,13 @@ struct Args {
     dashboard: String,
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<()> {
+    // A worker runs fastest on one runtime thread (see `celeriac::runtime`); the
+    // tasks below that compute are plain functions, run on the blocking pool.
+    celeriac::runtime::worker_runtime()?.block_on(run())
+}
+
+async fn run() -> anyhow::Result<()> {
     let args = Args::parse();
     celeriac::cli::init_logging("warn");
     let app = App::builder("quickstart")

@@ -67,6 +67,7 @@ pub mod control;
 pub mod error;
 mod publisher;
 pub mod result;
+pub mod runtime;
 
 pub use app::{App, AppBuilder, TaskCall, BATCH_CHUNK};
 pub use celeriac_backend as backend;
