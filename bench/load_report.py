@@ -117,11 +117,11 @@ def render_load(work):
     lines.append(f"### {big:,} tasks waiting, one worker process ({f['date']})")
     lines.append("")
     lines += ["```sh", f["command"], "```", ""]
-    lines.append(machine_line(f, "a CI run and other builds share the 2 cores"))
+    lines.append(machine_line(f, "other processes may share the 2 cores"))
     lines.append("")
     lines.append(
         f"A producer process enqueues the tasks (`celeriac bench --enqueue-only`, batches of 1,000), "
-        f"then ONE worker process drains them (`celeriac bench --drain-only -c 2`, prefetch ×64: a "
+        f"then ONE worker process drains them (`celeriac bench --drain-only -c 2`, prefetch ×128: a "
         f"process that runs only a worker on that queue), sampling its own RSS every 100 ms. "
         f"*Before start*: the worker process connected, its worker not yet started, {big:,} waiting. "
         f"*With ~{big // 1000:,}k waiting*: the largest sample while ≤ 5 % had been run. *Peak*: VmHWM "
@@ -322,11 +322,11 @@ def render_scaling(work):
     lines.append(f"### Redis drain rate against worker processes ({f['date']})")
     lines.append("")
     lines += ["```sh", f["command"], "```", ""]
-    lines.append(machine_line(f, "a CI run and other builds share the 2 cores"))
+    lines.append(machine_line(f, "other processes may share the 2 cores"))
     lines.append("")
     lines.append(
         f"{f['tasks']:,} no-op tasks prefilled in one queue on one Redis, drained by N worker processes "
-        "started together (each `celeriac bench --drain-only -c 2`, prefetch ×64). Rate = all tasks ÷ "
+        "started together (each `celeriac bench --drain-only -c 2`, prefetch ×128). Rate = all tasks ÷ "
         "(last task run − first worker start)."
     )
     lines.append("")
@@ -385,7 +385,7 @@ def plot_workers(docs):
                     fontsize=8)
     ax.set_xticks(counts)
     ax.set_xlim(counts[0] - 0.3, counts[-1] + 0.5)
-    ax.set_xlabel("worker processes (each -c 2, prefetch ×64)")
+    ax.set_xlabel("worker processes (each -c 2, prefetch ×128)")
     ax.set_ylabel("drain rate (tasks/s, all workers together)")
     ax.set_ylim(bottom=0)
     ax.grid(True, alpha=0.3)
