@@ -216,17 +216,42 @@ async fn amqps_with_kombus_ssl_options_against_a_private_rabbitmq() {
     let broker = AmqpBroker::open_url(&verified, AmqpBrokerOptions::default())
         .await
         .expect("open after the restart");
-    let got = broker
-        .fetch(&FetchParams {
-            queues: vec![queue],
-            max: 1,
-            wait: Duration::from_secs(5),
-            consumer: "tls-test".into(),
-            lease: Duration::from_secs(30),
-        })
-        .await
-        .expect("fetch after the restart");
-    assert_eq!(got.len(), 1, "the persistent message survived the restart");
+    // A node that has just booted on a loaded machine may take a while to hand out
+    // its recovered messages: wait up to 30 s (in 5 s fetches), then say what the node
+    // holds.
+    let recovered_by = Instant::now() + Duration::from_secs(30);
+    let got = loop {
+        let got = broker
+            .fetch(&FetchParams {
+                queues: vec![queue.clone()],
+                max: 1,
+                wait: Duration::from_secs(5),
+                consumer: "tls-test".into(),
+                lease: Duration::from_secs(30),
+            })
+            .await
+            .expect("fetch after the restart");
+        if !got.is_empty() || Instant::now() > recovered_by {
+            break got;
+        }
+        eprintln!(
+            "{test}: nothing fetched yet {:?} after the restart",
+            killed_at.elapsed()
+        );
+    };
+    assert_eq!(
+        got.len(),
+        1,
+        "the persistent message survived the restart; the node lists {:?}; its log ends: {}",
+        rabbit.rabbitmqctl(&[
+            "list_queues",
+            "--quiet",
+            "name",
+            "messages",
+            "messages_unacknowledged"
+        ]),
+        rabbit.log_tail()
+    );
     assert_eq!(got[0].envelope.task_id_hint(), Some(id.as_str()));
     drop(broker);
 
