@@ -101,9 +101,9 @@ impl AppBuilder {
     ///   [`App::flush`] where you need to know that everything sent so far is
     ///   stored (before exiting, before replying "accepted" to a client); dropping
     ///   the app's last handle also stores what is buffered (see [`App::flush`]).
-    ///   Deferred sends keep their order; unique sends, `publish_once` sends and
-    ///   [`App::send_batch`] always wait for the broker (and may overtake deferred
-    ///   sends still buffered).
+    ///   Deferred sends keep their order; unique sends, `publish_once` sends,
+    ///   [`App::send_batch`] and workflows always wait for the broker, after the
+    ///   deferred sends made before them (they never overtake them).
     pub fn publish_confirms(mut self, confirms: PublishConfirms) -> Self {
         self.settings.task_publish_confirms = confirms;
         self
@@ -504,7 +504,7 @@ impl App {
     /// is prepared; if a chunk fails, the chunks before it are sent (as with a
     /// pipeline that breaks) and the error is returned.
     pub async fn send_batch(&self, calls: Vec<TaskCall>) -> Result<Vec<String>, Error> {
-        self.report_deferred_failure()?;
+        self.after_deferred_sends().await?;
         if calls.len() > BATCH_CHUNK
             && calls
                 .iter()
@@ -641,6 +641,7 @@ impl App {
                 return Ok(AsyncResult::new(id, self.inner.backend.clone()));
             }
         }
+        self.after_deferred_sends().await?;
         let claimed = self
             .claim_unique(name, &args, &kwargs, &mut options)
             .await?;
@@ -661,6 +662,16 @@ impl App {
                 Err(error)
             }
         }
+    }
+
+    /// Before a confirmed send: waits for the deferred sends handed over before it
+    /// (so it does not overtake them), then returns a deferred failure no send has
+    /// returned yet.
+    async fn after_deferred_sends(&self) -> Result<(), Error> {
+        if let Some(publisher) = &self.inner.publisher {
+            publisher.barrier().await?;
+        }
+        self.report_deferred_failure()
     }
 
     /// With deferred confirms, the first publish failure no send has returned yet.

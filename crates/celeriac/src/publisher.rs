@@ -17,9 +17,10 @@
 //!   still held are logged at error level. Call `flush` before the runtime ends.
 //!
 //! Order: deferred sends are published in the order their calls returned. A send
-//! that takes the confirmed path (unique sends, `publish_once`, `send_batch`) may
-//! overtake deferred sends still in the buffer; call `flush` first to keep order
-//! across the two.
+//! that takes the confirmed path (unique sends, `publish_once`, `send_batch`,
+//! workflows) first waits for the deferred sends handed over before it
+//! ([`Publisher::barrier`]), so it never overtakes them; with nothing buffered
+//! that wait costs nothing.
 //!
 //! [`PublishConfirms::Deferred`]: celeriac_core::config::PublishConfirms::Deferred
 
@@ -189,12 +190,7 @@ impl Publisher {
     /// Waits until every send handed over before this call is published or failed;
     /// returns the first failure since the last flush.
     pub(crate) async fn flush(&self) -> Result<(), Error> {
-        let (reply, confirmed) = oneshot::channel();
-        let reached = match &self.sender {
-            Some(sender) => sender.send(Item::Flush(reply)).await.is_ok(),
-            None => false,
-        };
-        let reached = reached && confirmed.await.is_ok();
+        let reached = self.wait_for_handed_over().await;
         let mut failures = self.shared.failures();
         let failure = failures.since_flush.take();
         failures.unreported = None;
@@ -206,6 +202,30 @@ impl Publisher {
             return Err(stopped(Vec::new()));
         }
         Ok(())
+    }
+}
+
+impl Publisher {
+    /// Waits until every send handed over before this call is published or failed,
+    /// so that a confirmed send made next cannot overtake them. Failures stay where
+    /// they are, for the next send and the next [`Publisher::flush`]; an error only
+    /// when the publisher stopped with sends still pending.
+    pub(crate) async fn barrier(&self) -> Result<(), Error> {
+        if self.pending() == 0 || self.wait_for_handed_over().await || self.pending() == 0 {
+            return Ok(());
+        }
+        Err(stopped(Vec::new()))
+    }
+
+    /// Sends a flush marker behind everything handed over and waits for the
+    /// publisher to answer it; `false` when the publisher is gone.
+    async fn wait_for_handed_over(&self) -> bool {
+        let (reply, done) = oneshot::channel();
+        let reached = match &self.sender {
+            Some(sender) => sender.send(Item::Flush(reply)).await.is_ok(),
+            None => false,
+        };
+        reached && done.await.is_ok()
     }
 }
 

@@ -413,6 +413,93 @@ async fn unique_sends_wait_for_the_broker_in_deferred_mode() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn confirmed_sends_do_not_overtake_deferred_ones() {
+    let t = TestApp::new();
+    let (app, faulty) = faulty_app(&t, 100).await;
+    // The publisher is stalled while 0..3 are handed over.
+    let stall = faulty.gate.clone().write_owned().await;
+    for i in 0..3 {
+        send(&app, "q", i).await.expect("handed over");
+    }
+    // A unique send, a publish-once send and a batch, made after them.
+    let confirmed = tokio::spawn({
+        let app = app.clone();
+        async move {
+            app.send_task(
+                "tests.seq",
+                vec![json!(3)],
+                Map::new(),
+                SendOptions::new()
+                    .queue("q")
+                    .unique(Unique::new(Duration::from_secs(60))),
+            )
+            .await
+            .expect("unique send");
+            app.send_task(
+                "tests.seq",
+                vec![json!(4)],
+                Map::new(),
+                SendOptions::new()
+                    .queue("q")
+                    .publish_once(Duration::from_secs(60)),
+            )
+            .await
+            .expect("publish-once send");
+            app.send_batch(batch_calls("q", 7).split_off(5))
+                .await
+                .expect("batch");
+        }
+    });
+    // They wait behind the deferred sends instead of going first.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!confirmed.is_finished(), "a confirmed send overtook");
+    assert_eq!(ready(faulty.inner.as_ref(), "q").await, 0);
+    drop(stall);
+    tokio::time::timeout(WAIT, confirmed)
+        .await
+        .expect("the confirmed sends finish")
+        .expect("no panic");
+    assert_eq!(app.unconfirmed_sends(), 0);
+    let args = drain_args(faulty.inner.as_ref(), "q").await;
+    assert_eq!(args, (0..7).collect::<Vec<u64>>());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_confirmed_send_after_a_failed_deferred_one_reports_it() {
+    let t = TestApp::new();
+    let (app, faulty) = faulty_app(&t, 100).await;
+    faulty.fail.store(true, Ordering::SeqCst);
+    let stall = faulty.gate.clone().write_owned().await;
+    let lost = send(&app, "q", 0).await.expect("handed over");
+    let batch = tokio::spawn({
+        let app = app.clone();
+        async move { app.send_batch(batch_calls("q", 2)).await }
+    });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    drop(stall);
+    // The batch waited for the deferred send, which failed: the batch reports
+    // that failure and sends nothing.
+    match tokio::time::timeout(WAIT, batch)
+        .await
+        .expect("done")
+        .expect("no panic")
+    {
+        Err(Error::PublishFailed { task_ids, .. }) => assert_eq!(task_ids, vec![lost]),
+        other => panic!("expected PublishFailed, got {other:?}"),
+    }
+    assert_eq!(
+        faulty.publishes.load(Ordering::SeqCst),
+        1,
+        "the batch was not published"
+    );
+    // Flush still reports it (the first failure since the last flush).
+    assert!(matches!(
+        app.flush().await,
+        Err(Error::PublishFailed { .. })
+    ));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deferred_sends_still_send_task_sent_events() {
     let t = TestApp::new();
     let app = t
