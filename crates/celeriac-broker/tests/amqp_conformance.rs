@@ -82,3 +82,60 @@ fn throughput() {
         );
     });
 }
+
+/// A consumer replaced by a wider one while it has deliveries on their way (each
+/// fetch asks for more than the last, each ack frees the narrow consumer's window):
+/// every message still comes out in the queue's order.
+#[test]
+fn widening_the_prefetch_keeps_the_queue_order() {
+    use std::time::Duration;
+
+    use celeriac_broker::{Broker, FetchParams, Publish};
+    use celeriac_core::TaskMessage;
+
+    celeriac_broker::testing::run("widening_the_prefetch_keeps_the_queue_order", async {
+        const TOTAL: usize = 400;
+        let Some(url) = amqp_url_or_skip("widening_the_prefetch_keeps_the_queue_order") else {
+            return;
+        };
+        let harness = AmqpHarness::new(&url);
+        let broker = harness.amqp_broker().await;
+        let queue = format!("conformance.widening.{}", uuid::Uuid::new_v4().simple());
+        let batch = (0..TOTAL)
+            .map(|i| Publish {
+                queue: queue.clone(),
+                envelope: TaskMessage::new("t.widen", i.to_string(), vec![], Default::default())
+                    .encode(),
+                not_before: None,
+            })
+            .collect();
+        broker.publish(batch).await.expect("publish");
+        let mut seen = Vec::with_capacity(TOTAL);
+        let mut max = 1;
+        while seen.len() < TOTAL {
+            let got = broker
+                .fetch(&FetchParams {
+                    queues: vec![queue.clone()],
+                    max,
+                    wait: Duration::from_secs(5),
+                    consumer: "widening".into(),
+                    lease: Duration::from_secs(30),
+                })
+                .await
+                .expect("fetch");
+            assert!(
+                !got.is_empty(),
+                "nothing fetched after {} of {TOTAL}",
+                seen.len()
+            );
+            let tags: Vec<_> = got.iter().map(|d| d.tag.clone()).collect();
+            for delivery in &got {
+                let id = delivery.envelope.task_id_hint().expect("a task id");
+                seen.push(id.parse::<usize>().expect("a number"));
+            }
+            broker.ack(&tags).await.expect("ack");
+            max = (max * 2).min(256);
+        }
+        assert_eq!(seen, (0..TOTAL).collect::<Vec<_>>(), "in the queue's order");
+    });
+}

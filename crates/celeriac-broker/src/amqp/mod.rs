@@ -20,7 +20,9 @@
 //!   declared queue's `concurrency × prefetch_multiplier`, and what the consumer
 //!   asks for (its held messages plus `max`), so a worker never holds more
 //!   unacknowledged messages than its prefetch window, as with Celery. A consumer is
-//!   replaced by a wider one (`basic.qos` applies to consumers started after it) only
+//!   replaced by a wider one (`basic.qos` applies to consumers started after it;
+//!   the old one is cancelled and what it received is buffered first, so the swap
+//!   keeps the queue's order) only
 //!   when the demand exceeds its prefetch by more than half ([`wider_prefetch`]):
 //!   held messages whose tasks ended and whose acks are on their way count in the
 //!   demand for a moment, and replacing the consumer for each such moment made a
@@ -115,6 +117,10 @@ use wire::Arrived;
 pub const DEAD_LETTER_EXCHANGE: &str = "celeriac.dead-letter";
 /// The most dead letters [`Broker::dead_letters`] reads from one queue.
 const DEAD_LETTER_SCAN_LIMIT: u64 = 10_000;
+/// How long replacing a consumer waits for the cancelled one's reader to buffer
+/// what it received (it normally takes no longer than the cancel-ok).
+const READER_DRAIN: Duration = Duration::from_secs(2);
+
 /// A consumer nobody fetched from for this long, holding nothing, is cancelled
 /// (remote-control reply queues are consumed once).
 const IDLE_CONSUMER: Duration = Duration::from_secs(60);
@@ -399,6 +405,9 @@ pub(crate) struct Inner {
     state: Mutex<State>,
     /// Woken when a consumer buffers a message or stops.
     arrived: Notify,
+    /// Held while consumers are checked and started or replaced, so that two
+    /// fetches never replace the same consumer twice.
+    consumers_changing: tokio::sync::Mutex<()>,
     next_id: AtomicU64,
     /// Dropped with the handle: consumer tasks end.
     shutdown: watch::Sender<()>,
@@ -456,6 +465,7 @@ impl AmqpBroker {
                 generation: AtomicU64::new(0),
                 state: Mutex::new(State::default()),
                 arrived: Notify::new(),
+                consumers_changing: tokio::sync::Mutex::new(()),
                 next_id: AtomicU64::new(1),
                 shutdown,
             }),
@@ -825,6 +835,7 @@ impl Inner {
         queues: &[String],
         max: usize,
     ) -> Result<(), BrokerError> {
+        let _changing = self.consumers_changing.lock().await;
         self.cancel_idle_consumers(queues).await;
         for queue in queues {
             let (needed, floor, existing) = {
@@ -842,29 +853,42 @@ impl Inner {
                     let usable = c.generation == session.generation
                         && c.alive.load(Ordering::SeqCst)
                         && c.channel.status().connected();
-                    usable.then(|| (c.channel.clone(), c.tag.clone(), c.prefetch))
+                    usable.then(|| {
+                        (
+                            c.channel.clone(),
+                            c.tag.clone(),
+                            c.prefetch,
+                            Arc::clone(&c.alive),
+                        )
+                    })
                 });
                 (needed, floor, existing)
             };
             match existing {
-                Some((_, _, prefetch)) if wider_prefetch(prefetch, needed, floor).is_none() => {}
-                Some((old_channel, old_tag, _)) => {
-                    // basic.qos applies to consumers started after it: start a
-                    // wider consumer on a channel of its own, then cancel the old
-                    // one (its unacknowledged deliveries keep their channel open
-                    // until they are settled).
+                Some((_, _, prefetch, _)) if wider_prefetch(prefetch, needed, floor).is_none() => {}
+                Some((old_channel, old_tag, _, old_alive)) => {
+                    // basic.qos applies to consumers started after it: cancel the
+                    // narrower consumer, let its reader buffer what RabbitMQ sent it
+                    // before the cancel-ok, then start a wider one on a channel of
+                    // its own. Nothing of the new consumer can then be handed out
+                    // before a message the old one received earlier (the queue's
+                    // order holds across the swap). The old channel stays open
+                    // while its deliveries are unsettled.
+                    match old_channel
+                        .basic_cancel(old_tag.as_str().into(), BasicCancelOptions::default())
+                        .await
+                    {
+                        Ok(()) => self.reader_ended(&old_alive, READER_DRAIN).await,
+                        Err(error) => {
+                            tracing::debug!(%error, queue, "cancelling a narrower consumer failed");
+                        }
+                    }
                     let channel = session
                         .connection
                         .create_channel()
                         .await
                         .map_err(lapin_error)?;
                     self.start_consumer(session, queue, channel, needed).await?;
-                    if let Err(error) = old_channel
-                        .basic_cancel(old_tag.as_str().into(), BasicCancelOptions::default())
-                        .await
-                    {
-                        tracing::debug!(%error, queue, "cancelling a narrower consumer failed");
-                    }
                 }
                 None => {
                     self.ensure_queue(session, queue).await?;
@@ -878,6 +902,24 @@ impl Inner {
             }
         }
         Ok(())
+    }
+
+    /// Waits until the reader of a cancelled consumer has buffered what it received
+    /// and stopped (`alive` false), at most `within`.
+    async fn reader_ended(&self, alive: &AtomicBool, within: Duration) {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            let notified = self.arrived.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if !alive.load(Ordering::SeqCst) {
+                return;
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                tracing::debug!("a cancelled consumer's reader did not stop in time");
+                return;
+            }
+        }
     }
 
     /// Starts a consumer of `queue` on `channel` with `prefetch`, feeding the buffer.
