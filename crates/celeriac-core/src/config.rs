@@ -15,6 +15,9 @@ use serde_json::{Map, Value};
 
 use crate::routing::{Exchange, ExchangeKind, Queue, Route};
 
+mod use_ssl;
+pub use use_ssl::{SslOptions, UseSsl};
+
 /// Configuration errors, with the offending source named.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -239,6 +242,12 @@ pub struct Settings {
     /// Namespace of remote control: requests on `<name>.pidbox`, replies through
     /// `reply.<name>.pidbox`.
     pub control_exchange: String,
+    /// TLS for a `redis://` or `amqp://` broker URL: `true`, or a table of kombu's
+    /// `ssl_*` options (Celery's `broker_use_ssl`; see [`UseSsl`]). Applied by
+    /// [`Settings::with_tls_applied`].
+    pub broker_use_ssl: UseSsl,
+    /// The same for a `redis://` result backend (Celery's `redis_backend_use_ssl`).
+    pub redis_backend_use_ssl: UseSsl,
 }
 
 impl Default for Settings {
@@ -268,6 +277,8 @@ impl Default for Settings {
             task_publish_buffer: DEFAULT_PUBLISH_BUFFER,
             event_exchange: crate::event::EVENT_EXCHANGE.into(),
             control_exchange: crate::pidbox::DEFAULT_NAMESPACE.into(),
+            broker_use_ssl: UseSsl::default(),
+            redis_backend_use_ssl: UseSsl::default(),
         }
     }
 }
@@ -372,6 +383,29 @@ impl Settings {
     /// Shutdown grace period.
     pub fn shutdown_timeout(&self) -> Duration {
         Duration::from_secs_f64(self.worker_shutdown_timeout.max(0.0))
+    }
+
+    /// These settings with `broker_use_ssl` and `redis_backend_use_ssl` written into
+    /// the broker and result backend URLs (TLS scheme, `ssl_*` query options the
+    /// URLs do not have yet). Applying it twice changes nothing more.
+    pub fn with_tls_applied(mut self) -> Result<Settings, ConfigError> {
+        self.broker_url = self
+            .broker_use_ssl
+            .apply(&self.broker_url, "broker_use_ssl")?;
+        if self.redis_backend_use_ssl.is_on() {
+            if !(self.result_backend.starts_with("redis://")
+                || self.result_backend.starts_with("rediss://"))
+            {
+                return Err(ConfigError::Invalid(format!(
+                    "redis_backend_use_ssl needs a redis:// result_backend, not {:?}",
+                    self.result_backend.split("://").next().unwrap_or_default()
+                )));
+            }
+            self.result_backend = self
+                .redis_backend_use_ssl
+                .apply(&self.result_backend, "redis_backend_use_ssl")?;
+        }
+        Ok(self)
     }
 
     /// The result backend URL: the explicit one, or the broker's SQLite file.
@@ -486,6 +520,51 @@ fn merge(base: &mut Value, overlay: Value) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn use_ssl_comes_from_env_and_toml_and_rewrites_the_urls() {
+        let env = |vars: &[(&str, &str)]| {
+            Settings::default()
+                .merge_env(vars.iter().map(|(k, v)| (k.to_string(), v.to_string())))
+                .expect("env")
+                .with_tls_applied()
+        };
+        let on = env(&[
+            ("CELERIAC_BROKER_URL", "amqp://u:p@mq//"),
+            ("CELERIAC_BROKER_USE_SSL", "true"),
+        ])
+        .expect("applied");
+        assert_eq!(on.broker_url, "amqps://u:p@mq//");
+        let options = env(&[
+            ("CELERIAC_BROKER_URL", "redis://h/0"),
+            ("CELERIAC_BROKER_USE_SSL__SSL_CA_CERTS", "/etc/ca.pem"),
+            ("CELERIAC_BROKER_USE_SSL__SSL_CERT_REQS", "CERT_REQUIRED"),
+            ("CELERIAC_RESULT_BACKEND", "redis://h/1"),
+            ("CELERIAC_REDIS_BACKEND_USE_SSL", "true"),
+        ])
+        .expect("applied");
+        assert_eq!(
+            options.broker_url,
+            "rediss://h/0?ssl_cert_reqs=required&ssl_ca_certs=/etc/ca.pem"
+        );
+        assert_eq!(options.result_backend, "rediss://h/1");
+        // Applying again changes nothing.
+        assert_eq!(options.clone().with_tls_applied().expect("again"), options);
+        let toml = Settings::default()
+            .merge_toml_str(
+                "broker_url = \"redis://h/0\"\n[broker_use_ssl]\nca_certs = \"/ca.pem\"\n",
+            )
+            .expect("toml")
+            .with_tls_applied()
+            .expect("applied");
+        assert_eq!(toml.broker_url, "rediss://h/0?ssl_ca_certs=/ca.pem");
+        let backend = env(&[
+            ("CELERIAC_REDIS_BACKEND_USE_SSL", "true"),
+            ("CELERIAC_RESULT_BACKEND", "postgres://db/results"),
+        ])
+        .expect_err("not a Redis backend");
+        assert!(backend.to_string().contains("redis_backend_use_ssl needs a redis://"));
+    }
 
     #[test]
     fn the_lock_store_defaults_to_the_broker_and_is_set_by_env() {

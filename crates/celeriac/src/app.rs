@@ -182,7 +182,7 @@ impl AppBuilder {
         for overlay in &self.overrides {
             settings = settings.merge_value(overlay.clone())?;
         }
-        Ok(settings)
+        Ok(settings.with_tls_applied()?)
     }
 
     /// Resolves the configuration, connects to the broker and result backend, and
