@@ -563,7 +563,9 @@ mod tests {
             ("CELERIAC_RESULT_BACKEND", "postgres://db/results"),
         ])
         .expect_err("not a Redis backend");
-        assert!(backend.to_string().contains("redis_backend_use_ssl needs a redis://"));
+        assert!(backend
+            .to_string()
+            .contains("redis_backend_use_ssl needs a redis://"));
     }
 
     #[test]

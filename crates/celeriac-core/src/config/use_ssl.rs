@@ -217,28 +217,32 @@ mod tests {
         let off = UseSsl::default();
         assert!(!off.is_on());
         assert_eq!(
-            off.apply("redis://h:6379/0", "broker_use_ssl").unwrap(),
+            off.apply("redis://h:6379/0", "broker_use_ssl")
+                .expect("valid"),
             "redis://h:6379/0"
         );
         assert_eq!(
-            off.apply("sqlite://x.db", "broker_use_ssl").unwrap(),
+            off.apply("sqlite://x.db", "broker_use_ssl").expect("valid"),
             "sqlite://x.db"
         );
     }
 
     #[test]
     fn true_switches_to_the_tls_scheme() {
-        let on = parse(json!(true)).unwrap();
+        let on = parse(json!(true)).expect("valid");
         assert_eq!(
-            on.apply("redis://:pw@h:6380/2", "broker_use_ssl").unwrap(),
+            on.apply("redis://:pw@h:6380/2", "broker_use_ssl")
+                .expect("valid"),
             "rediss://:pw@h:6380/2"
         );
         assert_eq!(
             on.apply("amqp://u:p@h//?heartbeat=10", "broker_use_ssl")
-                .unwrap(),
+                .expect("valid"),
             "amqps://u:p@h//?heartbeat=10"
         );
-        let error = on.apply("sqlite://x.db", "broker_use_ssl").unwrap_err();
+        let error = on
+            .apply("sqlite://x.db", "broker_use_ssl")
+            .expect_err("an error");
         assert!(error
             .to_string()
             .contains("broker_use_ssl applies to redis:// and amqp://"));
@@ -251,11 +255,11 @@ mod tests {
             "ssl_ca_certs": "/etc/ssl/my ca.pem",
             "ssl_check_hostname": true,
         }))
-        .unwrap();
+        .expect("valid");
         assert_eq!(
             redis_style
                 .apply("redis://h/0?ssl_cert_reqs=none", "broker_use_ssl")
-                .unwrap(),
+                .expect("valid"),
             "rediss://h/0?ssl_cert_reqs=none&ssl_ca_certs=/etc/ssl/my%20ca.pem&ssl_check_hostname=true"
         );
         let amqp_style = parse(json!({
@@ -265,27 +269,27 @@ mod tests {
             "keyfile": "/k.pem",
             "check_hostname": true,
         }))
-        .unwrap();
+        .expect("valid");
         assert_eq!(
-            amqp_style.apply("amqp://h:5671//", "broker_use_ssl").unwrap(),
+            amqp_style.apply("amqp://h:5671//", "broker_use_ssl").expect("valid"),
             "amqps://h:5671//?ssl_cert_reqs=required&ssl_ca_certs=/ca.pem&ssl_certfile=/c.pem&ssl_keyfile=/k.pem"
         );
     }
 
     #[test]
     fn bad_options_are_named() {
-        let unknown = parse(json!({"ssl_verify": true})).unwrap_err();
+        let unknown = parse(json!({"ssl_verify": true})).expect_err("an error");
         assert!(
             unknown.contains("unknown TLS option \"ssl_verify\""),
             "{unknown}"
         );
-        let reqs = parse(json!({"cert_reqs": 7})).unwrap_err();
+        let reqs = parse(json!({"cert_reqs": 7})).expect_err("an error");
         assert!(reqs.contains("0, 1 or 2"), "{reqs}");
-        let word = parse(json!({"ssl_cert_reqs": "always"})).unwrap_err();
+        let word = parse(json!({"ssl_cert_reqs": "always"})).expect_err("an error");
         assert!(word.contains("required, optional or none"), "{word}");
-        let path = parse(json!({"ssl_ca_certs": 3})).unwrap_err();
+        let path = parse(json!({"ssl_ca_certs": 3})).expect_err("an error");
         assert!(path.contains("file path"), "{path}");
-        let kind = parse(json!("yes")).unwrap_err();
+        let kind = parse(json!("yes")).expect_err("an error");
         assert!(kind.contains("expected true, false or a table"), "{kind}");
     }
 }
