@@ -21,8 +21,8 @@
 //!   asks for (its held messages plus `max`), so a worker never holds more
 //!   unacknowledged messages than its prefetch window, as with Celery. A consumer is
 //!   replaced by a wider one (`basic.qos` applies to consumers started after it;
-//!   the old one is cancelled and what it received is buffered first, so the swap
-//!   keeps the queue's order) only
+//!   the old one is cancelled and what it received is buffered ahead of the new
+//!   one's deliveries, so the swap keeps the queue's order) only
 //!   when the demand exceeds its prefetch by more than half ([`wider_prefetch`]):
 //!   held messages whose tasks ended and whose acks are on their way count in the
 //!   demand for a moment, and replacing the consumer for each such moment made a
@@ -867,13 +867,23 @@ impl Inner {
             match existing {
                 Some((_, _, prefetch, _)) if wider_prefetch(prefetch, needed, floor).is_none() => {}
                 Some((old_channel, old_tag, _, old_alive)) => {
-                    // basic.qos applies to consumers started after it: cancel the
-                    // narrower consumer, let its reader buffer what RabbitMQ sent it
-                    // before the cancel-ok, then start a wider one on a channel of
-                    // its own. Nothing of the new consumer can then be handed out
-                    // before a message the old one received earlier (the queue's
-                    // order holds across the swap). The old channel stays open
-                    // while its deliveries are unsettled.
+                    // basic.qos applies to consumers started after it: start a
+                    // wider consumer on a channel of its own, then cancel the old one
+                    // and let its reader buffer what RabbitMQ sent it before the
+                    // cancel-ok. The old consumer's deliveries sort ahead of the new
+                    // one's in the buffer (`buffer_in_order`), so once its reader has
+                    // stopped nothing of the new consumer can be handed out before a
+                    // message the old one received earlier: the queue's order holds
+                    // across the swap. (Cancelling first, before the new consumer
+                    // exists, put a quorum queue's next message behind the requeued
+                    // one every time in `reject_requeue_goes_to_the_back`.) The old
+                    // channel stays open while its deliveries are unsettled.
+                    let channel = session
+                        .connection
+                        .create_channel()
+                        .await
+                        .map_err(lapin_error)?;
+                    self.start_consumer(session, queue, channel, needed).await?;
                     match old_channel
                         .basic_cancel(old_tag.as_str().into(), BasicCancelOptions::default())
                         .await
@@ -883,12 +893,6 @@ impl Inner {
                             tracing::debug!(%error, queue, "cancelling a narrower consumer failed");
                         }
                     }
-                    let channel = session
-                        .connection
-                        .create_channel()
-                        .await
-                        .map_err(lapin_error)?;
-                    self.start_consumer(session, queue, channel, needed).await?;
                 }
                 None => {
                     self.ensure_queue(session, queue).await?;
@@ -1825,20 +1829,29 @@ async fn publish_on(
         inner.ensure_queue(session, queue).await?;
     }
     let channel = session.publisher().await?;
-    let mut confirms = Vec::with_capacity(prepared.len());
+    // Each publish hands its frames to lapin's I/O loop on its first poll and then
+    // waits until they are written. Polling every publish once, in order, before
+    // waiting for any lets the loop write the batch in a few wake-ups instead of one
+    // per message (a thread hand-off each), and keeps the messages in order.
+    let mut written = Vec::with_capacity(prepared.len());
     for (queue, properties, body) in prepared {
-        confirms.push(
-            channel
-                .basic_publish(
-                    "".into(),
-                    ShortString::from(queue.as_str()),
-                    BasicPublishOptions::default(),
-                    body,
-                    properties.clone(),
-                )
-                .await
-                .map_err(lapin_error)?,
-        );
+        let mut publish = Box::pin(channel.basic_publish(
+            "".into(),
+            ShortString::from(queue.as_str()),
+            BasicPublishOptions::default(),
+            body,
+            properties.clone(),
+        ));
+        let first = futures::poll!(publish.as_mut());
+        written.push((publish, first));
+    }
+    let mut confirms = Vec::with_capacity(written.len());
+    for (publish, first) in written {
+        let publisher_confirm = match first {
+            std::task::Poll::Ready(result) => result,
+            std::task::Poll::Pending => publish.await,
+        };
+        confirms.push(publisher_confirm.map_err(lapin_error)?);
     }
     for result in futures::future::join_all(confirms.into_iter().map(confirm)).await {
         result?;
