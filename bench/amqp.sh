@@ -110,6 +110,8 @@ lines = [
     "|---|---|---|---|",
     f"| enqueue, one publish at a time | {rate(p['enqueue_single_per_s'])} | {rate(c['enqueue_single_per_s'])} | "
     f"{ratio(c['enqueue_single_per_s'], p['enqueue_single_per_s'])} |",
+    f"| enqueue, one at a time, celeriac with deferred confirms (`task_publish_confirms = \"deferred\"`) | {rate(p['enqueue_single_per_s'])} | "
+    f"{rate(c.get('enqueue_single_deferred_per_s') or 0)} | {ratio(c.get('enqueue_single_deferred_per_s') or 0, p['enqueue_single_per_s'])} |",
     f"| enqueue, batched (celeriac: 1,000 per confirmed publish) | – | {rate(c['enqueue_per_s'])} | – |",
     f"| drain prefilled, results ignored (celeriac prefetch ×{c['prefetch_multiplier']}) | {rate(p['drain_per_s'])} | {rate(c['drain_per_s'])} | "
     f"{ratio(c['drain_per_s'], p['drain_per_s'])} |",
