@@ -203,9 +203,7 @@ impl Publisher {
         }
         Ok(())
     }
-}
 
-impl Publisher {
     /// Waits until every send handed over before this call is published or failed,
     /// so that a confirmed send made next cannot overtake them. Failures stay where
     /// they are, for the next send and the next [`Publisher::flush`]; an error only
