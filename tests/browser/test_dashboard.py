@@ -61,8 +61,11 @@ def test_workers_and_queues_update_live(system, browser):
     eventually(lambda: browser.find_element(By.ID, "live").text == "live", what="the page goes live")
 
     browser.find_element(By.CSS_SELECTOR, "nav button[data-tab=queues]").click()
-    row = eventually(lambda: browser.find_element(By.CSS_SELECTOR, "tr[data-queue=backlog]"), what="the queue row")
-    assert row.find_elements(By.TAG_NAME, "td")[1].text == "2"
+    # Looked up afresh each time: the table is redrawn as it refreshes.
+    eventually(
+        lambda: browser.find_element(By.CSS_SELECTOR, "tr[data-queue=backlog]").find_elements(By.TAG_NAME, "td")[1].text == "2",
+        what="the queue row with its 2 waiting tasks",
+    )
 
     # A worker appears without reloading the page; it drains the queue (the tasks are
     # unknown to it, so they end as dead letters, which the page shows too).
@@ -202,8 +205,12 @@ def test_a_schedule_made_in_the_form_is_sent_by_beat_and_runs(task_system, brows
 
     celery = eventually(charted, timeout=30, what="rates sampled for the celery queue")
     assert celery["source"] == "events" and celery["totals"]["received"] >= 1, celery
-    chart = eventually(lambda: browser.find_element(By.CSS_SELECTOR, "svg[data-chart=celery]"), what="the rates chart")
-    assert len(chart.find_elements(By.CSS_SELECTOR, "polyline")) == 2
+    # One lookup from the document each time: the chart is redrawn as samples arrive,
+    # so an element found earlier may be gone (a stale reference) when asked again.
+    eventually(
+        lambda: len(browser.find_elements(By.CSS_SELECTOR, "svg[data-chart=celery] polyline")) == 2,
+        what="the rates chart with its in and out lines",
+    )
     eventually(lambda: browser.find_element(By.CSS_SELECTOR, "tr[data-queue=celery] td.rate-out").text not in ("", "–"),
                what="the out rate is shown")
     shot(browser, "queues")
