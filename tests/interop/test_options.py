@@ -1,7 +1,8 @@
 """Options a Python Celery client sets, honoured by the celeriac worker on Redis:
 countdown and eta (never run early), expires (an expired message is not run, its
-result is REVOKED) and priority (kombu's priority steps: with the queue filled before
-the worker starts, higher-priority messages sent later are consumed first). Each test
+result is REVOKED), priority (kombu's priority steps: with the queue filled before
+the worker starts, higher-priority messages sent later are consumed first) and
+compression (`compression='gzip'`, kombu's zlib codec). Each test
 uses its own queue. Skipped (with the reason) while celeriac_broker has no Redis
 support.
 """
@@ -116,3 +117,13 @@ def test_python_priorities_sent_later_are_consumed_first(rust_worker, queue_name
     for priority in (0, 3, 6, 9):
         same = [token for token in ran if token.startswith(f"p{priority}-")]
         assert same == [f"p{priority}-{i}" for i in range(3)], same
+
+
+def test_a_task_compressed_by_python_runs(rust_worker, queue_name, task_ids):
+    # task_compression='gzip' (kombu's zlib codec, header `compression:
+    # application/x-gzip`), with a body worth compressing.
+    rust_worker(queue=queue_name)
+    text = "celeriac " * 20_000
+    result = tasks.app.send_task("interop.echo", (text,), queue=queue_name, compression="gzip",
+                                 task_id=task_ids("compressed"))
+    assert result.get(timeout=30) == {"args": [text], "kwargs": {}}

@@ -991,17 +991,27 @@ impl TaskMessage {
             ReadHeaders::Typed(headers) => &headers.extra,
             ReadHeaders::Sorted(_, extra) => extra,
         };
-        if let Some(compression) = extra.get("compression") {
-            return Err(DecodeError::UnsupportedCompression(
-                compression.as_str().unwrap_or("?").to_string(),
-            ));
-        }
+        let inflated;
+        let body_bytes: &[u8] = match extra.get(COMPRESSION_HEADER) {
+            None => &envelope.body,
+            Some(compression) => {
+                inflated = inflate_body(compression, &envelope.body)?;
+                &inflated
+            }
+        };
         // The common body, `[[...], {...}, {...} | null]`, straight into its parts;
         // anything else through a `Value`, for the precise error.
-        let body = match from_json_bytes::<BodyFastPath>(&envelope.body) {
+        let body = match from_json_bytes::<BodyFastPath>(body_bytes) {
             Ok(parts) => Ok(parts),
-            Err(_) => Err(serde_json::from_slice::<Value>(&envelope.body)
+            Err(_) => Err(serde_json::from_slice::<Value>(body_bytes)
                 .map_err(|e| DecodeError::InvalidJson(e.to_string()))?),
+        };
+        let mut headers = headers;
+        // The decoded message holds the plain body: a copy sent on (a retry) must not
+        // claim a compression it no longer has.
+        match &mut headers {
+            ReadHeaders::Typed(headers) => headers.extra.remove(COMPRESSION_HEADER),
+            ReadHeaders::Sorted(_, extra) => extra.remove(COMPRESSION_HEADER),
         };
         let headers = match headers {
             ReadHeaders::Typed(headers) => headers,
@@ -1082,6 +1092,43 @@ fn embed_to_value(embed: &Embed) -> Value {
     serde_json::to_value(embed).unwrap_or_else(
         |_| serde_json::json!({"callbacks": null, "errbacks": null, "chain": null, "chord": null}),
     )
+}
+
+/// The header naming a body's compression (kombu's `task_compression`).
+const COMPRESSION_HEADER: &str = "compression";
+
+/// kombu's `zlib` / `gzip` compressor (`zlib.compress`: RFC 1950, not gzip).
+pub const COMPRESSION_ZLIB: &str = "application/x-gzip";
+
+/// Most bytes a compressed body may inflate to (a bomb is refused, not expanded).
+pub const MAX_INFLATED_BODY: usize = 64 * 1024 * 1024;
+
+/// The body of a message sent with `compression`: kombu's zlib codec is read; the
+/// others (bz2, lzma, brotli, zstd) are refused by name.
+fn inflate_body(compression: &Value, body: &[u8]) -> Result<Vec<u8>, DecodeError> {
+    inflate_at_most(compression, body, MAX_INFLATED_BODY)
+}
+
+/// [`inflate_body`] with the limit given.
+fn inflate_at_most(compression: &Value, body: &[u8], limit: usize) -> Result<Vec<u8>, DecodeError> {
+    use std::io::Read as _;
+    let name = compression.as_str().unwrap_or("?");
+    if !name.trim().eq_ignore_ascii_case(COMPRESSION_ZLIB) {
+        return Err(DecodeError::UnsupportedCompression(name.to_string()));
+    }
+    let mut inflated = Vec::with_capacity(body.len().saturating_mul(4).min(limit));
+    flate2::read::ZlibDecoder::new(body)
+        .take(limit as u64 + 1)
+        .read_to_end(&mut inflated)
+        .map_err(|e| {
+            DecodeError::InvalidEnvelope(format!("body compressed as {name} does not inflate: {e}"))
+        })?;
+    if inflated.len() > limit {
+        return Err(DecodeError::InvalidEnvelope(format!(
+            "body compressed as {name} inflates beyond {limit} bytes"
+        )));
+    }
+    Ok(inflated)
 }
 
 fn check_content_type(envelope: &Envelope) -> Result<(), DecodeError> {
@@ -1702,7 +1749,7 @@ mod tests {
             r#"{"task": "t", "id": "x", "ignore_result": "yes"}"#,
             r#"{"task": "t", "id": "x", "stamped_headers": [1]}"#,
             r#"{"task": "t", "id": "x", "stamps": []}"#,
-            r#"{"task": "t", "id": "x", "compression": "application/x-gzip"}"#,
+            r#"{"task": "t", "id": "x", "compression": "application/x-bz2"}"#,
             r#"{"retries": "x", "id": 5, "task": "t"}"#,
         ];
         for text in cases {
@@ -1820,5 +1867,66 @@ mod tests {
         );
         let headers = TaskMessage::decode(&env).expect("decodes").headers;
         assert_eq!(headers.extra.keys().collect::<Vec<_>>(), ["zz", "aa"]);
+    }
+
+    fn zlib(bytes: &[u8]) -> Vec<u8> {
+        use std::io::Write as _;
+        let mut encoder =
+            flate2::write::ZlibEncoder::new(Vec::new(), flate2::Compression::default());
+        encoder.write_all(bytes).expect("compress");
+        encoder.finish().expect("compress")
+    }
+
+    #[test]
+    fn a_zlib_compressed_body_is_read_and_the_header_dropped() {
+        // What Python sends with task_compression='gzip' (kombu: zlib.compress).
+        let mut envelope =
+            TaskMessage::new("t.add", "id-1", vec![json!(2), json!(3)], Map::new()).encode();
+        envelope.body = zlib(&envelope.body);
+        envelope
+            .headers
+            .insert("compression".into(), json!("application/x-gzip"));
+        let decoded = TaskMessage::decode(&envelope).expect("decodes");
+        assert_eq!(decoded.args, vec![json!(2), json!(3)]);
+        assert!(
+            !decoded.headers.extra.contains_key("compression"),
+            "the plain message must not claim compression"
+        );
+        // Encoded again (a retry), it is a plain message that decodes as one.
+        let again = TaskMessage::decode(&decoded.encode()).expect("decodes");
+        assert_eq!(again.args, decoded.args);
+    }
+
+    #[test]
+    fn bad_compressed_bodies_are_refused_with_the_reason() {
+        let mut envelope = TaskMessage::new("t.add", "id-2", vec![json!(1)], Map::new()).encode();
+        envelope
+            .headers
+            .insert("compression".into(), json!("application/x-gzip"));
+        // Not zlib at all.
+        let error = TaskMessage::decode(&envelope).expect_err("not zlib");
+        assert!(error.to_string().contains("does not inflate"), "{error}");
+        // A codec celeriac does not read: named.
+        envelope
+            .headers
+            .insert("compression".into(), json!("application/x-lzma"));
+        assert!(matches!(
+            TaskMessage::decode(&envelope),
+            Err(DecodeError::UnsupportedCompression(name)) if name == "application/x-lzma"
+        ));
+        // A bomb stops at the limit instead of filling memory.
+        let bomb = zlib(&vec![b' '; 10_000]);
+        let error = inflate_at_most(&json!("application/x-gzip"), &bomb, 1_000)
+            .expect_err("beyond the limit");
+        assert!(
+            error.to_string().contains("inflates beyond 1000 bytes"),
+            "{error}"
+        );
+        assert_eq!(
+            inflate_at_most(&json!("application/x-gzip"), &bomb, 10_000)
+                .expect("within")
+                .len(),
+            10_000
+        );
     }
 }
