@@ -9,7 +9,7 @@ import uuid
 import pytest
 
 import tasks
-from conftest import REDIS_URL, run_interop
+from conftest import REDIS_URL, clean_env, run_interop
 
 pytestmark = pytest.mark.usefixtures("needs_redis_broker")
 
@@ -66,6 +66,22 @@ def test_celeriac_sends_to_a_python_worker(interop_bin, python_worker, queue_nam
     lines = done.stdout.split("\n", 1)
     assert lines[0].strip() == task_id
     assert json.loads(lines[1]) == 42
+
+
+def test_celeriac_sends_compressed_tasks_a_python_worker_reads(interop_bin, python_worker, queue_name, task_ids,
+                                                              tmp_path):
+    # CELERIAC_TASK_COMPRESSION=gzip: kombu's zlib codec, which Celery decompresses.
+    python_worker(queue=queue_name)
+    task_id = task_ids("compressed-to-python")
+    done = run_interop(
+        interop_bin, "--broker", REDIS_URL, "--backend", REDIS_URL,
+        "call", "interop.add", "--args", json.dumps([20, 22]), "--queue", queue_name,
+        "--id", task_id, "--wait", "30s",
+        env=clean_env(CELERIAC_TASK_COMPRESSION="gzip"),
+        cwd=tmp_path,
+    )
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout.split("\n", 1)[1]) == 42
 
 
 def test_a_mixed_fleet_runs_each_task_once(rust_worker, python_worker, queue_name, task_ids, tmp_path):

@@ -248,6 +248,9 @@ pub struct Settings {
     pub broker_use_ssl: UseSsl,
     /// The same for a `redis://` result backend (Celery's `redis_backend_use_ssl`).
     pub redis_backend_use_ssl: UseSsl,
+    /// Compress the bodies of tasks sent: `gzip` or `zlib` (kombu's zlib codec,
+    /// which Python workers read); empty = none (Celery's `task_compression`).
+    pub task_compression: String,
 }
 
 impl Default for Settings {
@@ -279,6 +282,7 @@ impl Default for Settings {
             control_exchange: crate::pidbox::DEFAULT_NAMESPACE.into(),
             broker_use_ssl: UseSsl::default(),
             redis_backend_use_ssl: UseSsl::default(),
+            task_compression: String::new(),
         }
     }
 }

@@ -1100,6 +1100,35 @@ const COMPRESSION_HEADER: &str = "compression";
 /// kombu's `zlib` / `gzip` compressor (`zlib.compress`: RFC 1950, not gzip).
 pub const COMPRESSION_ZLIB: &str = "application/x-gzip";
 
+/// The header value for a compression named as Celery names it (`gzip`, `zlib`,
+/// or the MIME type itself); `None` for a codec celeriac does not write.
+pub fn compression_type(name: &str) -> Option<&'static str> {
+    match name.trim().to_ascii_lowercase().as_str() {
+        "gzip" | "zlib" | COMPRESSION_ZLIB => Some(COMPRESSION_ZLIB),
+        _ => None,
+    }
+}
+
+/// Compresses an encoded envelope's body with kombu's zlib codec and names it in
+/// the `compression` header, as kombu does for `compression='gzip'`.
+pub fn compress_body(envelope: &mut Envelope) {
+    use std::io::Write as _;
+    let mut encoder = flate2::write::ZlibEncoder::new(
+        Vec::with_capacity(envelope.body.len() / 2),
+        flate2::Compression::default(),
+    );
+    // Writing to a Vec cannot fail.
+    let compressed = encoder
+        .write_all(&envelope.body)
+        .and_then(|()| encoder.finish());
+    if let Ok(compressed) = compressed {
+        envelope.body = compressed;
+        envelope
+            .headers
+            .insert(COMPRESSION_HEADER.into(), Value::from(COMPRESSION_ZLIB));
+    }
+}
+
 /// Most bytes a compressed body may inflate to (a bomb is refused, not expanded).
 pub const MAX_INFLATED_BODY: usize = 64 * 1024 * 1024;
 

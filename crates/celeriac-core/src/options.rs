@@ -66,6 +66,10 @@ pub struct SendOptions {
     /// re-sent after a replica died mid-send is not queued twice.
     #[serde(with = "opt_secs", default)]
     pub publish_once: Option<Duration>,
+    /// Compress the body: `gzip` or `zlib` (kombu's zlib codec; Celery's
+    /// `compression=`); overrides the `task_compression` setting for this send.
+    #[serde(default)]
+    pub compression: Option<String>,
 }
 
 /// Unique enqueue: a send is refused while an identical one is queued or running.
@@ -101,6 +105,12 @@ impl SendOptions {
     /// Empty options.
     pub fn new() -> SendOptions {
         SendOptions::default()
+    }
+    /// Compresses the body (`gzip` or `zlib`: kombu's zlib codec, which Python
+    /// workers read).
+    pub fn compression(mut self, compression: impl Into<String>) -> Self {
+        self.compression = Some(compression.into());
+        self
     }
     /// Sets the queue.
     pub fn queue(mut self, queue: impl Into<String>) -> Self {

@@ -189,6 +189,15 @@ impl AppBuilder {
     /// declares the queues.
     pub async fn build(self) -> Result<App, Error> {
         let settings = self.resolve_settings()?;
+        if !settings.task_compression.is_empty()
+            && celeriac_core::message::compression_type(&settings.task_compression).is_none()
+        {
+            return Err(celeriac_core::ConfigError::Invalid(format!(
+                "task_compression = {:?}: celeriac writes gzip or zlib (kombu's zlib codec)",
+                settings.task_compression
+            ))
+            .into());
+        }
         let mut queues = self.queues.clone();
         for queue in settings.queues() {
             queues.retain(|q| q.name != queue.name);
@@ -839,6 +848,17 @@ impl App {
             message.properties.expiration = Some(ms.to_string());
         }
         let limit = self.inner.settings.task_max_message_bytes;
+        let compression = match options.compression.as_deref() {
+            Some(name) => Some(name),
+            None => Some(self.inner.settings.task_compression.as_str()).filter(|n| !n.is_empty()),
+        };
+        if let Some(name) = compression {
+            if celeriac_core::message::compression_type(name).is_none() {
+                return Err(Error::Encode(format!(
+                    "compression {name:?} is not one celeriac writes (gzip or zlib)"
+                )));
+            }
+        }
         let not_before = message.headers.eta;
         let mut publishes = Vec::with_capacity(destinations.len());
         for destination in destinations {
@@ -854,6 +874,9 @@ impl App {
                     size: envelope.body.len(),
                     limit,
                 });
+            }
+            if compression.is_some() {
+                celeriac_core::message::compress_body(&mut envelope);
             }
             if let Some(key) = &self.inner.signing {
                 key.sign(&mut envelope);
