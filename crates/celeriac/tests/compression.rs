@@ -1,7 +1,8 @@
 //! Compressed task messages (Celery's `task_compression` / `compression=`): a
 //! celeriac producer writes kombu's zlib codec (header `compression:
 //! application/x-gzip`, the body zlib-compressed JSON) and a celeriac worker reads
-//! it back; a codec celeriac does not write is refused at build or send time.
+//! it back (with message signing on: the signature covers the compressed body); a
+//! codec celeriac does not write is refused at build or send time.
 
 mod support;
 
@@ -18,7 +19,11 @@ async fn task_compression_writes_zlib_and_the_worker_reads_it() {
     let t = TestApp::new();
     let app = t
         .builder()
-        .configure(|s| s.task_compression = "gzip".into())
+        .configure(|s| {
+            s.task_compression = "gzip".into();
+            // Signed too: the signature covers the compressed body the worker checks.
+            s.signing_key = celeriac::core::config::Secret("a compression test signing key".into());
+        })
         .queue(Queue::new("packed"))
         .queue(Queue::new("run"))
         .task(task(
