@@ -210,7 +210,18 @@ fn cases() -> Vec<Case> {
                 json!({"task": "tests.add", "id": "hostile-compressed",
                        "compression": "application/x-gzip"}),
                 CONTENT_TYPE_JSON,
+                // A gzip header, not the zlib stream kombu's codec writes.
                 b"\x1f\x8b\x08\x00",
+            ),
+            &["does not inflate"],
+        ),
+        worker(
+            "hostile-bz2-body",
+            envelope(
+                json!({"task": "tests.add", "id": "hostile-bz2-body",
+                       "compression": "application/x-bz2"}),
+                CONTENT_TYPE_JSON,
+                b"BZh91AY&SY",
             ),
             &["unsupported body compression"],
         ),
