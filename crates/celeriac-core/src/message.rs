@@ -991,14 +991,11 @@ impl TaskMessage {
             ReadHeaders::Typed(headers) => &headers.extra,
             ReadHeaders::Sorted(_, extra) => extra,
         };
-        let inflated;
-        let body_bytes: &[u8] = match extra.get(COMPRESSION_HEADER) {
-            None => &envelope.body,
-            Some(compression) => {
-                inflated = inflate_body(compression, &envelope.body)?;
-                &inflated
-            }
+        let inflated = match extra.get(COMPRESSION_HEADER) {
+            None => None,
+            Some(compression) => Some(inflate_body(compression, &envelope.body)?),
         };
+        let body_bytes: &[u8] = inflated.as_deref().unwrap_or(&envelope.body);
         // The common body, `[[...], {...}, {...} | null]`, straight into its parts;
         // anything else through a `Value`, for the precise error.
         let body = match from_json_bytes::<BodyFastPath>(body_bytes) {
@@ -1007,12 +1004,14 @@ impl TaskMessage {
                 .map_err(|e| DecodeError::InvalidJson(e.to_string()))?),
         };
         let mut headers = headers;
-        // The decoded message holds the plain body: a copy sent on (a retry) must not
-        // claim a compression it no longer has.
-        match &mut headers {
-            ReadHeaders::Typed(headers) => headers.extra.remove(COMPRESSION_HEADER),
-            ReadHeaders::Sorted(_, extra) => extra.remove(COMPRESSION_HEADER),
-        };
+        if inflated.is_some() {
+            // The decoded message holds the plain body: a copy sent on (a retry) must
+            // not claim a compression it no longer has.
+            match &mut headers {
+                ReadHeaders::Typed(headers) => headers.extra.remove(COMPRESSION_HEADER),
+                ReadHeaders::Sorted(_, extra) => extra.remove(COMPRESSION_HEADER),
+            };
+        }
         let headers = match headers {
             ReadHeaders::Typed(headers) => headers,
             ReadHeaders::Sorted(known, extra) => {

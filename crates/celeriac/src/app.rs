@@ -848,17 +848,17 @@ impl App {
             message.properties.expiration = Some(ms.to_string());
         }
         let limit = self.inner.settings.task_max_message_bytes;
-        let compression = match options.compression.as_deref() {
-            Some(name) => Some(name),
-            None => Some(self.inner.settings.task_compression.as_str()).filter(|n| !n.is_empty()),
-        };
-        if let Some(name) = compression {
-            if celeriac_core::message::compression_type(name).is_none() {
+        // `task_compression` was checked when the app was built; a per-send
+        // `compression` is checked here.
+        let compress = match options.compression.as_deref() {
+            Some(name) if celeriac_core::message::compression_type(name).is_none() => {
                 return Err(Error::Encode(format!(
                     "compression {name:?} is not one celeriac writes (gzip or zlib)"
                 )));
             }
-        }
+            Some(_) => true,
+            None => !self.inner.settings.task_compression.is_empty(),
+        };
         let not_before = message.headers.eta;
         let mut publishes = Vec::with_capacity(destinations.len());
         for destination in destinations {
@@ -875,7 +875,7 @@ impl App {
                     limit,
                 });
             }
-            if compression.is_some() {
+            if compress {
                 celeriac_core::message::compress_body(&mut envelope);
             }
             if let Some(key) = &self.inner.signing {
